@@ -1,0 +1,226 @@
+"""`python -m core …`: every analysis headless, a table by default, JSON with --json.
+
+Bad input answers with one line `error: …` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.errors import UserError
+
+POST_CLEAN = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
+POST_CORRUPTED = "I climbed up the pear tree and picked a pear. I climbed up the lemon tree and picked"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's default prints usage too)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def layer_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer number") from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m (embedded), gpt2…gpt2-xl, or a local folder")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    parser.add_argument("--processing", default="tl-default", choices=["tl-default", "none"],
+                        help="tl-default: fold_ln + centring, as the post; none: raw weights")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m core", description="Token Neuron Explorer, headless.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("predict", help="top-k next tokens of a prompt")
+    _common(p)
+    p.add_argument("--prompt", default=POST_CLEAN)
+    p.add_argument("--top-k", type=positive_int, default=10)
+
+    p = sub.add_parser("lens", help="logit lens and direct logit attribution of answer − wrong")
+    _common(p)
+    p.add_argument("--prompt", default=POST_CLEAN)
+    p.add_argument("--answer", default=" an", help="answer token with its leading space")
+    p.add_argument("--wrong", default=" a")
+
+    p = sub.add_parser("patch", help="activation patching: layers × positions, heads, or every neuron of a layer")
+    _common(p)
+    p.add_argument("--clean", default=POST_CLEAN)
+    p.add_argument("--corrupted", default=POST_CORRUPTED)
+    p.add_argument("--answer", default=" an")
+    p.add_argument("--wrong", default=" a")
+    p.add_argument("--level", choices=["layers", "heads", "neurons"], default="layers")
+    p.add_argument("--layer", type=layer_int, help="MLP layer for --level neurons (default: the standout late layer)")
+    p.add_argument("--top-k", type=positive_int, help="neurons to list (default: all in JSON, 20 in tables)")
+    p.add_argument("--ablation", choices=["clean", "zero", "mean", "negate"], default="clean")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from core.model import load_model
+
+    return load_model(args.model, device=args.device, processing=args.processing)
+
+
+def _clean_json(value: Any) -> Any:
+    """numpy → python, NaN → None: JSON that any reader parses."""
+    if isinstance(value, dict):
+        return {k: _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean_json(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _print_table(title: str, frame: pd.DataFrame) -> None:
+    print(f"\n{title}")
+    print(frame.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+
+
+def cmd_predict(args: argparse.Namespace) -> dict:
+    from core import predict, tokens
+
+    model = _load(args)
+    prompt = tokens.prompt(model, args.prompt)
+    predict.check_top_k(args.top_k, model.d_vocab)
+    top = predict.top_k(model, predict.last_logits(model, prompt), args.top_k)
+    if not args.json:
+        print(f"{model.name}: {len(prompt.ids)} tokens; {model.bos_convention()}")
+        _print_table("top predictions", top)
+    return {"model": model.facts(), "token_ids": prompt.ids, "tokens": prompt.pieces,
+            "top": top[["token", "id", "prob", "logit"]].to_dict("records")}
+
+
+def cmd_lens(args: argparse.Namespace) -> dict:
+    from core import lens, tokens
+
+    model = _load(args)
+    prompt = tokens.prompt(model, args.prompt)
+    answer, wrong = tokens.single_token(model, args.answer, "answer"), tokens.single_token(model, args.wrong, "wrong")
+    result = lens.logit_lens(model, prompt, answer, wrong)
+    if not args.json:
+        print(f"{model.name}: logit diff {args.answer!r} − {args.wrong!r} = {result.logit_diff:.4f}")
+        _print_table("logit lens (residual after each sublayer, through the final norm)", result.layers)
+        _print_table("direct logit attribution, top 10 by |value|",
+                     result.components.reindex(result.components.logit_diff.abs().sort_values(ascending=False).index).head(10))
+    return {
+        "model": model.facts(),
+        "metric": f"logit({args.answer!r}) − logit({args.wrong!r}) at the last position",
+        "token_ids": prompt.ids,
+        "tokens": prompt.pieces,
+        "logit_diff": result.logit_diff,
+        "layers": result.layers.to_dict("records"),
+        "components": result.components.to_dict("records"),
+        "heads": result.heads.to_dict("records"),
+    }
+
+
+def cmd_patch(args: argparse.Namespace) -> dict:
+    from core import patching, tokens
+
+    model = _load(args)
+    clean, corrupted = tokens.pair(model, args.clean, args.corrupted)
+    answer, wrong = tokens.single_token(model, args.answer, "answer"), tokens.single_token(model, args.wrong, "wrong")
+    if args.layer is not None:
+        patching.check_layer(model, args.layer)
+    setup = patching.prepare(model, clean, corrupted, answer, wrong, args.ablation)
+    out: dict[str, Any] = {
+        "model": model.facts(),
+        **setup.describe(),
+        "answer": {"token": args.answer, "id": answer},
+        "wrong": {"token": args.wrong, "id": wrong},
+        "clean_token_ids": clean.ids,
+        "corrupted_token_ids": corrupted.ids,
+        "tokens": clean.pieces,
+        "clean_logit_diff": setup.clean_logit_diff,
+        "corrupted_logit_diff": setup.corrupted_logit_diff,
+    }
+    if not args.json:
+        print(f"{model.name}: clean logit diff {setup.clean_logit_diff:.4f}, corrupted {setup.corrupted_logit_diff:.4f}; "
+              f"{out['score']}")
+    if args.level == "layers":
+        result = patching.patch_layers(setup)
+        out["scores"] = result.scores
+        out["all_positions"] = result.all_positions
+        if not args.json:
+            totals = pd.DataFrame({"layer": range(model.n_layers), **{k: v for k, v in result.all_positions.items()}})
+            _print_table("all-positions score per layer", totals)
+    elif args.level == "heads":
+        result = patching.patch_heads(setup)
+        out["heads_all_positions"] = result.all_positions
+        out["heads_per_position"] = result.per_position
+        if not args.json:
+            flat = pd.DataFrame([(l, h, float(result.all_positions[l, h])) for l in range(model.n_layers)
+                                 for h in range(model.n_heads)], columns=["layer", "head", "score"])
+            _print_table("top heads (all positions)", flat.sort_values("score", ascending=False).head(10))
+    else:
+        layer = args.layer
+        if layer is None:
+            layer = patching.standout_mlp_layer(patching.patch_layers(setup))
+            out["layer_choice"] = "late MLP layer with the highest all-positions mlp_out score (MLP 0 excluded)"
+        result = patching.patch_neurons(setup, layer)
+        frame = result.frame(args.top_k if (args.top_k or not args.json) else None)
+        if not args.json:
+            frame = result.frame(args.top_k or 20)
+            print(f"layer {layer}: whole-layer score {result.layer_score:.4f}")
+            _print_table("top neurons", frame)
+        out["layer"] = layer
+        out["layer_score"] = result.layer_score
+        out["neurons"] = frame[["layer", "neuron", "score"]].to_dict("records")
+    return out
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "predict": cmd_predict,
+    "lens": cmd_lens,
+    "patch": cmd_patch,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        try:
+            json.dump(_clean_json(result), sys.stdout, ensure_ascii=False)
+            print()
+        except BrokenPipeError:  # `… --json | head` closed the pipe: not an error of ours
+            sys.stderr.close()
+    return 0

