@@ -208,7 +208,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # argparse already printed one line (or --help); hand back its status
+        return int(done.code or 0)
     try:
         result = COMMANDS[args.command](args)
     except UserError as err:

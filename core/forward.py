@@ -36,13 +36,13 @@ class Weights:
     ln2_b: torch.Tensor | None
     lnf_w: torch.Tensor  # [d]
     lnf_b: torch.Tensor | None
-    W_Q: torch.Tensor  # [L, H, d, h]
-    W_K: torch.Tensor  # [L, K, d, h]
-    W_V: torch.Tensor  # [L, K, d, h]
+    # Q, K and V fused into one matrix so attention's input projection is one plain matmul (per-head einsums
+    # ran as many small batched matmuls: 3× slower on CPU). W_Q/W_K/W_V/b_* below are views of it.
+    W_QKV: torch.Tensor  # [L, d, (H + 2K) h], columns: H query heads, K key heads, K value heads
+    b_QKV: torch.Tensor  # [L, (H + 2K) h]
+    n_heads: int
+    n_kv_heads: int
     W_O: torch.Tensor  # [L, H, h, d]
-    b_Q: torch.Tensor  # [L, H, h]
-    b_K: torch.Tensor  # [L, K, h]
-    b_V: torch.Tensor  # [L, K, h]
     b_O: torch.Tensor  # [L, d]
     W_in: torch.Tensor  # [L, d, m]
     W_gate: torch.Tensor | None  # [L, d, m] (gated MLPs only)
@@ -54,19 +54,29 @@ class Weights:
 
     @property
     def n_layers(self) -> int:
-        return self.W_Q.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.W_Q.shape[1]
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.W_K.shape[1]
+        return self.W_QKV.shape[0]
 
     @property
     def d_head(self) -> int:
-        return self.W_Q.shape[3]
+        return self.W_O.shape[2]
+
+    def _split(self, tensor: torch.Tensor, part: int) -> torch.Tensor:
+        H, K, h = self.n_heads, self.n_kv_heads, self.d_head
+        bounds = [0, H * h, (H + K) * h, (H + 2 * K) * h]
+        return tensor[..., bounds[part] : bounds[part + 1]].unflatten(-1, (-1, h))
+
+    @property
+    def W_Q(self) -> torch.Tensor:
+        """[L, H, d, h] (a view)."""
+        return self._split(self.W_QKV, 0).permute(0, 2, 1, 3)
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        return self._split(self.W_QKV, 1).permute(0, 2, 1, 3)
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return self._split(self.W_QKV, 2).permute(0, 2, 1, 3)
 
     @property
     def d_mlp(self) -> int:
@@ -145,34 +155,34 @@ def attention(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention of `layer` for positions start_pos.. of resid: [B, S, d].
 
-    prefix_kv: keys/values of positions 0..start_pos-1 ([B or 1, start_pos, K, h]), shared by the batch.
+    prefix_kv: keys/values of positions 0..start_pos-1 ([1, start_pos, K, h]), shared by the whole batch.
     Returns attn_out [B, S, d], z [B, S, H, h], k and v of the S positions [B, S, K, h].
     """
     B, S, _ = resid.shape
     x = norm(w, resid, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
-    q = torch.einsum("bsd,ndh->bsnh", x, w.W_Q[layer]) + w.b_Q[layer]
-    k = torch.einsum("bsd,ndh->bsnh", x, w.W_K[layer]) + w.b_K[layer]
-    v = torch.einsum("bsd,ndh->bsnh", x, w.W_V[layer]) + w.b_V[layer]
+    qkv = x @ w.W_QKV[layer] + w.b_QKV[layer]
+    q, k, v = (w._split(qkv, part) for part in range(3))  # [B, S, n, h]
     if w.rotary_base is not None:
         positions = torch.arange(start_pos, start_pos + S, device=resid.device)
         q, k = _rotary(w, q, positions), _rotary(w, k, positions)
-    k_all, v_all = k, v
-    if prefix_kv is not None and start_pos > 0:
-        pk, pv = prefix_kv
-        k_all = torch.cat([pk.expand(B, -1, -1, -1), k], dim=1)
-        v_all = torch.cat([pv.expand(B, -1, -1, -1), v], dim=1)
-    group = w.n_heads // w.n_kv_heads  # GQA: query head i reads kv head i // group (HF repeat_kv)
-    if group > 1:
-        k_all = k_all.repeat_interleave(group, dim=2)
-        v_all = v_all.repeat_interleave(group, dim=2)
-    scores = torch.einsum("bqnh,bknh->bnqk", q, k_all) / math.sqrt(w.d_head)
-    T = k_all.shape[1]
+    # GQA: query head i reads kv head i // group (HF's repeat_kv order), without materialising the repeat.
+    group = w.n_heads // w.n_kv_heads
+    q = q.unflatten(2, (w.n_kv_heads, group)) / math.sqrt(w.d_head)  # [B, S, K, g, h]
     q_pos = torch.arange(start_pos, start_pos + S, device=resid.device)[:, None]
-    mask = torch.arange(T, device=resid.device)[None, :] > q_pos  # causal: key after query
-    scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-    pattern = scores.softmax(-1)
-    z = torch.einsum("bnqk,bknh->bqnh", pattern, v_all)
-    attn_out = torch.einsum("bqnh,nhd->bqd", z, w.W_O[layer]) + w.b_O[layer]
+    causal = torch.arange(S, device=resid.device)[None, :] + start_pos > q_pos  # key after query
+    scores = torch.einsum("bskgh,btkh->bkgst", q, k).masked_fill(causal, torch.finfo(q.dtype).min)
+    if prefix_kv is not None and start_pos > 0:
+        # The prefix's keys/values are the same for every row: one large matmul per kv head, not B small ones.
+        pk, pv = prefix_kv[0][0], prefix_kv[1][0]  # [start_pos, K, h]
+        prefix_scores = torch.einsum("bskgh,tkh->bkgst", q, pk)
+        pattern = torch.cat([prefix_scores, scores], dim=-1).softmax(-1)
+        z = torch.einsum("bkgst,tkh->bskgh", pattern[..., :start_pos], pv)
+        z = z + torch.einsum("bkgst,btkh->bskgh", pattern[..., start_pos:], v)
+    else:
+        pattern = scores.softmax(-1)
+        z = torch.einsum("bkgst,btkh->bskgh", pattern, v)
+    z = z.flatten(2, 3)  # [B, S, H, h]
+    attn_out = z.flatten(2) @ w.W_O[layer].flatten(0, 1) + w.b_O[layer]
     return attn_out, z, k, v
 
 
@@ -242,6 +252,9 @@ def resume(
     """
     if stage not in ("pre", "mid"):
         raise ValueError(f"stage must be 'pre' or 'mid', got {stage!r}")
+    # Broadcast arithmetic can hand us permuted strides, which every later op inherits and which make
+    # `x @ W` run as a batched matmul over an expanded W (3-4x slower on CPU): start from a plain layout.
+    resid = resid.contiguous()
     for current in range(layer, w.n_layers):
         if not (current == layer and stage == "mid"):
             kv = None

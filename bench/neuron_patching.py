@@ -1,0 +1,117 @@
+"""Benchmark: all neurons of one MLP layer patched exactly — batched engine vs the post's one-forward-per-neuron loop.
+
+Run alone (other processes on the cores distort it):  python bench/neuron_patching.py [--model M] [--layer L]
+Prints the figures, then a last line `speedup_vs_loop=X matmul_efficiency=Y peak_rss_mb=Z`.
+- loop: a full TransformerLens forward per neuron with a hook on blocks.L.mlp.hook_post (the post's method),
+  timed on --loop-neurons neurons and extrapolated to the whole layer;
+- batched: core.patching.patch_neurons over every neuron (resume from layer L+1, suffix positions only);
+- matmul_efficiency: FLOPs the batched path must do (counted analytically) per second, over this machine's plain
+  fp32 matmul rate measured in the same run on a matmul of the same shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from core import patching, tokens  # noqa: E402
+from core.cli import POST_CLEAN, POST_CORRUPTED  # noqa: E402
+from core.model import load_model  # noqa: E402
+
+
+def resumed_flops(w, n_rows: int, first_layer: int, S: int, P: int) -> float:
+    """Multiply-adds ×2 of resuming n_rows copies from `first_layer` over S suffix positions (P keys at most)."""
+    d, H, K, h, m = w.d_model, w.n_heads, w.n_kv_heads, w.d_head, w.d_mlp
+    per_token_layer = 2 * d * (H * h + 2 * K * h) + 2 * H * h * d  # QKV + O projections
+    per_token_layer += 2 * d * m * (3 if w.W_gate is not None else 2)  # MLP
+    per_token_layer += 2 * 2 * H * h * P  # scores + pattern·V (upper bound: P keys)
+    layers = w.n_layers - first_layer
+    return float(n_rows) * S * layers * per_token_layer + n_rows * 2 * d
+
+
+def matmul_rate(M: int, k: int, n: int, device: torch.device, seconds: float = 2.0) -> float:
+    a = torch.randn(M, k, device=device)
+    b = torch.randn(k, n, device=device)
+    a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2.0 * M * k * n * reps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--layer", type=int, default=None, help="default: the standout late MLP layer")
+    parser.add_argument("--loop-neurons", type=int, default=30)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-loop", action="store_true", help="skip the loop baseline (big models on GPU)")
+    args = parser.parse_args()
+
+    model = load_model(args.model, device=args.device, keep_bridge=not args.no_loop)
+    clean, corrupted = tokens.pair(model, POST_CLEAN, POST_CORRUPTED)
+    an, a = tokens.single_token(model, " an"), tokens.single_token(model, " a")
+    setup = patching.prepare(model, clean, corrupted, an, a)
+    layer = args.layer if args.layer is not None else patching.standout_mlp_layer(patching.patch_layers(setup))
+    w = model.weights
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    print(f"model={model.name} device={model.device} threads={torch.get_num_threads()} layer={layer} "
+          f"d_mlp={w.d_mlp} positions={len(clean.ids)} recomputed_from={setup.start_pos}")
+
+    patching.patch_neurons(setup, layer, neurons=list(range(64)))  # warm-up
+    sync()
+    start = time.perf_counter()
+    sweep = patching.patch_neurons(setup, layer)
+    sync()
+    batched_s = time.perf_counter() - start
+    top = sweep.frame(1)
+    print(f"batched: {w.d_mlp} neurons in {batched_s:.3f} s; top {top.label[0]} score {top.score[0]:.4f} "
+          f"(layer {sweep.layer_score:.4f})")
+
+    S, P = len(clean.ids) - setup.start_pos, len(clean.ids)
+    flops = resumed_flops(w, w.d_mlp + 1, layer + 1, S, P)
+    achieved = flops / batched_s
+    rows = patching.default_batch_tokens(model)
+    peak_matmul = matmul_rate(rows, w.d_model, w.d_mlp, model.device)
+    print(f"batched achieved {achieved / 1e9:.1f} GFLOP/s; plain matmul [{rows}x{w.d_model}]@[{w.d_model}x{w.d_mlp}] "
+          f"{peak_matmul / 1e9:.1f} GFLOP/s")
+
+    speedup = float("nan")
+    if not args.no_loop:
+        ids = corrupted.tensor(model.device)
+        clean_post = model.bridge.run_with_cache(clean.tensor(model.device))[1][f"blocks.{layer}.mlp.hook_post"]
+        hook_name = f"blocks.{layer}.mlp.hook_post"
+        sync()
+        start = time.perf_counter()
+        for n in range(args.loop_neurons):
+            def patch(t, hook, n=n):
+                t = t.clone()
+                t[..., n] = clean_post[..., n]
+                return t
+            with torch.no_grad():
+                model.bridge.run_with_hooks(ids, fwd_hooks=[(hook_name, patch)])
+        sync()
+        per_neuron = (time.perf_counter() - start) / args.loop_neurons
+        loop_s = per_neuron * w.d_mlp
+        speedup = loop_s / batched_s
+        print(f"loop: {per_neuron * 1e3:.1f} ms per neuron (over {args.loop_neurons}) -> {loop_s:.1f} s for {w.d_mlp}")
+
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"speedup_vs_loop={speedup:.1f} matmul_efficiency={achieved / peak_matmul:.2f} peak_rss_mb={peak_rss_mb:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The CLI: JSON shapes on the embedded model, one-line errors with exit status 2 on bad input."""
+
+import json
+
+import pytest
+
+from core.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_json(capsys):
+    code, out, _ = run(capsys, "predict", "--json", "--top-k", "3")
+    data = json.loads(out)
+    assert code == 0 and len(data["token_ids"]) == 19
+    assert data["top"][0]["token"] == " an" and data["top"][0]["id"] == 354
+    assert data["model"]["processing"]["fold_ln"] is True and "BOS" in data["model"]["bos"]
+
+
+def test_lens_json(capsys):
+    code, out, _ = run(capsys, "lens", "--json")
+    data = json.loads(out)
+    assert code == 0 and len(data["layers"]) == 61 and data["layers"][0]["label"] == "embed"
+    assert data["layers"][-1]["logit_diff"] == pytest.approx(data["logit_diff"], abs=1e-4)
+    assert sum(c["logit_diff"] for c in data["components"]) == pytest.approx(data["logit_diff"], abs=1e-3)
+
+
+def test_patch_neurons_json_finds_the_an_neuron(capsys):
+    code, out, _ = run(capsys, "patch", "--level", "neurons", "--json", "--top-k", "5")
+    data = json.loads(out)
+    assert code == 0 and data["layer"] == 25 and "layer_choice" in data
+    assert data["neurons"][0] == {"layer": 25, "neuron": 1527, "score": pytest.approx(0.613, abs=0.02)}
+    assert len(data["neurons"]) == 5 and data["layer_score"] == pytest.approx(0.652, abs=0.02)
+    assert data["clean_logit_diff"] > 0 > data["corrupted_logit_diff"]
+
+
+def test_patch_layers_json_shapes(capsys, gpt2_folder):
+    code, out, _ = run(capsys, "patch", "--model", str(gpt2_folder), "--json")
+    data = json.loads(out)
+    assert code == 0
+    P = len(data["clean_token_ids"])
+    assert data["clean_token_ids"][0] == 50256  # GPT-2: BOS
+    assert {k: (len(v), len(v[0])) for k, v in data["scores"].items()} == {
+        "resid_pre": (3, P), "attn_out": (3, P), "mlp_out": (3, P)}
+    assert set(data["all_positions"]) == {"attn_out", "mlp_out"}
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["patch", "--layer", "30", "--level", "neurons"], "layer 30 is out of range; smollm2-135m has layers 0..29"),
+        (["patch", "--layer", "-1", "--level", "neurons"], "layer -1 is out of range"),
+        (["patch", "--layer", "x"], "'x' is not a layer number"),
+        (["patch", "--corrupted", "I climbed"], "same number of tokens"),
+        (["patch", "--corrupted", "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"], "same tokens"),
+        (["lens", "--answer", " antelope"], "a target must be exactly one token"),
+        (["lens", "--wrong", ""], "wrong is empty"),
+        (["predict", "--prompt", ""], "prompt is empty"),
+        (["predict", "--top-k", "0"], "0 must be at least 1"),
+        (["predict", "--top-k", "100000"], "top-k 100000 is out of range; use 1..49152"),
+        (["predict", "--model", "gpt-5"], "unknown model 'gpt-5'"),
+        (["predict", "--model", "gpt2-large"], "not in the local Hugging Face cache"),
+        (["predict", "--model", "/no/such/folder"], "does not exist"),
+        (["predict", "--device", "cuda:7"], "no CUDA GPU"),
+        (["patch", "--level", "everything"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_clear_line(capsys, argv, needle):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_folder_without_safetensors_is_refused(capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    code, _, err = run(capsys, "predict", "--model", str(tmp_path))
+    assert code == 2 and "pickle files are never loaded" in err
