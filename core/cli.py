@@ -77,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=layer_int, help="MLP layer for --level neurons (default: the standout late layer)")
     p.add_argument("--top-k", type=positive_int, help="neurons to list (default: all in JSON, 20 in tables)")
     p.add_argument("--ablation", choices=["clean", "zero", "mean", "negate"], default="clean")
+
+    p = sub.add_parser("congruence", help="neuron → tokens (--neuron) or token → neurons (--token): W_out · u_t")
+    _common(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--neuron", help="L31.N892 or 31.892")
+    target.add_argument("--token", help="a token with its leading space, e.g. ' an'")
+    p.add_argument("--top-k", type=positive_int, default=20)
+    p.add_argument("--matrix", choices=["W_U", "W_E"], default="W_U", help="W_U: unembedding; W_E: embedding (post's code)")
+
+    p = sub.add_parser("search", help="stand-out or mutual-exclusive token-neuron pairs over all neurons × tokens")
+    _common(p)
+    p.add_argument("--kind", choices=["standout", "mutual"], default="mutual")
+    p.add_argument("--top-k", type=positive_int, default=20)
+    p.add_argument("--matrix", choices=["W_U", "W_E"], default="W_U")
     return parser
 
 
@@ -199,10 +213,77 @@ def cmd_patch(args: argparse.Namespace) -> dict:
     return out
 
 
+def cmd_congruence(args: argparse.Namespace) -> dict:
+    from core import congruence, tokens
+
+    model = _load(args)
+    out = {"model": model.facts(), **congruence.describe(model, args.matrix)}
+    if args.neuron is not None:
+        layer, neuron = congruence.parse_neuron(model, args.neuron)
+        result = congruence.neuron_to_tokens(model, layer, neuron, args.matrix, args.top_k)
+        rows = [{"layer": layer, "neuron": neuron, "token": r.token, "id": r.id, "congruence": r.congruence}
+                for r in result.top.itertuples()]
+        out.update(neuron={"layer": layer, "neuron": neuron, "label": congruence.label(layer, neuron)},
+                   results=rows,
+                   least=result.bottom[["token", "id", "congruence"]].to_dict("records"),
+                   top_token_rank_among_neurons=result.top_token_rank_among_neurons)
+        if not args.json:
+            print(f"{congruence.label(layer, neuron)} · {args.matrix}; its top token ranks "
+                  f"#{result.top_token_rank_among_neurons} among all neurons for that token")
+            _print_table("most congruent tokens", result.top)
+            _print_table("least congruent tokens", result.bottom)
+    else:
+        token_id = tokens.single_token(model, args.token)
+        result = congruence.token_to_neurons(model, token_id, args.matrix, args.top_k)
+        rows = [{"layer": r.layer, "neuron": r.neuron, "token": args.token, "id": token_id, "congruence": r.congruence}
+                for r in result.top.itertuples()]
+        out.update(token={"token": args.token, "id": token_id}, results=rows,
+                   per_layer=result.per_layer.to_dict("records"),
+                   token_rank_for_top_neuron=result.token_rank_for_top_neuron)
+        if not args.json:
+            print(f"{args.token!r} (id {token_id}) · {args.matrix}")
+            _print_table("most congruent neurons", result.top)
+    return out
+
+
+def cmd_search(args: argparse.Namespace) -> dict:
+    from core import congruence, search
+
+    model = _load(args)
+    progress = _tqdm_progress("congruence blocks") if not args.json else None
+    frame = search.search(model, args.kind, args.matrix, args.top_k, progress)
+    if not args.json:
+        _print_table(f"{args.kind} search, {args.matrix}", frame)
+    return {"model": model.facts(), **congruence.describe(model, args.matrix), "kind": args.kind,
+            "score": "gap_neuron (token's top-1 − top-2 neuron)" if args.kind == "standout"
+            else "gap_token × gap_neuron (neuron's top-2 token gap × token's top-2 neuron gap)",
+            "results": frame[["layer", "neuron", "token", "id", "congruence", "score", "gap_token",
+                              "gap_neuron"]].to_dict("records")}
+
+
+def _tqdm_progress(description: str):
+    """A progress callback drawing a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=description, file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "predict": cmd_predict,
     "lens": cmd_lens,
     "patch": cmd_patch,
+    "congruence": cmd_congruence,
+    "search": cmd_search,
 }
 
 

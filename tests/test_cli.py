@@ -81,3 +81,26 @@ def test_folder_without_safetensors_is_refused(capsys, tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     code, _, err = run(capsys, "predict", "--model", str(tmp_path))
     assert code == 2 and "pickle files are never loaded" in err
+
+
+def test_congruence_cli_both_directions(capsys):
+    code, out, _ = run(capsys, "congruence", "--neuron", "L25.N1527", "--top-k", "3", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["matrix"] == "W_U" and data["processing"]["fold_ln"] is True
+    assert data["results"][0] == {"layer": 25, "neuron": 1527, "token": " an", "id": 354,
+                                  "congruence": pytest.approx(12.406, abs=0.01)}
+    code, out, _ = run(capsys, "congruence", "--token", " an", "--matrix", "W_E", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["matrix"] == "W_E" and (data["results"][0]["layer"], data["results"][0]["neuron"]) == (25, 1527)
+
+
+def test_search_cli_on_a_small_model(capsys, gpt2_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TNE_CACHE_DIR", str(tmp_path))
+    code, out, _ = run(capsys, "search", "--model", str(gpt2_folder), "--kind", "standout", "--top-k", "4", "--json")
+    data = json.loads(out)
+    assert code == 0 and len(data["results"]) == 4 and data["kind"] == "standout"
+    assert set(data["results"][0]) == {"layer", "neuron", "token", "id", "congruence", "score", "gap_token", "gap_neuron"}
+    scores = [r["score"] for r in data["results"]]
+    assert scores == sorted(scores, reverse=True)
+    code, _, err = run(capsys, "congruence", "--neuron", "L3.N0", "--model", str(gpt2_folder))
+    assert code == 2 and "layer 3 is out of range" in err

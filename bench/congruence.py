@@ -1,0 +1,78 @@
+"""Benchmark: the full stand-out / mutual-exclusive search, every neuron × every token, streamed.
+
+Run alone:  python bench/congruence.py [--model M] [--matrix W_U|W_E]
+Prints the top-10 mutual-exclusive pairs and a last line `matmul_efficiency=X peak_extra_mb=Y`:
+- matmul_efficiency: 2·N·d·V FLOPs / search time, over this machine's plain matmul rate on one block's matmul
+  ([rows × d] @ [d × V]) measured in the same run; the search also pays for two top-2 reductions per block.
+- peak_extra_mb: peak RSS during the search minus RSS before it (the model's weights excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from core import search  # noqa: E402
+from core.model import load_model  # noqa: E402
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--matrix", default="W_U", choices=["W_U", "W_E"])
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    model = load_model(args.model, device=args.device)
+    w = model.weights
+    N, d, V = w.n_layers * w.d_mlp, w.d_model, w.d_vocab
+    rows = search.chunk_rows(model)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    print(f"model={model.name} device={model.device} threads={torch.get_num_threads()} "
+          f"neurons={N} tokens={V} d_model={d} rows_per_block={rows}")
+
+    a, b = w.W_out.flatten(0, 1)[:rows].contiguous(), w.W_U.contiguous()
+    a @ b
+    sync()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 3.0:
+        a @ b
+        reps += 1
+    sync()
+    matmul = 2.0 * rows * d * V * reps / (time.perf_counter() - start)
+    del a
+
+    before = rss_mb()
+    sync()
+    start = time.perf_counter()
+    tables = search.compute_tables(model, args.matrix)
+    sync()
+    seconds = time.perf_counter() - start
+    peak_extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    achieved = 2.0 * N * d * V / seconds
+    print(f"search: {seconds:.1f} s, {achieved / 1e9:.1f} GFLOP/s; plain matmul {matmul / 1e9:.1f} GFLOP/s")
+    print(search.mutual(model, tables, 10)[["rank", "label", "token", "congruence", "gap_token", "gap_neuron",
+                                            "score"]].to_string(index=False))
+    print(search.standout(model, tables, 10)[["rank", "label", "token", "congruence", "gap_neuron"]].to_string(index=False))
+    print(f"matmul_efficiency={achieved / matmul:.2f} peak_extra_mb={peak_extra:.0f}")
+
+
+if __name__ == "__main__":
+    main()

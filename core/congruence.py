@@ -1,0 +1,131 @@
+"""Congruence of a neuron with a token: W_out[L, n] · u_t (the post's §6).
+
+u_t is the token's unembedding column W_U[:, t] ("W_U") or its embedding row W_E[t] ("W_E", what the post's code
+used). Both are read after the model's weight processing (fold_ln, centring: see Model.processing): with
+TransformerLens's defaults W_U carries the final norm's weight and is centred over the vocabulary, so for a
+tied-embedding model (GPT-2, SmolLM2) the two matrices differ only through that processing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.errors import UserError
+from core.model import Model
+
+MATRICES = ("W_U", "W_E")
+MATRIX_HELP = {
+    "W_U": "unembedding column W_U[:, t] (what the neuron writes towards predicting t)",
+    "W_E": "embedding row W_E[t] (what the post's code used)",
+}
+
+
+def token_vectors(model: Model, matrix: str) -> torch.Tensor:
+    """[d, V]: one column per token."""
+    if matrix == "W_U":
+        return model.weights.W_U
+    if matrix == "W_E":
+        return model.weights.W_E.T
+    raise UserError(f"matrix {matrix!r} unknown; use W_U or W_E")
+
+
+def neuron_vectors(model: Model) -> torch.Tensor:
+    """[L * d_mlp, d]: every neuron's output weights, neuron (L, n) at row L * d_mlp + n."""
+    return model.weights.W_out.flatten(0, 1)
+
+
+def describe(model: Model, matrix: str) -> dict:
+    return {"matrix": matrix, "matrix_meaning": MATRIX_HELP[matrix], "processing": model.processing,
+            "congruence": f"W_out[L, n] · {'W_U[:, t]' if matrix == 'W_U' else 'W_E[t]'}"}
+
+
+def parse_neuron(model: Model, text: str) -> tuple[int, int]:
+    """'L31.N892' or '31.892' → (31, 892), range-checked against the model."""
+    match = re.fullmatch(r"\s*L?(-?\d+)\s*[.,:/]\s*N?(-?\d+)\s*", str(text), flags=re.IGNORECASE)
+    if not match:
+        raise UserError(f"neuron {text!r} not understood; write it as L31.N892 or 31.892")
+    return check_neuron(model, int(match.group(1)), int(match.group(2)))
+
+
+def check_neuron(model: Model, layer: int, neuron: int) -> tuple[int, int]:
+    if not 0 <= layer < model.n_layers:
+        raise UserError(f"layer {layer} is out of range; {model.name} has layers 0..{model.n_layers - 1}")
+    if not 0 <= neuron < model.d_mlp:
+        raise UserError(f"neuron {neuron} is out of range; {model.name} has neurons 0..{model.d_mlp - 1} per layer")
+    return layer, neuron
+
+
+def label(layer: int, neuron: int) -> str:
+    return f"L{layer}.N{neuron}"
+
+
+@dataclass
+class NeuronTokens:
+    layer: int
+    neuron: int
+    matrix: str
+    values: np.ndarray  # [V] congruence with every token
+    top: pd.DataFrame  # rank, token, id, congruence (most congruent first)
+    bottom: pd.DataFrame  # least congruent first
+    top_token_rank_among_neurons: int  # 1 = no neuron is more congruent with this neuron's top token
+
+
+@torch.no_grad()
+def neuron_to_tokens(model: Model, layer: int, neuron: int, matrix: str = "W_U", top_k: int = 20) -> NeuronTokens:
+    check_neuron(model, layer, neuron)
+    if not 1 <= top_k <= model.d_vocab:
+        raise UserError(f"top-k {top_k} is out of range; use 1..{model.d_vocab}")
+    vectors = token_vectors(model, matrix)
+    values = (model.weights.W_out[layer, neuron] @ vectors).float()
+    top_vals, top_ids = values.topk(top_k)
+    low_vals, low_ids = (-values).topk(top_k)
+    best = int(top_ids[0])
+    column = (neuron_vectors(model) @ vectors[:, best]).float()
+    rank = int((column > column[layer * model.d_mlp + neuron]).sum()) + 1
+    return NeuronTokens(
+        layer, neuron, matrix, values.cpu().numpy(),
+        _token_frame(model, top_ids, top_vals), _token_frame(model, low_ids, -low_vals), rank,
+    )
+
+
+def _token_frame(model: Model, ids: torch.Tensor, values: torch.Tensor) -> pd.DataFrame:
+    ids_list = ids.tolist()
+    return pd.DataFrame({"rank": range(1, len(ids_list) + 1), "token": [model.token_str(i) for i in ids_list],
+                         "id": ids_list, "congruence": values.float().cpu().tolist()})
+
+
+@dataclass
+class TokenNeurons:
+    token_id: int
+    matrix: str
+    values: np.ndarray  # [L, d_mlp] congruence of every neuron with the token
+    top: pd.DataFrame  # rank, layer, neuron, label, congruence
+    per_layer: pd.DataFrame  # layer, neuron (argmax), congruence (max)
+    token_rank_for_top_neuron: int  # 1 = the top neuron likes no token more than this one
+
+
+@torch.no_grad()
+def token_to_neurons(model: Model, token_id: int, matrix: str = "W_U", top_k: int = 20) -> TokenNeurons:
+    if not 0 <= token_id < model.d_vocab:
+        raise UserError(f"token id {token_id} is out of range; {model.name} has ids 0..{model.d_vocab - 1}")
+    n_total = model.n_layers * model.d_mlp
+    if not 1 <= top_k <= n_total:
+        raise UserError(f"top-k {top_k} is out of range; use 1..{n_total}")
+    vectors = token_vectors(model, matrix)
+    values = (neuron_vectors(model) @ vectors[:, token_id]).float()  # [N]
+    top_vals, top_ids = values.topk(top_k)
+    layers, neurons = (top_ids // model.d_mlp).tolist(), (top_ids % model.d_mlp).tolist()
+    top = pd.DataFrame({"rank": range(1, top_k + 1), "layer": layers, "neuron": neurons,
+                        "label": [label(l, n) for l, n in zip(layers, neurons)], "congruence": top_vals.tolist()})
+    grid = values.view(model.n_layers, model.d_mlp)
+    best_vals, best_ids = grid.max(dim=1)
+    per_layer = pd.DataFrame({"layer": range(model.n_layers), "neuron": best_ids.tolist(),
+                              "congruence": best_vals.tolist()})
+    row = (model.weights.W_out[layers[0], neurons[0]] @ vectors).float()
+    rank = int((row > row[token_id]).sum()) + 1
+    return TokenNeurons(token_id, matrix, grid.cpu().numpy(), top, per_layer, rank)
