@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["standout", "mutual"], default="mutual")
     p.add_argument("--top-k", type=positive_int, default=20)
     p.add_argument("--matrix", choices=["W_U", "W_E"], default="W_U")
+
+    p = sub.add_parser("scan", help="corpus scan: activation bins vs top-1 share, totals, max-activating examples")
+    _common(p)
+    p.add_argument("--dataset", default="bundled", help="'bundled' (State of the Union 1981-2021), a file/folder, "
+                   "or a hub dataset name such as NeelNanda/pile-10k")
+    p.add_argument("--neurons", required=True, help="comma-separated, e.g. L25.N1527,L27.N554")
+    p.add_argument("--target", default=" an", help="target token with its leading space")
+    p.add_argument("--max-tokens", type=positive_int, default=20_000)
+    p.add_argument("--bin-width", type=float, default=0.5)
+    p.add_argument("--top-k", type=positive_int, default=10, help="max-activating examples per neuron")
     return parser
 
 
@@ -261,6 +271,24 @@ def cmd_search(args: argparse.Namespace) -> dict:
                               "gap_neuron"]].to_dict("records")}
 
 
+def cmd_scan(args: argparse.Namespace) -> dict:
+    from core import congruence, scan, tokens
+
+    model = _load(args)
+    neurons = [congruence.parse_neuron(model, part) for part in args.neurons.split(",") if part.strip()]
+    target = tokens.single_token(model, args.target, "target")
+    result = scan.scan(model, args.dataset, neurons, target, args.max_tokens, args.bin_width, args.top_k,
+                       progress=_tqdm_progress("tokens scanned"))
+    if not args.json:
+        print(f"{result.positions} positions of {result.corpus}; target {args.target!r}")
+        for name, s in result.neurons.items():
+            print(f"\n{name}: {s.totals}; correlation {s.correlation}")
+            _print_table("activation bins", s.bins)
+            examples = s.examples.assign(context=["".join(t) for t in s.examples.tokens])
+            _print_table("max-activating examples", examples[["activation", "doc", "position", "context"]])
+    return {"model": model.facts(), **result.to_json()}
+
+
 def _tqdm_progress(description: str):
     """A progress callback drawing a tqdm bar on stderr."""
     from tqdm import tqdm
@@ -284,6 +312,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "patch": cmd_patch,
     "congruence": cmd_congruence,
     "search": cmd_search,
+    "scan": cmd_scan,
 }
 
 

@@ -208,24 +208,38 @@ def embed(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
     return resid
 
 
-def run(w: Weights, tokens: torch.Tensor) -> Trace:
-    """Full forward of tokens [B, P] recording every activation patching needs."""
+ALL_ACTIVATIONS = frozenset({"resid_pre", "resid_mid", "attn_out", "mlp_out", "mlp_post", "z", "k", "v"})
+
+
+def run(w: Weights, tokens: torch.Tensor, record: frozenset[str] | set[str] = ALL_ACTIVATIONS,
+        layers: range | None = None) -> Trace:
+    """Full forward of tokens [B, P] recording the named activations (of `layers`, default all).
+
+    Not recorded activations are left out of the Trace (scans over a corpus keep only `mlp_post` of a few
+    layers: recording everything would hold every layer's [B, P, d_mlp] at once).
+    """
     trace = Trace()
+    wanted = range(w.n_layers) if layers is None else layers
+
+    def keep(name: str, layer: int, value: torch.Tensor) -> None:
+        if name in record and layer in wanted:
+            getattr(trace, name).append(value)
+
     resid = embed(w, tokens)
     for layer in range(w.n_layers):
-        trace.resid_pre.append(resid)
+        keep("resid_pre", layer, resid)
         attn_out, z, k, v = attention(w, layer, resid)
         resid = resid + attn_out
-        trace.resid_mid.append(resid)
+        keep("resid_mid", layer, resid)
         post = mlp_post(w, layer, resid)
         mlp_out = mlp_out_from_post(w, layer, post)
         resid = resid + mlp_out
-        trace.attn_out.append(attn_out)
-        trace.z.append(z)
-        trace.k.append(k)
-        trace.v.append(v)
-        trace.mlp_post.append(post)
-        trace.mlp_out.append(mlp_out)
+        keep("attn_out", layer, attn_out)
+        keep("z", layer, z)
+        keep("k", layer, k)
+        keep("v", layer, v)
+        keep("mlp_post", layer, post)
+        keep("mlp_out", layer, mlp_out)
     trace.resid_final = resid
     return trace
 

@@ -104,3 +104,22 @@ def test_search_cli_on_a_small_model(capsys, gpt2_folder, tmp_path, monkeypatch)
     assert scores == sorted(scores, reverse=True)
     code, _, err = run(capsys, "congruence", "--neuron", "L3.N0", "--model", str(gpt2_folder))
     assert code == 2 and "layer 3 is out of range" in err
+
+
+def test_scan_cli(capsys, gpt2_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TNE_CACHE_DIR", str(tmp_path))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("An apple a day keeps an owl away.\nAn egg and a hen.\n")
+    code, out, _ = run(capsys, "scan", "--model", str(gpt2_folder), "--dataset", str(corpus),
+                       "--neurons", "L1.N3,2.7", "--max-tokens", "50", "--json")
+    data = json.loads(out)
+    assert code == 0 and set(data["neurons"]) == {"L1.N3", "L2.N7"}
+    one = data["neurons"]["L1.N3"]
+    assert set(one) >= {"bins", "totals", "correlation", "examples"}
+    assert one["totals"]["positions"] == sum(b["count"] for b in one["bins"]) == data["positions"]
+    assert set(one["examples"][0]) >= {"activation", "doc", "position", "tokens", "token_activations"}
+    code, _, err = run(capsys, "scan", "--model", str(gpt2_folder), "--dataset", str(tmp_path / "nope.txt"),
+                       "--neurons", "L1.N3")
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "scan", "--neurons", "L1.N3", "--max-tokens", "0")
+    assert code == 2 and "0 must be at least 1" in err

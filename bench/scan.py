@@ -1,0 +1,72 @@
+"""Benchmark: corpus scan throughput vs a plain forward over the same tokens, in one run.
+
+Run alone:  python bench/scan.py [--model M] [--max-tokens N]
+The plain forward is the same batches through core.forward.run with nothing recorded, plus the unembedding of
+every position (what any forward that yields logits does). The scan adds recording the neurons' activations,
+top-1 / target statistics and the atomic write of each batch to disk.
+Last line: `hook_overhead=X tokens_per_s=Y` (goal: overhead <= 0.15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from core import forward as fw  # noqa: E402
+from core import scan  # noqa: E402
+from core.corpus import load_corpus  # noqa: E402
+from core.model import load_model  # noqa: E402
+
+
+@torch.no_grad()
+def plain_forward(model, contexts, batch_size: int) -> None:
+    w = model.weights
+    for i in range(0, len(contexts), batch_size):
+        batch = contexts[i : i + batch_size]
+        width = max(len(ids) for _, ids in batch)
+        tokens = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (_, ids) in enumerate(batch):
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        trace = fw.run(w, tokens.to(model.device), record=frozenset())
+        for row, (_, ids) in enumerate(batch):
+            fw.unembed(w, trace.resid_final[row, : len(ids)]).argmax(-1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--max-tokens", type=int, default=8192)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    os.environ["TNE_CACHE_DIR"] = tempfile.mkdtemp()  # the scan's parts go to a throwaway cache
+    model = load_model(args.model, device=args.device)
+    neurons = [(25, 1527), (27, 554)] if model.name == "smollm2-135m" else [(model.n_layers - 1, 0)]
+    ctx = min(scan.DEFAULT_CTX, model.n_ctx)
+    contexts = scan.chunks(model, load_corpus().texts, ctx, args.max_tokens)
+    positions = sum(len(ids) for _, ids in contexts)
+    print(f"model={model.name} device={model.device} threads={torch.get_num_threads()} contexts={len(contexts)} "
+          f"ctx={ctx} tokens={positions}")
+    plain_forward(model, contexts[:8], 8)  # warm-up
+    start = time.perf_counter()
+    plain_forward(model, contexts, 8)
+    plain_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = scan.scan(model, None, neurons, 354, max_tokens=args.max_tokens, ctx=ctx)
+    scan_s = time.perf_counter() - start
+    print(f"plain forward {plain_s:.1f} s ({positions / plain_s:.0f} tok/s); scan {scan_s:.1f} s "
+          f"({positions / scan_s:.0f} tok/s), {result.positions} positions counted (BOS excluded)")
+    print(f"hook_overhead={scan_s / plain_s - 1:.3f} tokens_per_s={positions / scan_s:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""Corpus scan: a neuron's activation vs the model's top-1 prediction, token statistics, max-activating examples.
+
+The post's corpus check (§5): over a real corpus, bin the neuron's activation and plot, per bin, the share of
+positions where the model's top-1 prediction is the target token. Plus totals (how often the target is the true
+next token vs how often the model predicts it), correlation of activation with the target's logit and
+probability, and the top-k max-activating positions with their context (Neuroscope style).
+
+Documents are tokenized one by one (no special tokens), cut into contexts of `ctx` tokens, each given the model's
+BOS convention; the BOS position itself is not counted. Batches are written to disk as they finish (atomic
+`.npz` parts keyed by model, corpus and parameters), so an interrupted scan resumes where it stopped and a
+finished one is read back instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core import cache
+from core import forward as fw
+from core.congruence import check_neuron, label
+from core.corpus import Corpus, load_corpus
+from core.errors import UserError
+from core.model import Model, cache_root
+
+Progress = Callable[[int, int], None]
+MAX_TOKENS_LIMIT = 50_000_000
+DEFAULT_CTX = 256
+PART_FIELDS = ("chunk", "doc", "position", "token", "next", "top1", "logit", "prob", "act")
+
+
+@dataclass
+class NeuronScan:
+    layer: int
+    neuron: int
+    bins: pd.DataFrame  # lo, hi, count, top1_share, true_next_share
+    totals: dict  # positions, target_true_next, target_top1
+    correlation: dict  # Pearson r of activation with the target's logit and probability
+    examples: pd.DataFrame  # activation, doc, position, tokens, token_activations (highest first)
+
+    @property
+    def label(self) -> str:
+        return label(self.layer, self.neuron)
+
+
+@dataclass
+class ScanResult:
+    target: int
+    target_token: str
+    corpus: str
+    positions: int
+    settings: dict
+    neurons: dict[str, NeuronScan] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "target": {"token": self.target_token, "id": self.target},
+            "corpus": self.corpus,
+            "positions": self.positions,
+            "settings": self.settings,
+            "neurons": {
+                name: {
+                    "layer": s.layer, "neuron": s.neuron, "bins": s.bins.to_dict("records"), "totals": s.totals,
+                    "correlation": s.correlation, "examples": s.examples.to_dict("records"),
+                }
+                for name, s in self.neurons.items()
+            },
+        }
+
+
+def chunks(model: Model, texts: list[str], ctx: int, max_tokens: int) -> list[tuple[int, list[int]]]:
+    """(doc index, token ids with the BOS convention applied) contexts, up to max_tokens counted positions."""
+    bos = [model.bos_id] if model.prepend_bos else []
+    body = ctx - len(bos)
+    out, budget = [], max_tokens
+    for doc, text in enumerate(texts):
+        ids = model.encode(text)
+        for start in range(0, len(ids), body):
+            piece = ids[start : start + min(body, budget)]
+            if len(piece) < 2:
+                continue
+            out.append((doc, bos + piece))
+            budget -= len(piece)
+            if budget <= 0:
+                return out
+    return out
+
+
+def _scan_dir(model: Model, corpus: Corpus, neurons: list[tuple[int, int]], target: int, ctx: int,
+              max_tokens: int, batch_size: int) -> Path:
+    params = {"model": model.fingerprint, "corpus": corpus.identity, "neurons": neurons, "target": target,
+              "ctx": ctx, "max_tokens": max_tokens, "batch": batch_size, "version": 1}
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root() / "scans" / digest
+
+
+@torch.no_grad()
+def _run_batch(model: Model, batch: list[tuple[int, list[int]]], first_chunk: int,
+               neurons: list[tuple[int, int]], target: int) -> dict[str, np.ndarray]:
+    """Per counted position: chunk, doc, position, token, next token (-1 at a context's end), top-1 prediction,
+    target logit and probability, and each neuron's activation."""
+    w = model.weights
+    skip = 1 if model.prepend_bos else 0
+    width = max(len(ids) for _, ids in batch)
+    tokens = torch.zeros(len(batch), width, dtype=torch.long)
+    for row, (_, ids) in enumerate(batch):
+        tokens[row, : len(ids)] = torch.tensor(ids)  # right padding: causal attention keeps real positions exact
+    tokens = tokens.to(model.device)
+    layers = sorted({layer for layer, _ in neurons})
+    trace = fw.run(w, tokens, record={"mlp_post"}, layers=range(layers[0], layers[-1] + 1))
+    by_layer = {layer: trace.mlp_post[layer - layers[0]] for layer in layers}
+    parts: dict[str, list] = {name: [] for name in PART_FIELDS}
+    for row, (doc, ids) in enumerate(batch):
+        n = len(ids)
+        logits = fw.unembed(w, trace.resid_final[row, skip:n]).float()  # [n - skip, V], one context at a time
+        target_logit = logits[:, target]
+        parts["chunk"].append(np.full(n - skip, first_chunk + row))
+        parts["doc"].append(np.full(n - skip, doc))
+        parts["position"].append(np.arange(skip, n))
+        parts["token"].append(np.asarray(ids[skip:]))
+        parts["next"].append(np.asarray(ids[skip + 1 :] + [-1]))
+        parts["top1"].append(logits.argmax(-1).cpu().numpy())
+        parts["logit"].append(target_logit.cpu().numpy())
+        parts["prob"].append((target_logit - logits.logsumexp(-1)).exp().cpu().numpy())
+        parts["act"].append(torch.stack([by_layer[l][row, skip:n, n_] for l, n_ in neurons], -1).float().cpu().numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _bins(act: np.ndarray, top1: np.ndarray, true_next: np.ndarray, width: float) -> pd.DataFrame:
+    lo_edge = np.floor(act.min() / width) * width
+    hi_edge = np.ceil(act.max() / width) * width
+    edges = np.arange(lo_edge, hi_edge + width * 0.5, width)
+    if len(edges) < 2:
+        edges = np.array([lo_edge, lo_edge + width])
+    index = np.clip(np.digitize(act, edges[1:-1]), 0, len(edges) - 2)
+    frame = pd.DataFrame({"bin": index, "top1": top1, "true_next": true_next})
+    grouped = frame.groupby("bin").agg(count=("top1", "size"), top1_share=("top1", "mean"),
+                                       true_next_share=("true_next", "mean"))
+    grouped = grouped.reindex(range(len(edges) - 1), fill_value=0)
+    grouped.insert(0, "hi", edges[1:])
+    grouped.insert(0, "lo", edges[:-1])
+    grouped = grouped[grouped["count"] > 0]  # empty bins carry no share
+    return grouped.reset_index(drop=True).astype({"count": int})
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _examples(model: Model, data: dict[str, np.ndarray], column: int, top: int, window: int) -> pd.DataFrame:
+    act = data["act"][:, column]
+    order = np.argsort(-act, kind="stable")[:top]
+    rows = []
+    for r in order:
+        same = data["chunk"] == data["chunk"][r]
+        lo = max(r - window, 0)
+        while lo < r and not same[lo]:
+            lo += 1
+        hi = r + window
+        while hi > r and (hi >= len(act) or not same[hi]):
+            hi -= 1
+        rows.append({
+            "activation": float(act[r]), "doc": int(data["doc"][r]), "position": int(data["position"][r]),
+            "tokens": [model.token_str(int(t)) for t in data["token"][lo : hi + 1]],
+            "token_activations": [float(a) for a in act[lo : hi + 1]],
+            "focus": int(r - lo),
+        })
+    return pd.DataFrame(rows, columns=["activation", "doc", "position", "tokens", "token_activations", "focus"])
+
+
+@dataclass
+class Records:
+    """Everything a scan saw, one row per counted position (see PART_FIELDS); act is [positions, neurons]."""
+
+    corpus: Corpus
+    neurons: list[tuple[int, int]]
+    data: dict[str, np.ndarray]
+
+
+def _validate(model: Model, neurons, target: int, max_tokens: int, ctx: int) -> list[tuple[int, int]]:
+    checked = [check_neuron(model, int(l), int(n)) for l, n in neurons]
+    if not checked:
+        raise UserError("no neurons given; name at least one, e.g. L25.N1527")
+    if not 0 <= target < model.d_vocab:
+        raise UserError(f"target id {target} is out of range; {model.name} has ids 0..{model.d_vocab - 1}")
+    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise UserError(f"token budget {max_tokens} is out of range; use 1..{MAX_TOKENS_LIMIT:,}")
+    if not 8 <= ctx <= model.n_ctx:
+        raise UserError(f"context length {ctx} is out of range; use 8..{model.n_ctx}")
+    return checked
+
+
+def records(
+    model: Model,
+    dataset: str | None = None,
+    neurons=((25, 1527),),
+    target: int = 354,
+    max_tokens: int = 20_000,
+    ctx: int | None = None,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+    use_cache: bool = True,
+) -> Records:
+    """Run the model over up to `max_tokens` positions of a corpus, batch by batch, resuming from disk."""
+    ctx = ctx or min(DEFAULT_CTX, model.n_ctx)
+    neurons = _validate(model, neurons, target, max_tokens, ctx)
+    corpus = load_corpus(dataset)
+    contexts = chunks(model, corpus.texts, ctx, max_tokens)
+    if not contexts:
+        raise UserError(f"corpus {corpus.name!r} has no document of 2 tokens or more")
+    folder = _scan_dir(model, corpus, neurons, target, ctx, max_tokens, batch_size)
+    batches = [contexts[i : i + batch_size] for i in range(0, len(contexts), batch_size)]
+    total = sum(len(ids) - (1 if model.prepend_bos else 0) for _, ids in contexts)
+    done, pieces = 0, []
+    for index, batch in enumerate(batches):
+        path = folder / f"part-{index:06d}.npz"
+        part = cache.load(path) if use_cache else None
+        if part is None or set(part) != set(PART_FIELDS):
+            part = _run_batch(model, batch, index * batch_size, neurons, target)
+            if use_cache:
+                cache.save(path, part)
+        pieces.append(part)
+        done += len(part["token"])
+        if progress:
+            progress(done, total)  # may raise to interrupt: finished parts are on disk already
+    return Records(corpus, neurons, {name: np.concatenate([p[name] for p in pieces]) for name in PART_FIELDS})
+
+
+def scan(
+    model: Model,
+    dataset: str | None = None,
+    neurons=((25, 1527),),
+    target: int = 354,
+    max_tokens: int = 20_000,
+    bin_width: float = 0.5,
+    top_examples: int = 20,
+    window: int = 12,
+    ctx: int | None = None,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+    use_cache: bool = True,
+) -> ScanResult:
+    """Scan `max_tokens` positions of a corpus (see core.corpus): bins, totals, correlation, examples."""
+    if not bin_width > 0:
+        raise UserError(f"bin width {bin_width} must be positive")
+    if not 1 <= top_examples <= 1000 or not 0 <= window <= 100:
+        raise UserError("top examples must be 1..1000 and the context window 0..100 tokens")
+    seen = records(model, dataset, neurons, target, max_tokens, ctx, batch_size, progress, use_cache)
+    settings = {"max_tokens": max_tokens, "ctx": ctx or min(DEFAULT_CTX, model.n_ctx), "bin_width": bin_width, "window": window,
+                "bos": model.bos_convention(), "neuron_activation": model.facts()["neuron_activation"]}
+    return _aggregate(model, seen, target, bin_width, top_examples, window, settings)
+
+
+def _aggregate(model: Model, seen: Records, target: int, bin_width: float, top_examples: int, window: int,
+               settings: dict) -> ScanResult:
+    data, corpus, neurons = seen.data, seen.corpus, seen.neurons
+    top1 = data["top1"] == target
+    true_next = data["next"] == target
+    result = ScanResult(target, model.token_str(target), corpus.description, int(len(top1)), settings)
+    for column, (layer, neuron) in enumerate(neurons):
+        act = data["act"][:, column]
+        result.neurons[label(layer, neuron)] = NeuronScan(
+            layer, neuron,
+            bins=_bins(act, top1, true_next, bin_width),
+            totals={"positions": int(len(act)), "target_true_next": int(true_next.sum()),
+                    "target_top1": int(top1.sum())},
+            correlation={"logit": _pearson(act, data["logit"]), "prob": _pearson(act, data["prob"])},
+            examples=_examples(model, data, column, top_examples, window),
+        )
+    return result
