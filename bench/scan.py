@@ -1,9 +1,10 @@
 """Benchmark: corpus scan throughput vs a plain forward over the same tokens, in one run.
 
 Run alone:  python bench/scan.py [--model M] [--max-tokens N]
+The scan runs with use_cache=False (no disk parts), so both sides compute everything.
 The plain forward is the same batches through core.forward.run with nothing recorded, plus the unembedding of
 every position (what any forward that yields logits does). The scan adds recording the neurons' activations,
-top-1 / target statistics and the atomic write of each batch to disk.
+top-1 / target statistics, corpus loading and tokenization.
 Last line: `hook_overhead=X tokens_per_s=Y` (goal: overhead <= 0.15).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,7 +48,6 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    os.environ["TNE_CACHE_DIR"] = tempfile.mkdtemp()  # the scan's parts go to a throwaway cache
     model = load_model(args.model, device=args.device)
     neurons = [(25, 1527), (27, 554)] if model.name == "smollm2-135m" else [(model.n_layers - 1, 0)]
     ctx = min(scan.DEFAULT_CTX, model.n_ctx)
@@ -61,7 +60,7 @@ def main() -> None:
     plain_forward(model, contexts, 8)
     plain_s = time.perf_counter() - start
     start = time.perf_counter()
-    result = scan.scan(model, None, neurons, 354, max_tokens=args.max_tokens, ctx=ctx)
+    result = scan.scan(model, None, neurons, 354, max_tokens=args.max_tokens, ctx=ctx, use_cache=False)
     scan_s = time.perf_counter() - start
     print(f"plain forward {plain_s:.1f} s ({positions / plain_s:.0f} tok/s); scan {scan_s:.1f} s "
           f"({positions / scan_s:.0f} tok/s), {result.positions} positions counted (BOS excluded)")

@@ -171,7 +171,9 @@ def embedded_folder() -> Path:
 def _convert_gguf(gguf: Path, dest: Path) -> None:
     """De-quantise the GGUF to fp32 safetensors once. Written to a temp dir and renamed: never half-written."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
     try:
