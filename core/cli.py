@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupted", default=POST_CORRUPTED)
     p.add_argument("--answer", default=" an")
     p.add_argument("--wrong", default=" a")
-    p.add_argument("--level", choices=["layers", "heads", "neurons"], default="layers")
+    p.add_argument("--level", choices=["layers", "heads", "neurons", "all-neurons"], default="layers",
+                   help="all-neurons: every neuron of every layer (attribution patching, then exact on the top-k)")
+    p.add_argument("--method", choices=["attribution", "exact-topk"], default="exact-topk",
+                   help="for --level all-neurons: attribution only, or attribution + exact patching of the top-k")
     p.add_argument("--layer", type=layer_int, help="MLP layer for --level neurons (default: the standout late layer)")
     p.add_argument("--top-k", type=positive_int, help="neurons to list (default: all in JSON, 20 in tables)")
     p.add_argument("--ablation", choices=["clean", "zero", "mean", "negate"], default="clean")
@@ -206,6 +209,22 @@ def cmd_patch(args: argparse.Namespace) -> dict:
             flat = pd.DataFrame([(l, h, float(result.all_positions[l, h])) for l in range(model.n_layers)
                                  for h in range(model.n_heads)], columns=["layer", "head", "score"])
             _print_table("top heads (all positions)", flat.sort_values("score", ascending=False).head(10))
+    elif args.level == "all-neurons":
+        from core import attribution
+
+        approx = attribution.attribute(setup)
+        top_k = args.top_k or 50
+        out["caveat"] = attribution.CAVEAT
+        out["method"] = args.method
+        if args.method == "exact-topk":
+            frame = attribution.verify_top(setup, approx, top_k)
+            out["spearman_top_k"] = attribution.spearman(frame.attribution.to_numpy(), frame.exact.to_numpy())
+        else:
+            frame = attribution.top_neurons(model, approx, top_k)
+        out["neurons"] = frame[["layer", "neuron", "attribution", "exact"]].to_dict("records")
+        if not args.json:
+            print(attribution.CAVEAT)
+            _print_table(f"top {top_k} neurons of all layers", frame)
     else:
         layer = args.layer
         if layer is None:

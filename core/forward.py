@@ -212,11 +212,13 @@ ALL_ACTIVATIONS = frozenset({"resid_pre", "resid_mid", "attn_out", "mlp_out", "m
 
 
 def run(w: Weights, tokens: torch.Tensor, record: frozenset[str] | set[str] = ALL_ACTIVATIONS,
-        layers: range | None = None) -> Trace:
+        layers: range | None = None, track_grad: bool = False) -> Trace:
     """Full forward of tokens [B, P] recording the named activations (of `layers`, default all).
 
     Not recorded activations are left out of the Trace (scans over a corpus keep only `mlp_post` of a few
     layers: recording everything would hold every layer's [B, P, d_mlp] at once).
+    track_grad: build the autograd graph from the embedding on, so gradients w.r.t. any recorded activation
+    can be taken (attribution patching); the weights themselves never require grad.
     """
     trace = Trace()
     wanted = range(w.n_layers) if layers is None else layers
@@ -226,6 +228,8 @@ def run(w: Weights, tokens: torch.Tensor, record: frozenset[str] | set[str] = AL
             getattr(trace, name).append(value)
 
     resid = embed(w, tokens)
+    if track_grad:
+        resid = resid.detach().requires_grad_(True)
     for layer in range(w.n_layers):
         keep("resid_pre", layer, resid)
         attn_out, z, k, v = attention(w, layer, resid)

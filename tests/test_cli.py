@@ -123,3 +123,16 @@ def test_scan_cli(capsys, gpt2_folder, tmp_path, monkeypatch):
     assert code == 2 and "does not exist" in err
     code, _, err = run(capsys, "scan", "--neurons", "L1.N3", "--max-tokens", "0")
     assert code == 2 and "0 must be at least 1" in err
+
+
+def test_all_neurons_cli(capsys):
+    code, out, _ = run(capsys, "patch", "--level", "all-neurons", "--top-k", "5", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["method"] == "exact-topk" and "MLP 0" in data["caveat"]
+    assert data["neurons"][0]["layer"] == 25 and data["neurons"][0]["neuron"] == 1527
+    assert data["neurons"][0]["exact"] == pytest.approx(0.613, abs=0.02)
+    code, out, _ = run(capsys, "patch", "--level", "all-neurons", "--method", "attribution", "--top-k", "3", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["neurons"][0]["exact"] is None and len(data["neurons"]) == 3
+    code, _, err = run(capsys, "patch", "--level", "all-neurons", "--ablation", "zero")
+    assert code == 2 and "clean" in err
