@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from core.errors import UserError
+from core.jsonable import to_jsonable
 
 POST_CLEAN = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
 POST_CORRUPTED = "I climbed up the pear tree and picked a pear. I climbed up the lemon tree and picked"
@@ -104,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=positive_int, default=20_000)
     p.add_argument("--bin-width", type=float, default=0.5)
     p.add_argument("--top-k", type=positive_int, default=10, help="max-activating examples per neuron")
+
+    p = sub.add_parser("reproduce", help="the post's whole story on one model: report.md/.html, figures, results.json")
+    _common(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dataset", default="bundled", help="corpus for the corpus check (see scan)")
+    p.add_argument("--corpus-tokens", type=positive_int, default=20_000, help="token budget of the corpus check")
     return parser
 
 
@@ -111,21 +116,6 @@ def _load(args: argparse.Namespace):
     from core.model import load_model
 
     return load_model(args.model, device=args.device, processing=args.processing)
-
-
-def _clean_json(value: Any) -> Any:
-    """numpy → python, NaN → None: JSON that any reader parses."""
-    if isinstance(value, dict):
-        return {k: _clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean_json(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(value) else round(float(value), 6)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _print_table(title: str, frame: pd.DataFrame) -> None:
@@ -308,6 +298,32 @@ def cmd_scan(args: argparse.Namespace) -> dict:
     return {"model": model.facts(), **result.to_json()}
 
 
+def cmd_reproduce(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from core import reproduce
+
+    model = _load(args)
+    bar = tqdm(total=len(reproduce.STEPS), desc="reproduce", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int, name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(done - bar.n)
+
+    try:
+        results = reproduce.run(model, args.dataset, args.corpus_tokens, progress)
+    finally:
+        bar.close()
+    written = reproduce.write(to_jsonable(results), Path(args.out))
+    if not args.json:
+        for row in results["verdicts"]:
+            print(f"{row['verdict']:>12}  {row['quantity']}: measured {row['measured']}, expected {row['expected']}")
+        print("wrote " + ", ".join(str(p) for p in written.values()))
+    return {"written": {k: str(v) for k, v in written.items()}, "verdicts": results["verdicts"]}
+
+
 def _tqdm_progress(description: str):
     """A progress callback drawing a tqdm bar on stderr."""
     from tqdm import tqdm
@@ -332,6 +348,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "congruence": cmd_congruence,
     "search": cmd_search,
     "scan": cmd_scan,
+    "reproduce": cmd_reproduce,
 }
 
 
@@ -351,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.json:
         try:
-            json.dump(_clean_json(result), sys.stdout, ensure_ascii=False)
+            json.dump(to_jsonable(result), sys.stdout, ensure_ascii=False)
             print()
         except BrokenPipeError:  # `… --json | head` closed the pipe: not an error of ours
             sys.stderr.close()

@@ -1,0 +1,380 @@
+"""`python -m core reproduce`: the post's whole story on one model, as a self-contained report.
+
+Steps (GUIDE §1): predictions, logit lens, layer × position patching, the neuron sweep of the standout late MLP
+layer, the an-neuron's congruence, the corpus check, the two searches, and negating the neuron. Writes
+report.md, report.html (figures inline), figures/*.png (matplotlib: installs from PyPI, renders offline) and
+results.json. For GPT-2 large the post's published numbers stand next to the measured ones with a verdict each;
+for the embedded model the reference is this project's own measurement.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import congruence, lens, patching, predict, scan, search, tokens
+from core import forward as fw
+from core.jsonable import to_jsonable
+from core.model import Model
+
+CLEAN = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
+CORRUPTED = "I climbed up the pear tree and picked a pear. I climbed up the lemon tree and picked"
+ANSWER, WRONG = " an", " a"
+STEPS = ("predictions", "logit_lens", "layer_patching", "neuron_sweep", "congruence", "corpus", "searches", "negation")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A published (or previously measured) number and the tolerance a reproduction must meet."""
+
+    value: Any
+    tolerance: float | None  # None: must be equal
+    why: str
+
+
+# The post (Miller & Neo 2023) on GPT-2 large, TransformerLens default processing. Tolerances: probabilities
+# are quoted to 0.1 %, but the post's exact TransformerLens version and fp precision are unknown, so ±2 points;
+# the neuron score is quoted as "~0.49", so ±0.05; congruences are quoted to 2 decimals, so ±0.05.
+POST_GPT2_LARGE = {
+    "clean_p_answer": Expected(0.649, 0.02, "post: P(' an') = 64.9 %"),
+    "clean_p_wrong": Expected(0.242, 0.02, "post: P(' a') = 24.2 %"),
+    "corrupted_p_wrong": Expected(0.851, 0.02, "post: lemon, P(' a') = 85.1 %"),
+    "corrupted_p_answer": Expected(0.032, 0.02, "post: lemon, P(' an') = 3.2 %"),
+    "lens_jump_layer": Expected(31, None, "post: the logit diff jumps after MLP 31"),
+    "standout_layer": Expected(31, None, "post: MLP 31 stands out in layer patching (MLP 0 aside)"),
+    "an_neuron": Expected("L31.N892", None, "post: L31.N892"),
+    "an_neuron_score": Expected(0.49, 0.05, "post: N892 restores ~0.49 of the logit diff"),
+    "congruence_W_E_answer": Expected(2.75, 0.05, "original notebook: W_E[' an'] · W_out[31, 892] = 2.75"),
+    "congruence_W_E_wrong": Expected(0.17, 0.05, "original notebook: W_E[' a'] · W_out[31, 892] = 0.17"),
+}
+# This project's own measurement on the embedded model (Nov 2026, tests/test_embedded.py asserts the same).
+PROJECT_SMOLLM2 = {
+    "clean_p_answer": Expected(0.607, 0.01, "measured here"),
+    "clean_p_wrong": Expected(0.297, 0.01, "measured here"),
+    "corrupted_p_wrong": Expected(0.889, 0.01, "measured here"),
+    "corrupted_p_answer": Expected(0.028, 0.01, "measured here"),
+    "standout_layer": Expected(25, None, "measured here"),
+    "an_neuron": Expected("L25.N1527", None, "measured here"),
+    "an_neuron_score": Expected(0.613, 0.02, "measured here"),
+    "an_neuron_rank_among_neurons_W_U": Expected(1, None, "measured here"),
+}
+EXPECTED = {"gpt2-large": POST_GPT2_LARGE, "openai-community/gpt2-large": POST_GPT2_LARGE,
+            "smollm2-135m": PROJECT_SMOLLM2}
+
+Progress = Callable[[int, int, str], None]
+
+
+def verdict(measured: Any, expected: Expected) -> str:
+    if measured is None or (isinstance(measured, float) and math.isnan(measured)):
+        return "not measured"
+    if expected.tolerance is None:
+        return "reproduced" if measured == expected.value else "differs"
+    return "reproduced" if abs(float(measured) - float(expected.value)) <= expected.tolerance else "differs"
+
+
+@torch.no_grad()
+def _negate(setup: patching.Setup, layer: int, neuron: int) -> dict:
+    """Negate the neuron at every position of the clean run (as the post did); probabilities before and after."""
+    w, model = setup.model.weights, setup.model
+    post = setup.clean_trace.mlp_post[layer][0, :, neuron]  # [P]
+    resid_after = setup.clean_trace.resid_pre[layer + 1] if layer + 1 < w.n_layers else setup.clean_trace.resid_final
+    patched = resid_after + (-2 * post)[None, :, None] * w.W_out[layer, neuron]
+    final = fw.resume(w, patched, layer + 1, "pre", 0, setup.clean_trace)
+    before = fw.unembed(w, setup.clean_trace.resid_final[0, -1]).float().softmax(-1)
+    after = fw.unembed(w, final[0]).float().softmax(-1)
+    a, b = setup.metric.answer, setup.metric.wrong
+    top_after = int(after.argmax())
+    return {"p_answer_before": float(before[a]), "p_wrong_before": float(before[b]),
+            "p_answer_after": float(after[a]), "p_wrong_after": float(after[b]),
+            "top1_after": model.token_str(top_after)}
+
+
+def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, progress: Progress | None = None,
+        search_top: int = 10) -> dict:
+    """Every step of the story; returns the results dict (what results.json holds)."""
+    def step(i: int) -> None:
+        if progress:
+            progress(i, len(STEPS), STEPS[i - 1] if i else "start")
+
+    step(0)
+    clean, corrupted = tokens.pair(model, CLEAN, CORRUPTED)
+    answer, wrong = tokens.single_token(model, ANSWER, "answer"), tokens.single_token(model, WRONG, "wrong")
+    out: dict[str, Any] = {"model": model.facts(), "prompts": {"clean": CLEAN, "corrupted": CORRUPTED,
+                           "answer": ANSWER, "wrong": WRONG, "clean_token_ids": clean.ids,
+                           "corrupted_token_ids": corrupted.ids, "tokens": clean.pieces}}
+    clean_logits, corrupted_logits = predict.last_logits(model, clean), predict.last_logits(model, corrupted)
+    out["predictions"] = {
+        "clean_top": predict.top_k(model, clean_logits, 5).to_dict("records"),
+        "corrupted_top": predict.top_k(model, corrupted_logits, 5).to_dict("records"),
+        "clean_p_answer": predict.token_probs(clean_logits, [answer])[0],
+        "clean_p_wrong": predict.token_probs(clean_logits, [wrong])[0],
+        "corrupted_p_answer": predict.token_probs(corrupted_logits, [answer])[0],
+        "corrupted_p_wrong": predict.token_probs(corrupted_logits, [wrong])[0],
+    }
+    step(1)
+
+    lensed = lens.logit_lens(model, clean, answer, wrong)
+    after_mlp = lensed.layers[lensed.layers.stage.isin(["embed", "mlp"])].logit_diff.to_numpy()
+    jumps = np.diff(after_mlp)  # jumps[l] = change across block l
+    out["logit_lens"] = {"layers": lensed.layers.to_dict("records"), "lens_jump_layer": int(np.argmax(jumps)),
+                         "largest_jump": float(jumps.max()), "components": lensed.components.to_dict("records")}
+    step(2)
+
+    setup = patching.prepare(model, clean, corrupted, answer, wrong)
+    layers = patching.patch_layers(setup)
+    mlp_scores = layers.all_positions["mlp_out"]
+    standout = patching.standout_mlp_layer(layers)
+    out["layer_patching"] = {
+        "clean_logit_diff": setup.clean_logit_diff, "corrupted_logit_diff": setup.corrupted_logit_diff,
+        "scores": {k: v.tolist() for k, v in layers.scores.items()},
+        "all_positions": {k: v.tolist() for k, v in layers.all_positions.items()},
+        "top_mlp_layers": [{"layer": int(l), "score": float(mlp_scores[l])} for l in np.argsort(-mlp_scores)[:4]],
+        "standout_layer": standout,
+    }
+    step(3)
+
+    sweep = patching.patch_neurons(setup, standout)
+    top = sweep.frame(10)
+    an_layer, an_neuron = standout, int(top.neuron[0])
+    out["neuron_sweep"] = {"layer": standout, "layer_score": sweep.layer_score, "an_neuron": top.label[0],
+                           "an_neuron_score": float(top.score[0]), "share_of_layer": float(top.score[0]) / sweep.layer_score,
+                           "top": top.to_dict("records"), "scores": sweep.scores.tolist()}
+    step(4)
+
+    cong: dict[str, Any] = {}
+    for matrix in congruence.MATRICES:
+        n2t = congruence.neuron_to_tokens(model, an_layer, an_neuron, matrix, top_k=10)
+        t2n = congruence.token_to_neurons(model, answer, matrix, top_k=10)
+        flat = t2n.values.ravel()
+        own = t2n.values[an_layer, an_neuron]
+        cong[matrix] = {
+            "answer": float(n2t.values[answer]), "wrong": float(n2t.values[wrong]),
+            "rank_among_neurons": int((flat > own).sum()) + 1,
+            "rank_among_tokens": int((n2t.values > n2t.values[answer]).sum()) + 1,
+            "top_tokens": n2t.top.to_dict("records"), "top_neurons": t2n.top.to_dict("records"),
+            "histogram": np.histogram(n2t.values, bins=60)[0].tolist(),
+            "histogram_edges": np.histogram(n2t.values, bins=60)[1].tolist(),
+        }
+    out["congruence"] = {**cong, "processing": model.processing}
+    out["an_neuron_rank_among_neurons_W_U"] = cong["W_U"]["rank_among_neurons"]
+    out["congruence_W_E_answer"] = cong["W_E"]["answer"]
+    out["congruence_W_E_wrong"] = cong["W_E"]["wrong"]
+    step(5)
+
+    scanned = scan.scan(model, corpus, [(an_layer, an_neuron)], answer, max_tokens=corpus_tokens, top_examples=5)
+    neuron_scan = scanned.neurons[congruence.label(an_layer, an_neuron)]
+    out["corpus"] = {"corpus": scanned.corpus, "positions": scanned.positions, "bins": neuron_scan.bins.to_dict("records"),
+                     "totals": neuron_scan.totals, "correlation": neuron_scan.correlation,
+                     "examples": neuron_scan.examples.to_dict("records")}
+    step(6)
+
+    tables = search.tables(model, "W_U")
+    out["searches"] = {"matrix": "W_U", "standout": search.standout(model, tables, search_top).to_dict("records"),
+                       "mutual": search.mutual(model, tables, search_top).to_dict("records")}
+    step(7)
+
+    negate_setup = patching.prepare(model, clean, corrupted, answer, wrong, ablation="negate")
+    out["negation"] = _negate(negate_setup, an_layer, an_neuron)
+    step(8)
+
+    for key in ("clean_p_answer", "clean_p_wrong", "corrupted_p_answer", "corrupted_p_wrong"):
+        out[key] = out["predictions"][key]
+    out["lens_jump_layer"] = out["logit_lens"]["lens_jump_layer"]
+    out["standout_layer"] = standout
+    out["an_neuron"] = out["neuron_sweep"]["an_neuron"]
+    out["an_neuron_score"] = out["neuron_sweep"]["an_neuron_score"]
+    expected = EXPECTED.get(model.name, {})
+    out["verdicts"] = [
+        {"quantity": key, "measured": out.get(key), "expected": exp.value, "tolerance": exp.tolerance,
+         "source": exp.why, "verdict": verdict(out.get(key), exp)}
+        for key, exp in expected.items()
+    ]
+    return out
+
+
+# ---------------------------------------------------------------- figures and report files
+
+
+def figures(results: dict, folder: Path) -> dict[str, Path]:
+    """Static PNGs of the story's charts (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made: dict[str, Path] = {}
+
+    def save(fig, name: str) -> None:
+        path = folder / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made[name] = path
+
+    lens_rows = results["logit_lens"]["layers"]
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.plot([r["logit_diff"] for r in lens_rows], marker=".")
+    ticks = [i for i, r in enumerate(lens_rows) if r["stage"] != "attn"]
+    ax.set_xticks(ticks[::3], [lens_rows[i]["label"].replace(" mlp", "") for i in ticks[::3]], rotation=60, fontsize=7)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_ylabel("logit(' an') − logit(' a')")
+    ax.set_title("Logit lens: residual stream after each sublayer")
+    save(fig, "logit_lens")
+
+    pieces = results["prompts"]["tokens"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
+    for ax, (kind, grid) in zip(axes, results["layer_patching"]["scores"].items()):
+        image = ax.imshow(np.array(grid), aspect="auto", cmap="RdBu", vmin=-1, vmax=1, origin="lower")
+        ax.set_title(kind)
+        ax.set_xticks(range(len(pieces)), pieces, rotation=90, fontsize=6)
+        ax.set_xlabel("position")
+    axes[0].set_ylabel("layer")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="patching score")
+    fig.savefig(folder / "layer_patching.png", dpi=110)
+    plt.close(fig)
+    made["layer_patching"] = folder / "layer_patching.png"
+
+    sweep = results["neuron_sweep"]
+    fig, ax = plt.subplots(figsize=(9, 3))
+    ax.bar(range(len(sweep["scores"])), sweep["scores"], width=1.0)
+    ax.axhline(sweep["layer_score"], color="red", lw=0.8, ls="--", label=f"whole MLP {sweep['layer']}")
+    ax.set_title(f"Neuron patching, MLP {sweep['layer']}: {sweep['an_neuron']} = {sweep['an_neuron_score']:.3f}")
+    ax.set_xlabel("neuron")
+    ax.set_ylabel("score")
+    ax.legend()
+    save(fig, "neuron_sweep")
+
+    cong = results["congruence"]["W_U"]
+    fig, ax = plt.subplots(figsize=(9, 3))
+    edges = np.array(cong["histogram_edges"])
+    ax.bar(edges[:-1], cong["histogram"], width=np.diff(edges), align="edge")
+    ax.set_yscale("log")
+    ax.axvline(cong["answer"], color="red", label="' an'")
+    ax.set_title(f"{sweep['an_neuron']} · W_U over the vocabulary")
+    ax.legend()
+    save(fig, "congruence")
+
+    bins = results["corpus"]["bins"]
+    fig, ax = plt.subplots(figsize=(9, 3))
+    centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    ax.bar(centres, [b["top1_share"] for b in bins], width=[b["hi"] - b["lo"] for b in bins])
+    for c, b in zip(centres, bins):
+        ax.annotate(str(b["count"]), (c, b["top1_share"]), fontsize=6, ha="center", va="bottom")
+    ax.set_xlabel(f"{sweep['an_neuron']} activation")
+    ax.set_ylabel("share with ' an' top-1")
+    ax.set_title(f"Corpus check ({results['corpus']['positions']:,} positions; labels = positions per bin)")
+    save(fig, "corpus")
+    return made
+
+
+def _md_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v: Any) -> str:
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", "⏎")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(results: dict, figure_paths: dict[str, Path]) -> str:
+    m, p = results["model"], results["predictions"]
+    sweep, neg, cong = results["neuron_sweep"], results["negation"], results["congruence"]
+    corpus = results["corpus"]
+    parts = [
+        f"# We Found An Neuron — reproduced on {m['model']}",
+        f"Model: {m['source']}; {m['n_layers']} layers, d_mlp {m['d_mlp']}, vocab {m['d_vocab']}. "
+        f"Processing: {m['processing']['name']} ({m['processing']['note']}). BOS: {m['bos']}. "
+        "Metric: logit(' an') − logit(' a') at the last position; patching score = (patched − corrupted) / "
+        "(clean − corrupted).",
+        "## Verdicts",
+        _md_table(results["verdicts"], ["quantity", "measured", "expected", "tolerance", "verdict", "source"])
+        if results["verdicts"] else "No reference numbers for this model.",
+        "## 1. Predictions",
+        f"Clean: P(' an') = {p['clean_p_answer']:.3f}, P(' a') = {p['clean_p_wrong']:.3f}. "
+        f"Corrupted (lemon): P(' a') = {p['corrupted_p_wrong']:.3f}, P(' an') = {p['corrupted_p_answer']:.3f}.",
+        _md_table(p["clean_top"], ["rank", "token", "id", "prob", "logit"]),
+        "## 2. Logit lens",
+        f"Largest jump across block {results['logit_lens']['lens_jump_layer']} "
+        f"(+{results['logit_lens']['largest_jump']:.2f}).", "![logit lens](figures/logit_lens.png)",
+        "## 3. Layer × position patching",
+        "MLP layers that stand out (all positions): " + ", ".join(
+            f"MLP {r['layer']} ({r['score']:.3f})" for r in results["layer_patching"]["top_mlp_layers"]),
+        "![layer patching](figures/layer_patching.png)",
+        f"## 4. Neuron sweep of MLP {sweep['layer']}",
+        f"The an-neuron: **{sweep['an_neuron']}**, score {sweep['an_neuron_score']:.3f} vs the whole layer "
+        f"{sweep['layer_score']:.3f} ({100 * sweep['share_of_layer']:.0f} %).",
+        _md_table(sweep["top"][:5], ["label", "score"]), "![neuron sweep](figures/neuron_sweep.png)",
+        "## 5. Congruence with ' an'",
+        _md_table([{"matrix": k, "' an'": v["answer"], "' a'": v["wrong"], "rank among neurons": v["rank_among_neurons"],
+                    "rank among tokens": v["rank_among_tokens"],
+                    "top tokens": ", ".join(repr(t["token"]) for t in v["top_tokens"][:6])}
+                   for k, v in cong.items() if k in congruence.MATRICES],
+                  ["matrix", "' an'", "' a'", "rank among neurons", "rank among tokens", "top tokens"]),
+        "![congruence](figures/congruence.png)",
+        "## 6. Corpus check",
+        f"{corpus['positions']:,} positions of {corpus['corpus']}: ' an' is the true next token "
+        f"{corpus['totals']['target_true_next']} times and the model's top-1 prediction "
+        f"{corpus['totals']['target_top1']} times. Correlation of activation with the ' an' logit "
+        f"{corpus['correlation']['logit']:.3f}, with its probability {corpus['correlation']['prob']:.3f}.",
+        _md_table(corpus["bins"], ["lo", "hi", "count", "top1_share", "true_next_share"]),
+        "![corpus](figures/corpus.png)",
+        "## 7. Searches (W_U)",
+        "Stand-out (token's gap between its top-2 neurons):",
+        _md_table(results["searches"]["standout"], ["rank", "label", "token", "congruence", "gap_neuron"]),
+        "Mutual-exclusive (neuron's top-2 token gap × token's top-2 neuron gap):",
+        _md_table(results["searches"]["mutual"], ["rank", "label", "token", "congruence", "gap_token", "gap_neuron",
+                                                  "score"]),
+        f"## 8. Negating {sweep['an_neuron']}",
+        f"P(' an') {neg['p_answer_before']:.3f} → {neg['p_answer_after']:.3f}; P(' a') {neg['p_wrong_before']:.3f} → "
+        f"{neg['p_wrong_after']:.3f}; top-1 after: {neg['top1_after']!r}.",
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def html_report(markdown_text: str, figure_paths: dict[str, Path]) -> str:
+    """A dependency-free HTML rendering of the markdown, with the PNGs inlined as data URIs."""
+    body = []
+    for block in markdown_text.split("\n\n"):
+        lines = block.strip().split("\n")
+        if lines[0].startswith("|"):
+            rows = [line.strip("|").split(" | ") for line in lines if not line.startswith("|---")]
+            head, *rest = rows
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
+                                  for r in rest) + "</table>")
+        elif lines[0].startswith("!["):
+            name = lines[0].split("figures/")[1].rstrip(")").removesuffix(".png")
+            data = base64.b64encode(figure_paths[name].read_bytes()).decode()
+            body.append(f'<img alt="{name}" src="data:image/png;base64,{data}">')
+        elif lines[0].startswith("#"):
+            level = len(lines[0]) - len(lines[0].lstrip("#"))
+            body.append(f"<h{level}>{html.escape(lines[0].lstrip('# '))}</h{level}>")
+        else:
+            text = html.escape(" ".join(lines))
+            body.append("<p>" + text.replace("**", "") + "</p>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "img{max-width:100%}")
+    return f"<!doctype html><meta charset='utf-8'><title>Reproduction report</title><style>{style}</style>" + "".join(body)
+
+
+def write(results: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure_paths = figures(results, out_dir / "figures")
+    text = markdown(results, figure_paths)
+    (out_dir / "report.md").write_text(text, encoding="utf-8")
+    (out_dir / "report.html").write_text(html_report(text, figure_paths), encoding="utf-8")
+    (out_dir / "results.json").write_text(json.dumps(to_jsonable(results), ensure_ascii=False, indent=1),
+                                          encoding="utf-8")
+    return {"report.md": out_dir / "report.md", "report.html": out_dir / "report.html",
+            "results.json": out_dir / "results.json", **{f"figures/{k}.png": v for k, v in figure_paths.items()}}
