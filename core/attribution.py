@@ -22,6 +22,7 @@ from core import forward as fw
 from core import patching
 from core.congruence import label
 from core.errors import UserError
+from core.hosting import check_top_k
 
 CAVEAT = (
     "Attribution patching is a linear approximation: it is known to be poor on MLP 0 and on the residual stream; "
@@ -88,9 +89,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def top_neurons(model, attribution: Attribution, top_k: int = 50) -> pd.DataFrame:
     """The top_k neurons by attribution (exact column left empty). Same columns as verify_top."""
-    total = attribution.neurons.size
-    if not 1 <= top_k <= total:
-        raise UserError(f"top-k {top_k} is out of range; use 1..{total}")
+    check_top_k(top_k, attribution.neurons.size)
     flat = attribution.neurons.ravel()
     order = np.argsort(-flat, kind="stable")[:top_k]
     layers, neurons = order // model.d_mlp, order % model.d_mlp

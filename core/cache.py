@@ -1,6 +1,7 @@
 """Disk cache for analysis results: keyed by (model fingerprint, analysis, params); atomic; self-healing.
 
-Entries are numpy .npz files (no pickle: allow_pickle=False on read). A write goes to a temp file in the same
+Entries are numpy .npz files (no pickle: allow_pickle=False on read). The cache is bounded: after each write the
+least recently used entries are deleted until it fits TNE_CACHE_MAX_MB (core.hosting). A write goes to a temp file in the same
 folder and is renamed into place, so a reader never sees half an entry; an entry that fails to load (truncated,
 corrupt) is deleted and reported as a miss, so it is recomputed.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.hosting import limits
 from core.model import cache_root
 
 
@@ -31,7 +33,9 @@ def load(path: Path) -> dict[str, np.ndarray] | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+            arrays = {name: data[name] for name in data.files}
+        os.utime(path)  # mark as recently used: pruning drops the least recently used entries first
+        return arrays
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
         path.unlink(missing_ok=True)  # corrupt or truncated: drop it, the caller recomputes
         return None
@@ -49,3 +53,27 @@ def save(path: Path, arrays: dict[str, np.ndarray]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    prune(limits().cache_max_mb * 1024 * 1024)
+
+
+def prune(max_bytes: int) -> int:
+    """Delete least recently used result entries until results + scans fit in max_bytes; returns bytes freed.
+
+    Converted model weights (models/) are never pruned: they are needed to run at all.
+    """
+    entries = []
+    for folder in ("results", "scans"):
+        for path in (cache_root() / folder).rglob("*.npz"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # another process pruned it
+                continue
+            entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    freed = 0
+    for _, size, path in sorted(entries):
+        if total - freed <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        freed += size
+    return freed

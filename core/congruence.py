@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from core.errors import UserError
+from core.hosting import check_top_k
 from core.model import Model
 
 MATRICES = ("W_U", "W_E")
@@ -78,8 +79,7 @@ class NeuronTokens:
 @torch.no_grad()
 def neuron_to_tokens(model: Model, layer: int, neuron: int, matrix: str = "W_U", top_k: int = 20) -> NeuronTokens:
     check_neuron(model, layer, neuron)
-    if not 1 <= top_k <= model.d_vocab:
-        raise UserError(f"top-k {top_k} is out of range; use 1..{model.d_vocab}")
+    check_top_k(top_k, model.d_vocab)
     vectors = token_vectors(model, matrix)
     values = (model.weights.W_out[layer, neuron] @ vectors).float()
     top_vals, top_ids = values.topk(top_k)
@@ -114,8 +114,7 @@ def token_to_neurons(model: Model, token_id: int, matrix: str = "W_U", top_k: in
     if not 0 <= token_id < model.d_vocab:
         raise UserError(f"token id {token_id} is out of range; {model.name} has ids 0..{model.d_vocab - 1}")
     n_total = model.n_layers * model.d_mlp
-    if not 1 <= top_k <= n_total:
-        raise UserError(f"top-k {top_k} is out of range; use 1..{n_total}")
+    check_top_k(top_k, n_total)
     vectors = token_vectors(model, matrix)
     values = (neuron_vectors(model) @ vectors[:, token_id]).float()  # [N]
     top_vals, top_ids = values.topk(top_k)

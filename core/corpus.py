@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from core.hosting import limits
 from core.model import hub_offline
 
 BUNDLED = "bundled"
@@ -83,6 +84,8 @@ def load_corpus(spec: str | None = None, max_docs: int | None = None) -> Corpus:
 
     datasets.disable_progress_bars()
     spec = (spec or BUNDLED).strip()
+    if spec != BUNDLED and not limits().custom_corpora:
+        raise UserError(f"this hosted demo scans only the bundled corpus; {spec!r} is not available here")
     if spec == BUNDLED:
         path, description = BUNDLED_PATH, BUNDLED_DESCRIPTION
         if not path.exists():

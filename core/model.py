@@ -24,6 +24,7 @@ import torch
 
 from core.errors import UserError
 from core.forward import Weights
+from core.hosting import check_model
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -211,6 +212,7 @@ def resolve(name: str) -> tuple[str, str | Path]:
     name = (name or "").strip()
     if not name:
         raise UserError(f"no model given; choose one of {', '.join(KNOWN_MODELS)} or a local folder path")
+    check_model(name)
     if name == EMBEDDED:
         return "embedded", embedded_folder()
     if name in GPT2_HUB_NAMES:

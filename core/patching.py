@@ -27,6 +27,7 @@ import torch
 
 from core import forward as fw
 from core.errors import UserError
+from core.hosting import limits
 from core.metric import LogitDiff
 from core.model import Model
 from core.tokens import Prompt, first_difference
@@ -124,7 +125,9 @@ def _row_chunks(total_rows: int, positions: int, max_batch_tokens: int) -> list[
 
 def default_batch_tokens(model: Model) -> int:
     """Rows × positions per resumed forward: big enough to keep matmuls efficient, small enough for memory."""
-    return 65536 if model.device.type == "cuda" else 8192
+    cap = limits().max_batch_tokens
+    batch = 65536 if model.device.type == "cuda" else 8192
+    return batch if cap is None else min(batch, cap)
 
 
 @torch.no_grad()

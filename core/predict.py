@@ -6,15 +6,9 @@ import pandas as pd
 import torch
 
 from core import forward as fw
-from core.errors import UserError
+from core.hosting import check_top_k
 from core.model import Model
 from core.tokens import Prompt
-
-
-def check_top_k(top_k: int, limit: int) -> int:
-    if not 1 <= top_k <= limit:
-        raise UserError(f"top-k {top_k} is out of range; use 1..{limit}")
-    return top_k
 
 
 @torch.no_grad()

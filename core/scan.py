@@ -28,10 +28,10 @@ from core import forward as fw
 from core.congruence import check_neuron, label
 from core.corpus import Corpus, load_corpus
 from core.errors import UserError
+from core.hosting import limits
 from core.model import Model, cache_root
 
 Progress = Callable[[int, int], None]
-MAX_TOKENS_LIMIT = 50_000_000
 DEFAULT_CTX = 256
 PART_FIELDS = ("chunk", "doc", "position", "token", "next", "top1", "logit", "prob", "act")
 
@@ -192,8 +192,9 @@ def _validate(model: Model, neurons, target: int, max_tokens: int, ctx: int) -> 
         raise UserError("no neurons given; name at least one, e.g. L25.N1527")
     if not 0 <= target < model.d_vocab:
         raise UserError(f"target id {target} is out of range; {model.name} has ids 0..{model.d_vocab - 1}")
-    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise UserError(f"token budget {max_tokens} is out of range; use 1..{MAX_TOKENS_LIMIT:,}")
+    cap = limits().max_scan_tokens
+    if not 1 <= max_tokens <= cap:
+        raise UserError(f"token budget {max_tokens:,} is out of range; use 1..{cap:,}")
     if not 8 <= ctx <= model.n_ctx:
         raise UserError(f"context length {ctx} is out of range; use 8..{model.n_ctx}")
     return checked

@@ -21,6 +21,7 @@ import torch
 from core import cache
 from core.congruence import label, neuron_vectors, token_vectors
 from core.errors import UserError
+from core.hosting import check_top_k
 from core.model import Model
 
 Progress = Callable[[int, int], None]
@@ -165,7 +166,6 @@ def search(model: Model, kind: str, matrix: str = "W_U", top_k: int = 50,
            progress: Progress | None = None) -> pd.DataFrame:
     if kind not in KINDS:
         raise UserError(f"search kind {kind!r} unknown; use standout or mutual")
-    if top_k < 1:
-        raise UserError(f"top-k {top_k} must be at least 1")
+    check_top_k(top_k, model.d_vocab)
     result = tables(model, matrix, progress)
     return (standout if kind == "standout" else mutual)(model, result, top_k)

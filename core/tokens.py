@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import UserError
+from core.hosting import limits
 from core.model import Model
 
 
@@ -45,8 +46,9 @@ def prompt(model: Model, text: str, what: str = "prompt") -> Prompt:
     if not text.strip():
         raise UserError(f"{what} is only whitespace; type some text")
     ids = model.prompt_ids(text)
-    if len(ids) > model.n_ctx:
-        raise UserError(f"{what} is {len(ids)} tokens; {model.name} reads at most {model.n_ctx}")
+    cap = model.n_ctx if limits().max_prompt_tokens is None else min(model.n_ctx, limits().max_prompt_tokens)
+    if len(ids) > cap:
+        raise UserError(f"{what} is {len(ids)} tokens; {model.name} reads at most {cap} here")
     return Prompt(text=text, ids=ids, pieces=[model.token_str(t) for t in ids])
 
 
