@@ -7,11 +7,11 @@ ENV TNE_CACHE_DIR=/app/.cache/tne \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
     TNE_HOSTED=1 TNE_MODELS=smollm2-135m \
     PIP_NO_CACHE_DIR=1
-COPY requirements.txt requirements-test.txt requirements.lock ./
+COPY requirements.txt requirements-test.txt requirements-scale.txt requirements.lock ./
 COPY scripts/ scripts/
 COPY core/ core/
 # The same recipe as CI (.ci/run): torch first, then the lock, then the embedded model, converted once here.
-RUN SETUP_TESTS=0 TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh system
+RUN SETUP_TESTS=0 SETUP_SCALE=0 TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh system
 COPY . .
 EXPOSE 8501
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://localhost:8501/_stcore/health')"

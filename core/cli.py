@@ -51,6 +51,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
+def _ray_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", action="store_true", help="run on Ray (optional extra, requirements-scale.txt)")
+    parser.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="Ray workers (local instance: CPUs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="Token Neuron Explorer, headless.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -93,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["standout", "mutual"], default="mutual")
     p.add_argument("--top-k", type=positive_int, default=20)
     p.add_argument("--matrix", choices=["W_U", "W_E"], default="W_U")
+    _ray_flags(p)
 
     p = sub.add_parser("scan", help="corpus scan: activation bins vs top-1 share, totals, max-activating examples")
     _common(p)
@@ -103,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=positive_int, default=20_000)
     p.add_argument("--bin-width", type=float, default=0.5)
     p.add_argument("--top-k", type=positive_int, default=10, help="max-activating examples per neuron")
+    _ray_flags(p)
 
     p = sub.add_parser("reproduce", help="the post's whole story on one model: report.md/.html, figures, results.json")
     _common(p)
@@ -270,7 +278,14 @@ def cmd_search(args: argparse.Namespace) -> dict:
 
     model = _load(args)
     progress = _tqdm_progress("congruence blocks") if not args.json else None
-    frame = search.search(model, args.kind, args.matrix, args.top_k, progress)
+    if args.ray:
+        from core import distributed
+
+        search.check_kind_and_top_k(model, args.kind, args.top_k)
+        tables = distributed.ray_tables(model, args.matrix, args.workers, args.ray_address, progress=progress)
+        frame = (search.standout if args.kind == "standout" else search.mutual)(model, tables, args.top_k)
+    else:
+        frame = search.search(model, args.kind, args.matrix, args.top_k, progress)
     if not args.json:
         _print_table(f"{args.kind} search, {args.matrix}", frame)
     return {"model": model.facts(), **congruence.describe(model, args.matrix), "kind": args.kind,
@@ -286,8 +301,15 @@ def cmd_scan(args: argparse.Namespace) -> dict:
     model = _load(args)
     neurons = [congruence.parse_neuron(model, part) for part in args.neurons.split(",") if part.strip()]
     target = tokens.single_token(model, args.target, "target")
-    result = scan.scan(model, args.dataset, neurons, target, args.max_tokens, args.bin_width, args.top_k,
-                       progress=_tqdm_progress("tokens scanned"))
+    if args.ray:
+        from core import distributed
+
+        result = distributed.ray_scan(model, args.dataset, neurons, target, args.max_tokens, args.bin_width,
+                                      args.top_k, workers=args.workers, address=args.ray_address,
+                                      progress=_tqdm_progress("tokens scanned"))
+    else:
+        result = scan.scan(model, args.dataset, neurons, target, args.max_tokens, args.bin_width, args.top_k,
+                           progress=_tqdm_progress("tokens scanned"))
     if not args.json:
         print(f"{result.positions} positions of {result.corpus}; target {args.target!r}")
         for name, s in result.neurons.items():

@@ -63,7 +63,7 @@ def chunk_rows(model: Model) -> int:
     return int(max(64, min(8192, budget // (model.d_vocab * 4 * 2))))
 
 
-def _merge_top2(vals: torch.Tensor, ids: torch.Tensor, new_vals: torch.Tensor, new_ids: torch.Tensor):
+def merge_top2(vals: torch.Tensor, ids: torch.Tensor, new_vals: torch.Tensor, new_ids: torch.Tensor):
     """Running top-2 along dim 0 ([2, V] each, best first) merged with a strip's top-2, elementwise
     (a topk over the stacked four rows costs more than the strip's own reduction)."""
     keep = vals[0] >= new_vals[0]  # the running best stays best
@@ -103,7 +103,7 @@ def compute_tables(model: Model, matrix: str = "W_U", progress: Progress | None 
             if strip_vals.shape[0] == 1:  # a one-neuron strip
                 strip_vals = torch.cat([strip_vals, torch.full_like(strip_vals, -torch.inf)])
                 strip_ids = torch.cat([strip_ids, strip_ids])
-            token_vals, token_ids = _merge_top2(token_vals, token_ids, strip_vals, strip_ids + start + sub)
+            token_vals, token_ids = merge_top2(token_vals, token_ids, strip_vals, strip_ids + start + sub)
         if progress:
             progress(i + 1, len(blocks))
     return Tables(
@@ -162,10 +162,14 @@ def mutual(model: Model, t: Tables, top_k: int = 50) -> pd.DataFrame:
                   gap_token * gap_neuron, top_k)
 
 
-def search(model: Model, kind: str, matrix: str = "W_U", top_k: int = 50,
-           progress: Progress | None = None) -> pd.DataFrame:
+def check_kind_and_top_k(model: Model, kind: str, top_k: int) -> None:
     if kind not in KINDS:
         raise UserError(f"search kind {kind!r} unknown; use standout or mutual")
     check_top_k(top_k, model.d_vocab)
+
+
+def search(model: Model, kind: str, matrix: str = "W_U", top_k: int = 50,
+           progress: Progress | None = None) -> pd.DataFrame:
+    check_kind_and_top_k(model, kind, top_k)
     result = tables(model, matrix, progress)
     return (standout if kind == "standout" else mutual)(model, result, top_k)

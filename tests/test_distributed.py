@@ -1,0 +1,59 @@
+"""Ray scale-out (local instance, 2 workers): identical scans and search rankings, also after a worker is killed."""
+
+import json
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra (requirements-scale.txt)")
+
+from core import distributed, scan, search  # noqa: E402
+from core.model import load_model  # noqa: E402
+
+TEXTS = ["An owl is an animal that hunts at night, and a cat is a pet.",
+         "I ate an apple and a pear, then an orange, in an hour or so."] * 6
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, gpt2_folder):
+    cache_dir = tmp_path_factory.mktemp("ray-cache")
+    corpus = cache_dir / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TNE_CACHE_DIR", str(cache_dir))
+    mp.setenv("TNE_TEST_KILL_AFTER", f"2:{cache_dir / 'killed-once'}")
+    model = load_model(str(gpt2_folder), device="cpu")
+    distributed.connect(workers=2)
+    yield model, corpus, cache_dir
+    ray.shutdown()
+    mp.undo()
+
+
+ARGS = dict(neurons=[(0, 3), (2, 17)], target=281, max_tokens=2000, ctx=16, batch_size=2, top_examples=5)
+
+
+def test_ray_scan_equals_single_process_even_with_a_killed_worker(setup):
+    model, corpus, cache_dir = setup
+    single = scan.scan(model, str(corpus), **ARGS, use_cache=False).to_json()
+    on_ray = distributed.ray_scan(model, str(corpus), workers=2, **ARGS)
+    assert (cache_dir / "killed-once").exists(), "the test hook should have killed one worker mid-scan"
+    result = on_ray.to_json()
+    assert result.pop("settings")["engine"] == "ray (2 workers)"
+    single.pop("settings")
+    assert result == single
+    # a second run reads every batch back from the disk cache: no Ray work, same answer
+    again = distributed.ray_scan(model, str(corpus), workers=2, **ARGS).to_json()
+    again.pop("settings")
+    assert again == single
+
+
+def test_ray_search_rankings_equal_single_process(setup):
+    model, _, _ = setup
+    single = search.compute_tables(model, "W_U")
+    on_ray = distributed.ray_tables(model, "W_U", workers=2, layers_per_block=1)
+    np.testing.assert_array_equal(on_ray.neuron_top_ids, single.neuron_top_ids)
+    np.testing.assert_array_equal(on_ray.token_top_ids, single.token_top_ids)
+    np.testing.assert_allclose(on_ray.token_top_vals, single.token_top_vals, rtol=1e-5, atol=1e-5)
+    for kind in (search.standout, search.mutual):
+        a, b = kind(model, on_ray, 20), kind(model, single, 20)
+        assert list(zip(a.layer, a.neuron, a.id)) == list(zip(b.layer, b.neuron, b.id))
