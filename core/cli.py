@@ -229,9 +229,8 @@ def cmd_patch(args: argparse.Namespace) -> dict:
             layer = patching.standout_mlp_layer(patching.patch_layers(setup))
             out["layer_choice"] = "late MLP layer with the highest all-positions mlp_out score (MLP 0 excluded)"
         result = patching.patch_neurons(setup, layer)
-        frame = result.frame(args.top_k if (args.top_k or not args.json) else None)
+        frame = result.frame(args.top_k or (None if args.json else 20))  # JSON: every neuron unless --top-k
         if not args.json:
-            frame = result.frame(args.top_k or 20)
             print(f"layer {layer}: whole-layer score {result.layer_score:.4f}")
             _print_table("top neurons", frame)
         out["layer"] = layer
