@@ -1,0 +1,93 @@
+"""Corpus check (the post's §5): bin neurons' activations over real text against how often the model's top-1
+prediction is the target token."""
+
+from __future__ import annotations
+
+import re
+
+import streamlit as st
+
+from core.congruence import label, parse_neuron
+from core.errors import UserError
+from ui import analyses, common, params, scan_view
+from ui.common import KNOWN_NEURONS, POST_ANSWER
+
+PAGE = "corpus"
+BUNDLED = "bundled"
+
+
+def key(name: str) -> str:
+    return params.key(PAGE, name)
+
+
+def parse_neurons(text: str) -> tuple[tuple[int, int], ...]:
+    """'L25.N1527, L27.N554' → ((25, 1527), (27, 554)), each range-checked against the model."""
+    parts = [p for p in re.split(r"[,;\s]+", str(text).strip()) if p]
+    if not parts:
+        raise UserError("no neurons given; write them as L25.N1527, separated by commas")
+    return tuple(dict.fromkeys(parse_neuron(model, p) for p in parts))
+
+
+def page_params() -> list[params.Param]:
+    known = KNOWN_NEURONS.get(model.name)
+    return [
+        params.Param("corpus", BUNDLED),
+        params.Param("neurons", label(*known) if known else "",
+                     lambda text: ", ".join(label(*n) for n in parse_neurons(text))),
+        params.Param("target", POST_ANSWER),
+        params.Param("budget", 20000, params.whole_number("token budget", 100, 10_000_000)),
+    ]
+
+
+def inputs() -> dict:
+    spec = page_params()
+    params.bind(PAGE, spec)
+    left, right = st.columns(2)
+    left.text_input("Corpus", key=key("corpus"), persist_state="session",
+                    help="'bundled' (State of the Union addresses 1981–2021, shipped with the app), a local "
+                         ".txt/.jsonl/.parquet/.csv file or folder, or a Hugging Face dataset name when online")
+    left.text_input("Neurons", key=key("neurons"), persist_state="session", help="e.g. L25.N1527, L27.N554")
+    right.text_input("Target token", key=key("target"), persist_state="session",
+                     help="One token with its leading space, e.g. ' an'")
+    right.number_input("Token budget", key=key("budget"), min_value=100, step=5000, persist_state="session",
+                       help="Positions read from the corpus (more = slower, smoother bins)")
+    with right.expander("Binning and examples"):
+        st.number_input("Bin width (activation)", key=key("bin_width"), min_value=0.01, value=0.5, step=0.1)
+        st.number_input("Max-activating examples per neuron", key=key("examples"), min_value=1, value=20, step=5)
+    params.publish(PAGE, spec)
+    return {name: params.value(PAGE, name) for name in ("corpus", "neurons", "target", "budget", "bin_width",
+                                                         "examples")}
+
+
+def body() -> None:
+    st.title("Corpus check")
+    st.markdown("Does the neuron act the same on ordinary text? Its activation at every position of a corpus, binned; "
+                "for each bin, the share of positions where the model's top-1 prediction is the target token. The "
+                "post saw the share rise with the an-neuron's activation.")
+    if analyses.scan_module() is None:
+        st.info(scan_view.NOT_AVAILABLE)
+        return
+    inp = inputs()
+    if not inp["neurons"].strip():
+        st.info("Name one or more neurons, e.g. L25.N1527 (the Patching, Token and Search pages find them).")
+        return
+    neurons = parse_neurons(inp["neurons"])
+    corpus = None if inp["corpus"].strip() in ("", BUNDLED) else inp["corpus"].strip()
+    run_key = (corpus, neurons, inp["target"], int(inp["budget"]), float(inp["bin_width"]), int(inp["examples"]))
+    if st.button("Scan", type="primary", key="corpus:run"):
+        st.session_state["corpus:armed"] = True
+    if not st.session_state.get("corpus:armed"):
+        st.info("Press **Scan** (one forward pass over the token budget; progress is shown).")
+        return
+    view = analyses.corpus_scan(model, model.fingerprint, corpus, neurons, inp["target"], run_key[3], run_key[4],
+                                run_key[5], 12)
+    common.conventions(model, metric=False, extra=f"**Corpus:** {inp['corpus']} · **Target:** {inp['target']!r}")
+    for name, result in view.neurons.items():
+        st.subheader(name)
+        scan_view.neuron_scan(name, result, inp["target"], key=f"corpus:{name}")
+    common.json_download(view.payload, "corpus_scan")
+
+
+model = common.setup_page("Corpus")
+if model is not None:
+    common.run_page(body)

@@ -1,0 +1,298 @@
+"""The Streamlit app, page by page, through Streamlit's AppTest (no browser): every page renders with its defaults,
+runs its main action on the embedded model, shows the post's numbers, and answers bad input — typed or in the URL —
+with an error element, never an exception."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.cli import POST_CLEAN, POST_CORRUPTED
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAIR = {"clean": POST_CLEAN, "corrupted": POST_CORRUPTED, "answer": " an", "wrong": " a"}
+
+
+def open_page(page: str | None, **query: str) -> AppTest:
+    """The app opened on `page` (a file under pages/, None = Home) with a URL query, run once."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    if page is not None:
+        at.run()  # Home first, as a browser session would load the entry script
+        at.switch_page(f"pages/{page}")
+    at.query_params.clear()
+    at.query_params.update(query)
+    return at.run()
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+    assert not errors(at), errors(at)
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(str(e.value) for kind in (at.title, at.markdown, at.caption, at.subheader) for e in kind)
+
+
+# ---------------------------------------------------------------- click events (AppTest cannot click a chart)
+
+
+def test_clicked_points_and_cells_are_read_in_every_shape_streamlit_sends():
+    from ui.common import neuron_from_point, selection_of
+
+    # a numpy customdata row comes back from the browser as {"0": …, "1": …}; a list one as a list
+    assert neuron_from_point({"selection": {"points": [{"customdata": {"0": 25, "1": 1527}}]}}) == (25, 1527)
+    assert neuron_from_point({"selection": {"points": [{"customdata": [3, 7, 0.5]}]}}) == (3, 7)
+    assert neuron_from_point({"selection": {"points": []}}) is None and neuron_from_point(None) is None
+    assert selection_of({"selection": {"rows": [], "cells": [[4, "token"]]}}) == {"row": 4, "column": "token"}
+    assert selection_of({"selection": {"rows": [2], "cells": []}}) == {"row": 2, "column": None}
+    assert selection_of({"selection": {"rows": [], "cells": []}}) is None
+
+
+# ---------------------------------------------------------------- Home and the sidebar
+
+
+def test_home_tells_the_story_with_links():
+    at = open_page(None)
+    assert_clean(at)
+    body = texts(at)
+    for step in ("1. The model says", "2. Find the layer", "3. Find the neuron", "4. What does it write?",
+                 "5. More token neurons"):
+        assert step in body
+    assert at.sidebar.selectbox[0].value == "smollm2-135m"
+    assert "layers **30**" in body and "d_mlp **1536**" in body  # the model facts in the sidebar
+
+
+def test_unknown_model_in_url_falls_back_to_embedded():
+    at = open_page(None, model="no-such-model")
+    assert not at.exception
+    assert any("unknown model 'no-such-model'" in e for e in errors(at)), errors(at)
+    assert at.sidebar.selectbox[0].value == "smollm2-135m"
+    assert "model" not in at.query_params
+
+
+@pytest.mark.parametrize("widget, value, message", [
+    (0, "gpt2", "not in the local Hugging Face cache"),  # offline: says how to get the weights
+    (1, "cuda", "this machine has no CUDA GPU"),
+])
+def test_sidebar_model_errors_fall_back_to_the_embedded_model(widget, value, message):
+    if value == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    at = open_page(None)
+    at.sidebar.selectbox[widget].set_value(value).run()
+    assert not at.exception
+    assert any(message in e for e in errors(at)), errors(at)
+    assert at.sidebar.selectbox[0].value == "smollm2-135m" and at.sidebar.selectbox[1].value == "auto"
+
+
+def test_missing_model_folder_in_url_is_reported():
+    at = open_page("1_Logit_Lens.py", model="/no/such/folder")
+    assert not at.exception
+    assert any("'/no/such/folder' does not exist" in e for e in errors(at)), errors(at)
+    assert at.sidebar.selectbox[0].value == "smollm2-135m"
+    assert metrics(at)["P(␣an)"] == "0.607"  # the page carries on with the embedded model
+
+
+# ---------------------------------------------------------------- Logit lens
+
+
+def test_logit_lens_defaults_reproduce_the_post():
+    at = open_page("1_Logit_Lens.py")
+    assert_clean(at)
+    got = metrics(at)
+    assert got["P(␣an)"] == "0.607" and got["P(␣a)"] == "0.297"
+    top = at.dataframe[0].value
+    assert top.iloc[0]["token"] == "␣an"  # shown with its space; the CSV keeps " an"
+    chips = next(m.value for m in at.markdown if "token-chips" in m.value)
+    assert "␣apple<sub" in chips and 'title="position 15, id 11977"' in chips  # tokenization: token + id
+    assert any(b.label.startswith("⬇ JSON") for b in at.get("download_button"))
+
+
+def test_logit_lens_bad_input_gives_errors_not_exceptions():
+    at = open_page("1_Logit_Lens.py", prompt="I picked", answer=" antelope")
+    assert not at.exception
+    assert any("' antelope' is 2 tokens" in e for e in errors(at)), errors(at)
+    at.text_area(key="lens:prompt").set_value("").run()
+    assert not at.exception
+    assert any("prompt is empty" in e for e in errors(at)), errors(at)
+
+
+def test_inputs_are_mirrored_in_the_url():
+    at = open_page("1_Logit_Lens.py")
+    at.text_input(key="lens:answer").set_value(" the").run()
+    assert at.query_params.get("answer") == " the"
+    assert "prompt" not in at.query_params  # defaults stay out of the URL
+
+
+# ---------------------------------------------------------------- Patching
+
+
+@pytest.fixture(scope="module")
+def patched() -> AppTest:
+    at = open_page("2_Patching.py", **PAIR)
+    assert not at.exception
+    at.button(key="patching:run").click().run()
+    return at
+
+
+def test_patching_reproduces_the_post(patched):
+    assert_clean(patched)
+    got = metrics(patched)
+    assert got["clean P(␣an)"] == "0.607" and got["corrupted P(␣a)"] == "0.889"
+    assert got["top neuron"] == "L25.N1527"
+    assert got["its score"] == "0.613"
+    assert got["whole MLP 25 (all neurons at once)"] == "0.652"
+    assert "Standout late MLP layer: 25" in texts(patched)
+
+
+def test_patching_row_click_opens_the_neuron_page(patched):
+    patched.session_state["patching:top_neurons"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    patched.run()
+    assert not patched.exception
+    assert patched.title[0].value == "Neuron L25.N1527"
+    assert patched.query_params["layer"] == "25" and patched.query_params["neuron"] == "1527"
+
+
+def test_patching_mismatched_lengths_is_an_error():
+    at = open_page("2_Patching.py", corrupted="I climbed up the lemon tree")
+    at.button(key="patching:run").click().run()
+    assert not at.exception
+    assert any("same number of tokens" in e for e in errors(at)), errors(at)
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"layer": "abc"}, "layer 'abc' is not a whole number; valid: 0..29"),
+    ({"layer": "99"}, "layer 99 is out of range; valid: 0..29"),
+    ({"ablation": "explode"}, "ablation 'explode' is unknown; valid: clean, zero, mean, negate"),
+])
+def test_patching_bad_url_params_are_reported(query, message):
+    at = open_page("2_Patching.py", **query)
+    assert not at.exception
+    assert any(message in e for e in errors(at)), errors(at)
+    assert at.button(key="patching:run")  # the page still works, on the defaults
+
+
+# ---------------------------------------------------------------- Neuron and Token
+
+
+def test_neuron_page_lists_an_as_top_token():
+    at = open_page("3_Neuron.py", layer="25", neuron="1527")
+    assert_clean(at)
+    assert at.title[0].value == "Neuron L25.N1527"
+    got = metrics(at)
+    assert got["top token"] == "␣an" and got["rank among all 46,080 neurons for ␣an"] == "#1"
+    assert at.dataframe[0].value.iloc[0]["token"] == "␣an"
+    assert any("activation-text" in m.value for m in at.markdown)  # activation on the prompt, coloured
+
+
+def test_neuron_token_click_opens_the_token_page():
+    at = open_page("3_Neuron.py", layer="25", neuron="1527")
+    at.session_state["neuron:top"] = {"selection": {"rows": [], "columns": [], "cells": [[0, "token"]]}}
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Token"
+    assert metrics(at)["most congruent neuron"] == "L25.N1527"
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"layer": "abc", "neuron": "1527"}, "layer 'abc' is not a whole number"),
+    ({"layer": "25", "neuron": "99999"}, "neuron 99999 is out of range; valid: 0..1535"),
+    ({"layer": "25", "neuron": "1527", "matrix": "W_Q"}, "matrix 'W_Q' is unknown; valid: W_U, W_E"),
+])
+def test_neuron_bad_url_params_are_reported(query, message):
+    at = open_page("3_Neuron.py", **query)
+    assert not at.exception
+    assert any(message in e for e in errors(at)), errors(at)
+
+
+def test_token_page_finds_the_an_neuron():
+    at = open_page("4_Token.py", token=" an")
+    assert_clean(at)
+    assert metrics(at)["most congruent neuron"] == "L25.N1527"
+    assert at.dataframe[0].value.iloc[0]["label"] == "L25.N1527"
+
+
+def test_token_page_refuses_a_multi_token_target():
+    at = open_page("4_Token.py", token=" antelope")
+    assert not at.exception
+    assert any("a target must be exactly one token" in e for e in errors(at)), errors(at)
+
+
+# ---------------------------------------------------------------- Search and Corpus
+
+
+def test_search_runs_and_clicks_through():
+    at = open_page("5_Search.py", kind="mutual")
+    assert not at.exception and at.button(key="search:run")
+    at.button(key="search:run").click().run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert len(table) == 100 and list(table["rank"][:3]) == [1, 2, 3]
+    at.session_state["search:table"] = {"selection": {"rows": [], "columns": [], "cells": [[0, "label"]]}}
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == f"Neuron {table.iloc[0]['label']}"
+
+
+def test_search_bad_kind_is_reported():
+    at = open_page("5_Search.py", kind="best")
+    assert not at.exception
+    assert any("kind 'best' is unknown; valid: standout, mutual" in e for e in errors(at)), errors(at)
+
+
+def test_corpus_scan_shows_the_post_chart():
+    at = open_page("6_Corpus.py", neurons="L25.N1527", target=" an", budget="1000")
+    assert not at.exception
+    if at.info and "not available" in at.info[0].value:
+        pytest.skip("core.scan has not landed")
+    at.button(key="corpus:run").click().run()
+    assert_clean(at)
+    assert metrics(at)["positions scanned"] == "1,000"
+    assert at.subheader[0].value == "L25.N1527"
+    bins = at.dataframe[0].value
+    assert {"lo", "hi", "count", "top1_share"} <= set(bins.columns) and bins["count"].sum() == 1000
+
+
+def test_corpus_bad_params_are_reported():
+    at = open_page("6_Corpus.py", neurons="L99.N1", budget="lots")
+    assert not at.exception
+    if at.info and "not available" in at.info[0].value:
+        pytest.skip("core.scan has not landed")
+    found = errors(at)
+    assert any("layer 99 is out of range" in e for e in found), found
+    assert any("token budget 'lots' is not a whole number" in e for e in found), found
+
+
+# ---------------------------------------------------------------- another architecture: a local GPT-2 folder
+
+
+def test_pages_run_on_a_local_gpt2_folder(gpt2_folder):
+    """A tiny random-weight GPT-2 saved as a folder (conftest): picked by path in the URL, BOS prepended."""
+    at = open_page("1_Logit_Lens.py", model=str(gpt2_folder))
+    assert_clean(at)
+    chips = next(m.value for m in at.markdown if "token-chips" in m.value)
+    assert "&lt;|endoftext|&gt;<sub" in chips  # GPT-2's BOS, shown as the first token
+    assert "prepended" in texts(at)
+    at = open_page("2_Patching.py", model=str(gpt2_folder), **PAIR)
+    at.button(key="patching:run").click().run()
+    assert_clean(at)
+    assert metrics(at)["top neuron"].startswith("L")
+    at = open_page("3_Neuron.py", model=str(gpt2_folder), layer="2", neuron="5")
+    assert_clean(at)
+    assert at.title[0].value == "Neuron L2.N5"

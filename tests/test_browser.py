@@ -1,0 +1,151 @@
+"""The post's story clicked through in a real browser: `streamlit run app.py` on a free localhost port, Debian's
+Chromium driven by Playwright (from PyPI; its own browser download is never used).
+
+Opens Patching with the post's prompts in the URL, runs the patching, clicks the top neuron of the neuron sweep and
+lands on that neuron's page, which shows ' an' as its top congruent token. A screenshot of each step is saved in
+tests/artifacts/ (git-ignored, kept by CI as test artefacts).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import pytest
+
+from core.cli import POST_CLEAN, POST_CORRUPTED
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SLOW = 240_000  # ms: patching runs on 2 CPU cores, possibly beside other tests
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, deadline_s: float = 120) -> None:
+    """Poll Streamlit's health endpoint until it answers (or the server dies, or the deadline passes)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {server.returncode}: {server.stdout.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"streamlit did not answer at {url} within {deadline_s} s")
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, server)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture()
+def page(app_url):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1440, "height": 1000})
+        try:
+            yield tab
+        finally:
+            browser.close()
+
+
+def settled(page) -> None:
+    """Wait until Streamlit has drawn everything: no loading skeletons, every Plotly chart has its SVG."""
+    page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stSkeleton']\").length === 0",
+                           timeout=SLOW)
+    page.wait_for_function("""() => Array.from(document.querySelectorAll("[data-testid='stPlotlyChart']"))
+                                   .every(chart => chart.querySelector('.main-svg'))""", timeout=SLOW)
+
+
+def shot(page, name: str) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def test_patching_sweep_click_opens_the_an_neuron(app_url, page):
+    query = urlencode({"clean": POST_CLEAN, "corrupted": POST_CORRUPTED, "answer": " an", "wrong": " a"},
+                      quote_via=quote)  # spaces as %20: ' an' keeps its leading space
+    page.goto(f"{app_url}/Patching?{query}")
+    run = page.get_by_role("button", name="Run patching")
+    run.wait_for(timeout=SLOW)
+    assert page.get_by_label("Corrupted prompt (same number of tokens)").input_value() == POST_CORRUPTED
+    shot(page, "1_patching_inputs")
+
+    run.click()
+    page.get_by_text("Neuron sweep of MLP 25").wait_for(timeout=SLOW)
+    settled(page)
+    sweep = page.locator("[data-testid='stPlotlyChart']").filter(has_text="Neuron sweep")
+    page.get_by_role("heading", name="Neuron sweep of MLP 25").evaluate("e => e.scrollIntoView({block: 'start'})")
+    assert page.locator("[data-testid='stMetricValue']").filter(has_text="L25.N1527").count() == 1
+    shot(page, "2_patching_neuron_sweep")
+
+    # The highlighted trace lists the top neurons best first: its first point is the top neuron.
+    top_point = sweep.locator(".scatterlayer .trace").nth(1).locator("path.point").first
+    box = top_point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("() => location.pathname.endsWith('/Neuron')", timeout=SLOW)
+    page.get_by_role("heading", name="Neuron L25.N1527").wait_for(timeout=SLOW)
+    assert "layer=25" in page.url and "neuron=1527" in page.url
+    top_token = page.locator("[data-testid='stMetric']").filter(has_text="top token")
+    assert top_token.locator("[data-testid='stMetricValue']").inner_text().strip() == "␣an"
+    settled(page)
+    shot(page, "3_neuron_page")
+
+
+def test_every_page_opens_without_error(app_url, page):
+    for path, heading in (("", "Token Neuron Explorer"), ("Logit_Lens", "Logit lens"), ("Token", "Token"),
+                          ("Search", "Search: token neurons across the whole model"), ("Corpus", "Corpus check")):
+        page.goto(f"{app_url}/{path}")
+        page.get_by_role("heading", name=heading).first.wait_for(timeout=SLOW)
+        settled(page)
+        assert page.locator("[data-testid='stException']").count() == 0
+        assert page.locator("[data-testid='stAlertContentError']").count() == 0, path
+    shot(page, "4_corpus_page")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_screenshot_for_readme():
+    """After the run, the sweep screenshot is what docs/screenshot.png is refreshed from (by hand: it is committed)."""
+    yield
+    source = ARTIFACTS / "2_patching_neuron_sweep.png"
+    if source.exists() and os.environ.get("TNE_UPDATE_SCREENSHOT") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(source, ROOT / "docs" / "screenshot.png")

@@ -1,0 +1,200 @@
+"""The engine's analyses behind `st.cache_data`, keyed by the model's fingerprint and the inputs.
+
+The model itself is passed as `_model` (Streamlit does not hash arguments whose name starts with "_"); the
+fingerprint stands for it in the cache key. Inputs are plain text/ints: tokenizing inside is cheap and keeps the
+cache key readable. A UserError raised inside is not cached and reaches the page, which shows its message.
+
+Long analyses draw their own progress bar *inside* the cached function and remove it at the end: Streamlit replays
+what a cached function drew, so a bar created outside and updated inside would break on a cache hit (and a
+replayed bar is created and removed again: nothing shows).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from core import congruence, lens, patching, predict, search, tokens
+from core import forward as fw
+from core.errors import UserError
+from core.model import Model
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """An st.progress for the engine's `progress(done, total)` callback; removed when the work is done."""
+    bar = st.progress(0.0, text=f"{label}…")
+
+    def update(done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{label}: {done}/{total}")
+
+    try:
+        yield update
+    finally:
+        bar.empty()
+
+
+# ---------------------------------------------------------------- predictions and logit lens
+
+
+@dataclass
+class LensView:
+    prompt: tokens.Prompt
+    answer_id: int
+    wrong_id: int
+    top: pd.DataFrame  # rank, token, id, prob, logit
+    result: lens.LensResult
+
+
+@st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
+def lens_view(_model: Model, fingerprint: str, text: str, answer: str, wrong: str, top_k: int = 10) -> LensView:
+    prompt = tokens.prompt(_model, text)
+    answer_id = tokens.single_token(_model, answer, "answer")
+    wrong_id = tokens.single_token(_model, wrong, "wrong")
+    if answer_id == wrong_id:
+        raise UserError("answer and wrong are the same token; the logit diff would be 0 everywhere")
+    top = predict.top_k(_model, predict.last_logits(_model, prompt), top_k)
+    return LensView(prompt, answer_id, wrong_id, top, lens.logit_lens(_model, prompt, answer_id, wrong_id))
+
+
+# ---------------------------------------------------------------- patching
+
+
+@dataclass
+class PatchInputs:
+    clean: str
+    corrupted: str
+    answer: str
+    wrong: str
+    ablation: str
+
+    def key(self) -> tuple:
+        return (self.clean, self.corrupted, self.answer, self.wrong, self.ablation)
+
+
+def _setup(model: Model, inputs: PatchInputs) -> patching.Setup:
+    clean, corrupted = tokens.pair(model, inputs.clean, inputs.corrupted)
+    answer = tokens.single_token(model, inputs.answer, "answer")
+    wrong = tokens.single_token(model, inputs.wrong, "wrong")
+    return patching.prepare(model, clean, corrupted, answer, wrong, inputs.ablation)
+
+
+@dataclass
+class PatchSummary:
+    pieces: list[str]
+    clean_ids: list[int]
+    corrupted_ids: list[int]
+    answer_id: int
+    wrong_id: int
+    clean_logit_diff: float
+    corrupted_logit_diff: float
+    clean_probs: list[float]  # P(answer), P(wrong)
+    corrupted_probs: list[float]
+    describe: dict
+
+
+@st.cache_data(show_spinner="Running clean and corrupted prompts…", max_entries=32)
+def patch_summary(_model: Model, fingerprint: str, key: tuple) -> PatchSummary:
+    setup = _setup(_model, PatchInputs(*key))
+    ids = [setup.metric.answer, setup.metric.wrong]
+    return PatchSummary(
+        setup.clean.pieces, setup.clean.ids, setup.corrupted.ids, ids[0], ids[1],
+        setup.clean_logit_diff, setup.corrupted_logit_diff,
+        predict.token_probs(predict.last_logits(_model, setup.clean), ids),
+        predict.token_probs(predict.last_logits(_model, setup.corrupted), ids),
+        setup.describe(),
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def patch_layers(_model: Model, fingerprint: str, key: tuple) -> patching.LayerPatching:
+    with progress_bar("patching every layer × position") as progress:
+        return patching.patch_layers(_setup(_model, PatchInputs(*key)), progress=progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def patch_heads(_model: Model, fingerprint: str, key: tuple) -> patching.HeadPatching:
+    with progress_bar("patching every head") as progress:
+        return patching.patch_heads(_setup(_model, PatchInputs(*key)), progress=progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def patch_neurons(_model: Model, fingerprint: str, key: tuple, layer: int) -> patching.NeuronPatching:
+    with progress_bar(f"patching every neuron of MLP {layer}") as progress:
+        return patching.patch_neurons(_setup(_model, PatchInputs(*key)), layer, progress=progress)
+
+
+# ---------------------------------------------------------------- congruence and activations
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def neuron_tokens(_model: Model, fingerprint: str, layer: int, neuron: int, matrix: str,
+                  top_k: int) -> congruence.NeuronTokens:
+    return congruence.neuron_to_tokens(_model, layer, neuron, matrix, top_k)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def token_neurons(_model: Model, fingerprint: str, token: str, matrix: str, top_k: int) -> congruence.TokenNeurons:
+    return congruence.token_to_neurons(_model, tokens.single_token(_model, token), matrix, top_k)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def neuron_activations(_model: Model, fingerprint: str, text: str, layer: int, neuron: int) -> pd.DataFrame:
+    """The neuron's activation (the MLP hidden value that multiplies W_out) at every position of a prompt.
+
+    position, token, id, activation. The one place the UI reads a tensor from the engine's forward pass.
+    """
+    congruence.check_neuron(_model, layer, neuron)
+    prompt = tokens.prompt(_model, text)
+    with torch.no_grad():
+        trace = fw.run(_model.weights, prompt.tensor(_model.device))
+    values = trace.mlp_post[layer][0, :, neuron].float().cpu().tolist()
+    return pd.DataFrame({"position": range(len(prompt.ids)), "token": prompt.pieces, "id": prompt.ids,
+                         "activation": values})
+
+
+# ---------------------------------------------------------------- search
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def search_table(_model: Model, fingerprint: str, kind: str, matrix: str, top_k: int) -> pd.DataFrame:
+    with progress_bar("congruence of every neuron × token, in blocks") as progress:
+        return search.search(_model, kind, matrix, top_k, progress=progress)
+
+
+# ---------------------------------------------------------------- corpus scan (core.scan, when it exists)
+
+
+def scan_module() -> ModuleType | None:
+    """core.scan if this checkout has it, else None. A scan module that is present but broken raises."""
+    if importlib.util.find_spec("core.scan") is None:
+        return None
+    return importlib.import_module("core.scan")
+
+
+@dataclass
+class ScanView:
+    neurons: dict[str, Any]  # label "L25.N1527" → NeuronScan (bins, totals, correlation, examples)
+    payload: dict  # ScanResult.to_json()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def corpus_scan(_model: Model, fingerprint: str, corpus: str | None, neurons: tuple[tuple[int, int], ...],
+                target: str, max_tokens: int, bin_width: float, top_examples: int, window: int) -> ScanView:
+    scan = scan_module()
+    if scan is None:
+        raise UserError("the corpus scan (core/scan.py) is not in this version yet")
+    target_id = tokens.single_token(_model, target, "target")
+    with progress_bar("scanning the corpus (positions)") as progress:
+        result = scan.scan(_model, corpus, list(neurons), target_id, max_tokens=max_tokens, bin_width=bin_width,
+                           top_examples=top_examples, window=window, progress=progress)
+    return ScanView(dict(result.neurons), result.to_json())

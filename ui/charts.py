@@ -1,0 +1,267 @@
+"""Plotly figures built from the engine's DataFrames and arrays. No model, no torch: plotting only.
+
+Clickable charts put `[layer, neuron]` in each point's customdata (see `ui.common.neuron_from_point`).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+DIVERGING = "RdBu"  # red = negative, blue = positive; every signed map is centred on 0
+ANSWER_COLOUR, WRONG_COLOUR = "#1f5fa8", "#b5443b"
+KIND_COLOURS = {"embed": "#7f7f7f", "attn": "#e08e0b", "mlp": "#1f5fa8", "bias": "#bbbbbb"}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 380, **kwargs) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), height=height,
+                      margin=dict(l=10, r=10, t=45, b=10), **kwargs)
+    return fig
+
+
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\xa0": "⍽"}
+
+
+def shown(piece: str) -> str:
+    """A token as text that shows its spaces and line breaks (leading spaces matter: ' an' vs 'an').
+
+    Other invisible characters (control, format, unusual spaces) are written as \\uXXXX.
+    """
+    def visible(char: str) -> str:
+        if char in VISIBLE:
+            return VISIBLE[char]
+        if unicodedata.category(char)[0] in "CZ":
+            return f"\\u{ord(char):04x}"
+        return char
+
+    return "".join(visible(c) for c in piece) or "∅"
+
+
+# ---------------------------------------------------------------- logit lens
+
+
+def _depth_ticks(labels: list[str], every: int = 5) -> dict:
+    """x-axis ticks for a sequence of per-sublayer labels ('embed', 'L0 attn', 'L0 mlp', … or 'attn L0', …):
+    one tick per `every` layers, so 60+ labels stay readable (hover still names every point)."""
+    values, texts = [], []
+    for i, text in enumerate(labels):
+        layer = next((int(part[1:]) for part in text.split() if part[:1] == "L" and part[1:].isdigit()), None)
+        if layer is None or ("mlp" in text and layer % every == 0):
+            values.append(i)
+            texts.append(text if layer is None else f"L{layer}")
+    return dict(tickmode="array", tickvals=values, ticktext=texts)
+
+
+def lens_line(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
+    """Logit diff after every sublayer (logit lens), in order of depth."""
+    labels = list(layers["label"])
+    fig = go.Figure(go.Scatter(
+        x=list(range(len(labels))), y=layers["logit_diff"], mode="lines+markers", text=labels,
+        customdata=np.stack([layers["answer_prob"], layers["wrong_prob"]], axis=1),
+        hovertemplate="after %{text}<br>logit diff %{y:.3f}<br>P(answer) %{customdata[0]:.3f}"
+                      "<br>P(wrong) %{customdata[1]:.3f}<extra></extra>",
+        line=dict(color=ANSWER_COLOUR),
+    ))
+    fig.add_hline(y=0, line=dict(color="#999", width=1, dash="dot"))
+    fig.update_xaxes(**_depth_ticks(labels), title="residual stream after the embedding, each attention and MLP")
+    return _layout(fig, f"Logit lens: logit({shown(answer)}) − logit({shown(wrong)}) after each sublayer",
+                   yaxis_title="logit diff")
+
+
+def lens_probs(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
+    labels = list(layers["label"])
+    fig = go.Figure()
+    for column, name, colour in (("answer_prob", answer, ANSWER_COLOUR), ("wrong_prob", wrong, WRONG_COLOUR)):
+        fig.add_trace(go.Scatter(x=list(range(len(labels))), y=layers[column], mode="lines", name=f"P({shown(name)})",
+                                 text=labels, hovertemplate="after %{text}: %{y:.3f}<extra></extra>",
+                                 line=dict(color=colour)))
+    fig.update_xaxes(**_depth_ticks(labels))
+    return _layout(fig, "Logit lens: probabilities of the two tokens", height=300, yaxis_title="probability",
+                   legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+
+
+def dla_bar(components: pd.DataFrame) -> go.Figure:
+    """Direct logit attribution per component; the bars sum to the final logit diff."""
+    colours = [KIND_COLOURS.get(k, "#888") for k in components["kind"]]
+    labels = list(components["component"])
+    fig = go.Figure(go.Bar(x=list(range(len(labels))), y=components["logit_diff"], marker_color=colours, text=labels,
+                           textposition="none", hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
+    fig.update_xaxes(**_depth_ticks(labels), title="component (orange: attention, blue: MLP)")
+    return _layout(fig, "Direct logit attribution per component (sums to the logit diff)",
+                   yaxis_title="logit diff contribution")
+
+
+def heads_heatmap(frame: pd.DataFrame, value: str, title: str, colorbar: str) -> go.Figure:
+    """layer × head map of a per-head value (DLA or patching score)."""
+    grid = frame.pivot(index="layer", columns="head", values=value)
+    return grid_heatmap(grid.to_numpy(), list(grid.columns), [str(h) for h in grid.columns], title, colorbar,
+                        x_title="head", height=max(320, 14 * len(grid) + 90))
+
+
+# ---------------------------------------------------------------- patching
+
+
+def grid_heatmap(grid: np.ndarray, x: list, x_labels: list[str], title: str, colorbar: str,
+                 x_title: str = "position", height: int | None = None) -> go.Figure:
+    """A layer (rows) × something (columns) map, diverging around 0."""
+    layers = list(range(grid.shape[0]))
+    fig = go.Figure(go.Heatmap(
+        z=grid, x=x, y=layers, colorscale=DIVERGING, zmid=0, colorbar=dict(title=colorbar),
+        hovertemplate=f"layer %{{y}}, {x_title} %{{x}}<br>{colorbar} %{{z:.3f}}<extra></extra>",
+    ))
+    fig.update_xaxes(tickmode="array", tickvals=x, ticktext=x_labels, title=x_title)
+    fig.update_yaxes(title="layer", autorange="reversed")
+    return _layout(fig, title, height=height or max(320, 12 * grid.shape[0] + 110))
+
+
+def position_heatmaps(scores: dict[str, np.ndarray], pieces: list[str]) -> go.Figure:
+    """resid_pre, attn_out and mlp_out patching scores side by side: layer (rows) × position (the clean tokens)."""
+    kinds = list(scores)
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=kinds, horizontal_spacing=0.02)
+    positions = list(range(len(pieces)))
+    ticks = [f"{shown(p)}" for p in pieces]
+    for i, kind in enumerate(kinds, start=1):
+        fig.add_trace(go.Heatmap(
+            z=scores[kind], x=positions, y=list(range(scores[kind].shape[0])), coloraxis="coloraxis",
+            customdata=np.array([[shown(p) for p in pieces]] * scores[kind].shape[0]),
+            hovertemplate=f"{kind}<br>layer %{{y}}, position %{{x}} (%{{customdata}})"
+                          "<br>score %{z:.3f}<extra></extra>",
+        ), row=1, col=i)
+        fig.update_xaxes(tickmode="array", tickvals=positions, ticktext=ticks, tickangle=-60, row=1, col=i)
+    fig.update_yaxes(title="layer", autorange="reversed", row=1, col=1)
+    fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmid=0, colorbar=dict(title="score")))
+    return _layout(fig, "Each activation patched at one (layer, position); x = the clean prompt's tokens",
+                   height=max(420, 11 * scores[kinds[0]].shape[0] + 160))
+
+
+def layer_totals(all_positions: dict[str, np.ndarray]) -> go.Figure:
+    """Each layer's attention / MLP output patched at all positions at once."""
+    fig = go.Figure()
+    for kind, colour in (("attn_out", KIND_COLOURS["attn"]), ("mlp_out", KIND_COLOURS["mlp"])):
+        scores = all_positions[kind]
+        fig.add_trace(go.Scatter(x=list(range(len(scores))), y=scores, mode="lines+markers", name=kind,
+                                 line=dict(color=colour), hovertemplate=f"{kind} L%{{x}}: %{{y:.3f}}<extra></extra>"))
+    return _layout(fig, "Per layer, all positions patched at once", height=320, xaxis_title="layer",
+                   yaxis_title="score", legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+
+
+def neuron_sweep(frame: pd.DataFrame, highlight: int = 10, labelled: int = 3) -> go.Figure:
+    """Every neuron of one layer patched alone: score per neuron; the top ones are drawn large and labelled.
+
+    frame: layer, neuron, label, score (highest first, as NeuronPatching.frame gives it). SVG scatter (not WebGL)
+    so each point is a clickable element.
+    """
+    by_neuron = frame.sort_values("neuron")
+    top = frame.head(highlight)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=by_neuron["neuron"], y=by_neuron["score"], mode="markers", name="all neurons",
+        marker=dict(size=4, color="#9aa7b4"),
+        customdata=np.stack([by_neuron["layer"], by_neuron["neuron"]], axis=1),
+        hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{y:.4f}<extra></extra>",
+    ))
+    fig.add_trace(go.Scatter(
+        x=top["neuron"], y=top["score"], mode="markers+text", name=f"top {len(top)}",
+        marker=dict(size=11, color=ANSWER_COLOUR, line=dict(color="white", width=1)),
+        text=[name if i < labelled else "" for i, name in enumerate(top["label"])], textfont=dict(size=12),
+        # labels point inwards, so that a neuron near the right edge keeps its label inside the plot
+        textposition=["middle left" if n > by_neuron["neuron"].max() / 2 else "middle right" for n in top["neuron"]],
+        customdata=np.stack([top["layer"], top["neuron"]], axis=1),
+        hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{y:.4f}<br>click to open<extra></extra>",
+    ))
+    return _layout(fig, "Neuron sweep: each neuron's post-activation patched alone (all positions) — click a point",
+                   height=420, xaxis_title="neuron", yaxis_title="score", clickmode="event+select",
+                   legend=dict(orientation="h", y=1.1, x=1, xanchor="right"))
+
+
+# ---------------------------------------------------------------- congruence
+
+
+def congruence_histogram(values: np.ndarray, top: pd.DataFrame, bottom: pd.DataFrame, marked: int = 5) -> go.Figure:
+    """Histogram of a neuron's congruence with every token (log count), its top/bottom tokens marked."""
+    counts, edges = np.histogram(values, bins=120)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure(go.Bar(x=centres, y=counts, width=edges[1] - edges[0], marker_color="#9aa7b4", name="tokens",
+                           hovertemplate="congruence ≈ %{x:.2f}: %{y} tokens<extra></extra>"))
+    for frame, colour in ((top.head(marked), ANSWER_COLOUR), (bottom.head(marked), WRONG_COLOUR)):
+        for i, row in enumerate(frame.itertuples()):
+            fig.add_vline(x=row.congruence, line=dict(color=colour, width=1, dash="dot"))
+            fig.add_annotation(x=row.congruence, y=1 - 0.07 * i, yref="paper", text=shown(row.token), showarrow=False,
+                               font=dict(color=colour, size=11), xanchor="left", yanchor="top")
+    fig.update_yaxes(type="log", title="tokens")
+    fig.update_xaxes(title="congruence")
+    return _layout(fig, "Congruence with every token of the vocabulary (top and bottom tokens marked)", height=340,
+                   showlegend=False)
+
+
+# Diverging, but with a light grey middle: the tens of thousands of near-zero neurons form a visible carpet
+# under the few that stand out (a white middle would vanish into the background).
+CARPET = [[0.0, WRONG_COLOUR], [0.5, "#d5d9df"], [1.0, ANSWER_COLOUR]]
+
+
+def token_scatter(values: np.ndarray, top: pd.DataFrame, labelled: int = 5) -> go.Figure:
+    """Every neuron's congruence with one token: x neuron, y layer, colour (and size) = congruence.
+
+    Both traces are WebGL (tens of thousands of points; an SVG overlay would be drawn under the WebGL canvas);
+    the top neurons are the second trace, ringed and labelled: they are the points that hover and click.
+    """
+    n_layers, d_mlp = values.shape
+    layer_ids, neuron_ids = np.divmod(np.arange(n_layers * d_mlp), d_mlp)
+    flat = values.reshape(-1)
+    spread = float(np.abs(flat).max()) or 1.0
+    fig = go.Figure(go.Scattergl(
+        x=neuron_ids, y=layer_ids, mode="markers", name="all neurons",
+        marker=dict(size=3 + 9 * np.clip(flat / spread, 0, 1), color=flat, colorscale=CARPET, cmin=-spread,
+                    cmax=spread, colorbar=dict(title="congruence")),
+        hoverinfo="skip",  # at ~1 px per neuron a click would pick a neighbour: only the ringed top ones react
+    ))
+    fig.add_trace(go.Scattergl(
+        x=top["neuron"], y=top["layer"], mode="markers+text", name=f"top {len(top)}",
+        marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="#111", width=1.5)),
+        text=[name if i < labelled else "" for i, name in enumerate(top["label"])], textposition="top center",
+        textfont=dict(size=11),
+        customdata=np.stack([top["layer"], top["neuron"], top["congruence"]], axis=1),
+        hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{customdata[2]:.3f}<br>click to open<extra></extra>",
+    ))
+    fig.update_yaxes(title="layer", autorange="reversed")
+    fig.update_xaxes(title="neuron")
+    return _layout(fig, "Every neuron's congruence with the token — click a point to open its neuron", height=520,
+                   showlegend=False, clickmode="event+select")
+
+
+def per_layer_bar(per_layer: pd.DataFrame) -> go.Figure:
+    fig = go.Figure(go.Bar(
+        x=per_layer["layer"], y=per_layer["congruence"], marker_color=ANSWER_COLOUR,
+        customdata=np.stack([per_layer["layer"], per_layer["neuron"]], axis=1),
+        hovertemplate="layer %{x}: L%{customdata[0]}.N%{customdata[1]} = %{y:.3f}<extra></extra>",
+    ))
+    return _layout(fig, "Most congruent neuron of each layer", height=300, xaxis_title="layer",
+                   yaxis_title="max congruence", clickmode="event+select")
+
+
+# ---------------------------------------------------------------- corpus scan
+
+
+def scan_bins(bins: pd.DataFrame, target: str, label: str) -> go.Figure:
+    """The post's chart: activation bins vs the share of positions where the target is the model's top-1 prediction."""
+    centres = (bins["lo"] + bins["hi"]) / 2
+    fig = go.Figure(go.Bar(
+        x=centres, y=bins["top1_share"], width=(bins["hi"] - bins["lo"]) * 0.9, marker_color=ANSWER_COLOUR,
+        text=[f"n={int(c):,}" for c in bins["count"]], textposition="outside",
+        customdata=np.stack([bins["lo"], bins["hi"], bins["count"]], axis=1),
+        hovertemplate="activation %{customdata[0]:.2f}…%{customdata[1]:.2f}<br>%{customdata[2]:,} positions"
+                      f"<br>top-1 = {shown(target)}: %{{y:.1%}}<extra></extra>",
+    ))
+    fig.data[0].name = f"model's top-1 is {shown(target)}"
+    if "true_next_share" in bins:  # context: how often the target really comes next in that bin
+        fig.add_trace(go.Scatter(x=centres, y=bins["true_next_share"], mode="lines+markers", name=f"true next token is "
+                                 f"{shown(target)}", line=dict(color=WRONG_COLOUR, dash="dot"),
+                                 hovertemplate="true next: %{y:.1%}<extra></extra>"))
+    fig.update_yaxes(title="share of the bin's positions", tickformat=".0%", rangemode="tozero")
+    fig.update_xaxes(title=f"{label} activation (bin centre)")
+    return _layout(fig, f"{label}: activation vs how often the model predicts {shown(target)}", height=380,
+                   legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
