@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from core import forward as fw
+from core.errors import UserError
 from core.metric import LogitDiff
 from core.model import Model
 from core.tokens import Prompt
@@ -29,6 +30,8 @@ class LensResult:
 
 @torch.no_grad()
 def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensResult:
+    if answer == wrong:
+        raise UserError("answer and wrong are the same token; the logit diff would be 0 everywhere")
     w = model.weights
     trace = fw.run(w, prompt.tensor(model.device))
     metric = LogitDiff.of(model, answer, wrong)

@@ -265,8 +265,9 @@ def _load_hf(kind: str, location: str | Path, dtype: torch.dtype) -> tuple[Any, 
             local_files_only=offline,
             trust_remote_code=False,
         )
-    except (OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"could not load weights or tokenizer from {str(location)!r}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a damaged file can raise anything (SafetensorError, KeyError, …)
+        raise UserError(f"could not load weights or tokenizer from {str(location)!r}: "
+                        f"{type(err).__name__}: {str(err)[:300]}") from err
     hf.eval()
     return hf, tokenizer
 

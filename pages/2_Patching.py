@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import patching
+from core import attribution, patching
 from core.patching import ABLATION_HELP, ABLATIONS
 from ui import analyses, charts, common, params
 from ui.common import POST_ANSWER, POST_CLEAN, POST_CORRUPTED, POST_WRONG, Section
@@ -112,6 +112,36 @@ def neurons_section(sweep: patching.NeuronPatching) -> None:
         common.table(frame, f"neuron_sweep_L{sweep.layer}_all", key="patching:all_neurons", height=300)
 
 
+def all_neurons_section(inp: analyses.PatchInputs) -> dict:
+    """Every neuron of every layer: attribution patching ranks them, exact patching verifies the top ones."""
+    st.subheader("All layers: every neuron")
+    st.caption(f"**{attribution.CAVEAT}** Attribution = (clean − corrupted activation) × gradient of the logit diff, "
+               "normalised like the exact score; 2 forwards + 1 backward for all neurons at once.")
+    if inp.ablation != "clean":
+        st.info("Attribution patching approximates clean patching only: choose the ablation 'clean'.")
+        return {}
+    top_k = st.slider("Neurons to verify exactly", 10, 200, 50, step=10, key="patching:verify_k")
+    found = analyses.all_neurons(model, model.fingerprint, inp.key(), top_k)
+    a, b = st.columns(2)
+    a.metric("top neuron anywhere", found.top.label.iloc[0], f"exact {found.top.exact.iloc[0]:.3f}",
+             delta_color="off")
+    b.metric(f"Spearman ρ, attribution vs exact (top {top_k})", f"{found.spearman:.3f}")
+    event = st.plotly_chart(
+        charts.neuron_grid(found.attribution, found.top.head(20), "attribution",
+                           "Attribution score of every neuron — click a ringed point to open its neuron"),
+        key="patching:all_layers", on_select="rerun", selection_mode="points")
+    clicked = common.neuron_from_point(event)
+    if clicked:
+        common.go_neuron(*clicked, prompt=params.value(PAGE, "clean"))
+    row = common.table(found.top, "all_neurons_attribution_vs_exact", key="patching:all_layers_table", select=True,
+                       height=300)
+    if row:
+        picked = found.top.iloc[row["row"]]
+        common.go_neuron(int(picked["layer"]), int(picked["neuron"]), prompt=params.value(PAGE, "clean"))
+    return {"all_neurons": found.top[["layer", "neuron", "attribution", "exact"]], "spearman_top_k": found.spearman,
+            "caveat": attribution.CAVEAT}
+
+
 def heads_section(heads: patching.HeadPatching) -> None:
     st.subheader("Attention heads (each head's output patched at all positions)")
     frame = pd.DataFrame([(layer, head, float(heads.all_positions[layer, head]))
@@ -147,6 +177,8 @@ def body() -> None:
         payload.update(layer=sweep.layer, layer_choice="user" if chosen is not None else "standout",
                        layer_score=sweep.layer_score, neurons=sweep.frame()[["layer", "neuron", "score"]])
         neurons_section(sweep)
+    with Section():
+        payload.update(all_neurons_section(inp))
     with Section():
         heads = analyses.patch_heads(model, model.fingerprint, inp.key())
         payload.update(heads_all_positions=heads.all_positions, heads_per_position=heads.per_position)

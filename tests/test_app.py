@@ -159,6 +159,10 @@ def test_patching_reproduces_the_post(patched):
     assert got["its score"] == "0.613"
     assert got["whole MLP 25 (all neurons at once)"] == "0.652"
     assert "Standout late MLP layer: 25" in texts(patched)
+    # all layers at once: attribution ranks L25.N1527 first, exact patching confirms 0.613
+    assert got["top neuron anywhere"] == "L25.N1527"
+    assert float(got["Spearman ρ, attribution vs exact (top 50)"]) > 0.9
+    assert any("poor on MLP 0" in c.value for c in patched.caption)
 
 
 def test_patching_row_click_opens_the_neuron_page(patched):
@@ -296,3 +300,16 @@ def test_pages_run_on_a_local_gpt2_folder(gpt2_folder):
     at = open_page("3_Neuron.py", model=str(gpt2_folder), layer="2", neuron="5")
     assert_clean(at)
     assert at.title[0].value == "Neuron L2.N5"
+
+
+# ---------------------------------------------------------------- hosted mode
+
+
+def test_hosted_mode_offers_only_the_allow_list(monkeypatch):
+    monkeypatch.setenv("TNE_HOSTED", "1")
+    monkeypatch.setenv("TNE_MODELS", "smollm2-135m")
+    at = open_page("1_Logit_Lens.py", model="/etc")
+    assert not at.exception
+    assert at.sidebar.selectbox[0].options == ["smollm2-135m"]
+    assert any("serves only smollm2-135m" in e for e in errors(at)), errors(at)
+    assert at.sidebar.selectbox[0].value == "smollm2-135m"

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
 
-from core import congruence, lens, patching, predict, search, tokens
+from core import attribution, congruence, lens, patching, predict, search, tokens
 from core import forward as fw
 from core.errors import UserError
 from core.model import Model
@@ -131,6 +132,22 @@ def patch_heads(_model: Model, fingerprint: str, key: tuple) -> patching.HeadPat
 def patch_neurons(_model: Model, fingerprint: str, key: tuple, layer: int) -> patching.NeuronPatching:
     with progress_bar(f"patching every neuron of MLP {layer}") as progress:
         return patching.patch_neurons(_setup(_model, PatchInputs(*key)), layer, progress=progress)
+
+
+@dataclass
+class AllNeurons:
+    attribution: np.ndarray  # [L, d_mlp] attribution score of every neuron
+    top: pd.DataFrame  # rank, layer, neuron, label, attribution, exact
+    spearman: float  # rank correlation of attribution and exact over `top`
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def all_neurons(_model: Model, fingerprint: str, key: tuple, top_k: int) -> AllNeurons:
+    setup = _setup(_model, PatchInputs(*key))
+    approx = attribution.attribute(setup)
+    with progress_bar(f"exact patching of the top {top_k} (layers done)") as progress:
+        top = attribution.verify_top(setup, approx, top_k, progress=progress)
+    return AllNeurons(approx.neurons, top, attribution.spearman(top.attribution.to_numpy(), top.exact.to_numpy()))
 
 
 # ---------------------------------------------------------------- congruence and activations

@@ -204,7 +204,13 @@ CARPET = [[0.0, WRONG_COLOUR], [0.5, "#d5d9df"], [1.0, ANSWER_COLOUR]]
 
 
 def token_scatter(values: np.ndarray, top: pd.DataFrame, labelled: int = 5) -> go.Figure:
-    """Every neuron's congruence with one token: x neuron, y layer, colour (and size) = congruence.
+    """Every neuron's congruence with one token: x neuron, y layer, colour (and size) = congruence."""
+    return neuron_grid(values, top, "congruence",
+                       "Every neuron's congruence with the token — click a point to open its neuron", labelled)
+
+
+def neuron_grid(values: np.ndarray, top: pd.DataFrame, value: str, title: str, labelled: int = 5) -> go.Figure:
+    """A value for every neuron of every layer: x neuron, y layer, colour (and size) = value.
 
     Both traces are WebGL (tens of thousands of points; an SVG overlay would be drawn under the WebGL canvas);
     the top neurons are the second trace, ringed and labelled: they are the points that hover and click.
@@ -216,7 +222,7 @@ def token_scatter(values: np.ndarray, top: pd.DataFrame, labelled: int = 5) -> g
     fig = go.Figure(go.Scattergl(
         x=neuron_ids, y=layer_ids, mode="markers", name="all neurons",
         marker=dict(size=3 + 9 * np.clip(flat / spread, 0, 1), color=flat, colorscale=CARPET, cmin=-spread,
-                    cmax=spread, colorbar=dict(title="congruence")),
+                    cmax=spread, colorbar=dict(title=value)),
         hoverinfo="skip",  # at ~1 px per neuron a click would pick a neighbour: only the ringed top ones react
     ))
     fig.add_trace(go.Scattergl(
@@ -224,13 +230,12 @@ def token_scatter(values: np.ndarray, top: pd.DataFrame, labelled: int = 5) -> g
         marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="#111", width=1.5)),
         text=[name if i < labelled else "" for i, name in enumerate(top["label"])], textposition="top center",
         textfont=dict(size=11),
-        customdata=np.stack([top["layer"], top["neuron"], top["congruence"]], axis=1),
+        customdata=np.stack([top["layer"], top["neuron"], top[value]], axis=1),
         hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{customdata[2]:.3f}<br>click to open<extra></extra>",
     ))
     fig.update_yaxes(title="layer", autorange="reversed")
     fig.update_xaxes(title="neuron")
-    return _layout(fig, "Every neuron's congruence with the token — click a point to open its neuron", height=520,
-                   showlegend=False, clickmode="event+select")
+    return _layout(fig, title, height=520, showlegend=False, clickmode="event+select")
 
 
 def per_layer_bar(per_layer: pd.DataFrame) -> go.Figure:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ import streamlit as st
 
 from core.cli import POST_CLEAN, POST_CORRUPTED  # noqa: F401 - the pages take them from here
 from core.errors import UserError
+from core.hosting import limits
 from core.metric import DESCRIPTION as METRIC_DESCRIPTION
 from core.model import EMBEDDED, KNOWN_MODELS, PROCESSINGS, Model, load_model
 from ui import params
@@ -60,6 +62,7 @@ def setup_page(title: str) -> Model | None:
     by Streamlit so that the entry page reads "Home" (Streamlit would label it after the file, "app").
     """
     st.set_page_config(page_title=f"{title} · {APP_TITLE}", page_icon="🔬", layout="wide")
+    apply_hosting_secrets()
     with st.sidebar:
         st.markdown(f"**{APP_TITLE}**")
         for name, (label, icon) in NAV.items():
@@ -75,8 +78,26 @@ def _load(name: str, device: str, processing: str) -> Model:
     return load_model(name, device=device, processing=processing)
 
 
+def apply_hosting_secrets() -> None:
+    """`hosted = true` (and optionally `models = [...]`) in .streamlit/secrets.toml switch on core's hosted mode.
+
+    core reads its limits from the environment (core/hosting.py); an environment variable already set wins.
+    """
+    try:
+        hosted, models = st.secrets.get("hosted"), st.secrets.get("models")
+    except Exception:  # noqa: BLE001 - no secrets file at all is the normal local case
+        return
+    if hosted and "TNE_HOSTED" not in os.environ:
+        os.environ["TNE_HOSTED"] = "1"
+        if models and "TNE_MODELS" not in os.environ:
+            os.environ["TNE_MODELS"] = ",".join(str(m) for m in models)
+
+
 def model_options(current: str | None) -> list[str]:
-    """The known models, plus a folder the user typed (so the selectbox can show it)."""
+    """The known models, plus a folder the user typed (so the selectbox can show it); hosted: the allow-list."""
+    allowed = limits().models
+    if allowed is not None:
+        return list(allowed)
     return KNOWN_MODELS + ([current] if current and current not in KNOWN_MODELS else [])
 
 
@@ -88,10 +109,15 @@ def model_sidebar(facts_open: bool = False) -> Model | None:
         st.session_state[params.key("app", "device")] = "auto"
     params.bind("app", APP_PARAMS)
     st.session_state.setdefault(params.key("app", "device"), "auto")
+    allowed = limits().models
+    if allowed is not None and params.value("app", "model") not in allowed:  # hosted: a URL asked for another model
+        failed = f"this demo serves only {', '.join(allowed)}; {params.value('app', 'model')!r} is not one of them"
+        st.session_state[params.key("app", "model")] = allowed[0]
     with st.sidebar:
         current = params.value("app", "model")
         st.selectbox(
-            "Model", model_options(current), key=params.key("app", "model"), accept_new_options=True,
+            "Model", model_options(current), key=params.key("app", "model"),
+            accept_new_options=limits().models is None,  # hosted demos take no typed names or folders
             persist_state="session",
             help=f"{EMBEDDED} is embedded (offline, SmolLM2-135M); GPT-2 sizes come from the Hugging Face cache; "
                  "or type the path of a local folder with config.json + *.safetensors + tokenizer files.",

@@ -1,0 +1,135 @@
+"""The bad-input catalog: every user-facing entry (CLI flags, URL query params, page widgets, corpus files)
+answers bad input with a message naming the problem and the valid range — no traceback, no hang, no damage to
+the cache. One row per case; `python -m pytest tests/test_bad_inputs.py -v` lists them."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from tests.test_app import errors, open_page
+
+GOOD = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
+
+
+def files(tmp: Path) -> dict[str, str]:
+    """Bad files and folders the catalog points at."""
+    (tmp / "empty.txt").write_text("")
+    (tmp / "binary.txt").write_bytes(bytes(range(256)) * 40)
+    (tmp / "latin1.txt").write_bytes("caf\xe9 cr\xe8me ".encode("latin-1") * 40)
+    (tmp / "notext.jsonl").write_text(json.dumps({"body": "x", "title": "y"}) + "\n")
+    (tmp / "noconfig").mkdir()
+    (tmp / "noconfig" / "model.safetensors").write_bytes(b"\0" * 16)
+    corrupt = tmp / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
+                                                     "vocab_size": 50257, "n_positions": 16}))
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    return {name: str(tmp / name) for name in ("empty.txt", "binary.txt", "latin1.txt", "notext.jsonl", "noconfig",
+                                                "corrupt")}
+
+
+CLI = [  # (case, argv, expected exit code, text the one-line message must contain)
+    ("empty prompt", ["predict", "--prompt", ""], 2, "prompt is empty"),
+    ("whitespace prompt", ["predict", "--prompt", "   \n "], 2, "only whitespace"),
+    ("prompt over the context", ["predict", "--prompt", "word " * 9000], 2, "reads at most 8192"),
+    ("control characters", ["predict", "--prompt", "hi\x07there\x1b[0m"], 2, "control characters"),
+    ("emoji prompt is fine", ["predict", "--prompt", "I picked 🍐 and 🍎 from the"], 0, ""),
+    ("right-to-left prompt is fine", ["predict", "--prompt", "שלום עולם and then"], 0, ""),
+    ("empty target", ["lens", "--answer", ""], 2, "answer is empty"),
+    ("target of 2+ tokens", ["lens", "--answer", " antelope"], 2, "is 2 tokens"),
+    ("emoji target", ["lens", "--wrong", "🍐"], 2, "a target must be exactly one token"),
+    ("answer equals wrong", ["lens", "--answer", " a", "--wrong", " a"], 2, "same token"),
+    ("clean/corrupted lengths differ", ["patch", "--corrupted", "I climbed"], 2, "same number of tokens"),
+    ("identical clean and corrupted", ["patch", "--corrupted", GOOD], 2, "same tokens"),
+    ("layer out of range", ["patch", "--level", "neurons", "--layer", "30"], 2, "layers 0..29"),
+    ("negative layer", ["patch", "--level", "neurons", "--layer", "-3"], 2, "layer -3 is out of range"),
+    ("non-numeric layer", ["patch", "--layer", "five"], 2, "'five' is not a layer number"),
+    ("neuron out of range", ["congruence", "--neuron", "L25.N9999"], 2, "neurons 0..1535"),
+    ("malformed neuron", ["congruence", "--neuron", "N892"], 2, "write it as L31.N892"),
+    ("unknown model", ["predict", "--model", "gpt-5"], 2, "unknown model 'gpt-5'"),
+    ("hub model offline", ["predict", "--model", "gpt2-xl"], 2, "huggingface-cli download"),
+    ("no CUDA", ["predict", "--device", "cuda"], 2, "no CUDA GPU"),
+    ("top-k 0", ["predict", "--top-k", "0"], 2, "0 must be at least 1"),
+    ("top-k absurd", ["search", "--top-k", "1000000"], 2, "use 1..49152"),
+    ("token budget 0", ["scan", "--neurons", "L25.N1527", "--max-tokens", "0"], 2, "at least 1"),
+    ("token budget absurd", ["scan", "--neurons", "L25.N1527", "--max-tokens", "999999999999"], 2, "out of range"),
+    ("unknown flag value", ["patch", "--ablation", "shuffle"], 2, "invalid choice"),
+]
+FILES = [  # (case, argv with {file} placeholders, text)
+    ("model folder missing", ["predict", "--model", "/no/such/folder"], "does not exist"),
+    ("folder without config.json", ["predict", "--model", "{noconfig}"], "no config.json"),
+    ("corrupt safetensors", ["predict", "--model", "{corrupt}"], "could not load weights"),
+    ("corpus file missing", ["scan", "--neurons", "L25.N1527", "--dataset", "/no/such.jsonl"], "does not exist"),
+    ("corpus file empty", ["scan", "--neurons", "L25.N1527", "--dataset", "{empty.txt}"], "is empty"),
+    ("corpus file binary", ["scan", "--neurons", "L25.N1527", "--dataset", "{binary.txt}"], "looks binary"),
+    ("corpus not UTF-8", ["scan", "--neurons", "L25.N1527", "--dataset", "{latin1.txt}"], "not UTF-8"),
+    ("corpus without text column", ["scan", "--neurons", "L25.N1527", "--dataset", "{notext.jsonl}"],
+     "found columns: body, title"),
+]
+URL = [  # (case, page, query, text of the st.error)
+    ("layer not a number", "2_Patching.py", {"layer": "abc"}, "layer 'abc' is not a whole number; valid: 0..29"),
+    ("layer out of range", "2_Patching.py", {"layer": "99"}, "layer 99 is out of range; valid: 0..29"),
+    ("negative neuron", "3_Neuron.py", {"layer": "25", "neuron": "-5"}, "neuron -5 is out of range"),
+    ("unknown matrix", "3_Neuron.py", {"layer": "25", "neuron": "1527", "matrix": "W_Q"}, "valid: W_U, W_E"),
+    ("multi-token token", "4_Token.py", {"token": " antelope"}, "a target must be exactly one token"),
+    ("unknown search kind", "5_Search.py", {"kind": "best"}, "valid: standout, mutual"),
+    ("token budget 0", "6_Corpus.py", {"budget": "0"}, "token budget 0 is out of range"),
+    ("unknown model", "1_Logit_Lens.py", {"model": "no-such-model"}, "unknown model 'no-such-model'"),
+    ("control characters in a prompt", "1_Logit_Lens.py", {"prompt": "a\x00b"}, "control characters"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    return files(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("case, argv, code, needle", CLI, ids=[c[0] for c in CLI])
+def test_cli(capsys, case, argv, code, needle):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code:
+        assert needle in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("case, argv, needle", FILES, ids=[c[0] for c in FILES])
+def test_files(capsys, bad_files, case, argv, needle):
+    for name, path in bad_files.items():
+        argv = [a.replace("{" + name + "}", path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("case, page, query, needle", URL, ids=[c[0] for c in URL])
+def test_url(case, page, query, needle):
+    at = open_page(page, **query)
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(needle in e for e in errors(at)), errors(at)
+
+
+@pytest.mark.parametrize("case, page, widget, value, button, needle", [
+    ("empty prompt typed", "1_Logit_Lens.py", "lens:prompt", "", None, "prompt is empty"),
+    ("identical prompts typed", "2_Patching.py", "patching:corrupted", GOOD, "patching:run", "same tokens"),
+    ("malformed neuron list typed", "6_Corpus.py", "corpus:neurons", "banana", "corpus:run", "write it as L31.N892"),
+], ids=lambda v: v if isinstance(v, str) and " " in v else "")
+def test_widgets(case, page, widget, value, button, needle):
+    at = open_page(page)
+    at.text_area(key=widget).input(value).run() if widget.endswith(("prompt", "corrupted")) else \
+        at.text_input(key=widget).input(value).run()
+    if button and any(b.key == button for b in at.button):  # a page may refuse before offering its button
+        at.button(key=button).click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(needle in e for e in errors(at)), errors(at)
+
+
+def test_nothing_cached_is_damaged(capsys):
+    """After all of the above, the cache holds no half-written entry and a good run gives the right answer."""
+    from core.model import cache_root
+
+    assert not list(cache_root().rglob(".tmp-*")) and not list(cache_root().rglob(".convert-*"))
+    assert main(["patch", "--level", "neurons", "--layer", "25", "--top-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["neurons"][0]["neuron"] == 1527
