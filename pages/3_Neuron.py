@@ -96,9 +96,6 @@ def activation_section(layer: int, neuron: int) -> dict:
 
 def corpus_section(layer: int, neuron: int, target: str) -> dict:
     st.subheader("On a corpus")
-    if analyses.scan_module() is None:
-        st.info(scan_view.NOT_AVAILABLE)
-        return {}
     name = label(layer, neuron)
     st.caption(f"Scans {SCAN_TOKENS:,} tokens of the bundled corpus: {name}'s activation, binned, against how often "
                f"the model's top-1 prediction is its top token {charts.shown(target)}. The Corpus page has every "

@@ -3,12 +3,15 @@ prediction is the target token."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 
 import streamlit as st
 
 from core.congruence import label, parse_neuron
 from core.errors import UserError
+from core.hosting import limits
 from ui import analyses, common, params, scan_view
 from ui.common import KNOWN_NEURONS, POST_ANSWER
 
@@ -54,9 +57,25 @@ def inputs() -> dict:
     with right.expander("Binning and examples"):
         st.number_input("Bin width (activation)", key=key("bin_width"), min_value=0.01, value=0.5, step=0.1)
         st.number_input("Max-activating examples per neuron", key=key("examples"), min_value=1, value=20, step=5)
+    ray_address = ray_engine(right)
     params.publish(PAGE, spec)
-    return {name: params.value(PAGE, name) for name in ("corpus", "neurons", "target", "budget", "bin_width",
-                                                         "examples")}
+    values = {name: params.value(PAGE, name) for name in ("corpus", "neurons", "target", "budget", "bin_width",
+                                                           "examples")}
+    return values | {"ray_address": ray_address}
+
+
+def ray_engine(column) -> str | None:
+    """Where the scan runs: this process, or Ray (a local instance or the cluster at RAY_ADDRESS / typed here).
+
+    Offered only when Ray is installed (requirements-scale.txt) and the app is not a hosted demo."""
+    if limits().hosted or importlib.util.find_spec("ray") is None:
+        return None
+    with column.expander("Run on Ray (scale-out)"):
+        on = st.checkbox("Submit the scan to Ray", key=key("ray"),
+                         help="Same results as here; batches run on Ray workers, each with its own copy of the model")
+        address = st.text_input("Ray address", value=os.environ.get("RAY_ADDRESS", "local"), key=key("ray_address"),
+                                help="'local' starts a 2-worker Ray instance on this machine; or ray://host:10001")
+    return (address.strip() or "local") if on else None
 
 
 def body() -> None:
@@ -64,9 +83,6 @@ def body() -> None:
     st.markdown("Does the neuron act the same on ordinary text? Its activation at every position of a corpus, binned; "
                 "for each bin, the share of positions where the model's top-1 prediction is the target token. The "
                 "post saw the share rise with the an-neuron's activation.")
-    if analyses.scan_module() is None:
-        st.info(scan_view.NOT_AVAILABLE)
-        return
     inp = inputs()
     if not inp["neurons"].strip():
         st.info("Name one or more neurons, e.g. L25.N1527 (the Patching, Token and Search pages find them).")
@@ -74,14 +90,16 @@ def body() -> None:
     neurons = parse_neurons(inp["neurons"])
     corpus = None if inp["corpus"].strip() in ("", BUNDLED) else inp["corpus"].strip()
     run_key = (corpus, neurons, inp["target"], int(inp["budget"]), float(inp["bin_width"]), int(inp["examples"]))
+    engine = "this process" if inp["ray_address"] is None else f"Ray ({inp['ray_address']})"
     if st.button("Scan", type="primary", key="corpus:run"):
         st.session_state["corpus:armed"] = True
     if not st.session_state.get("corpus:armed"):
         st.info("Press **Scan** (one forward pass over the token budget; progress is shown).")
         return
     view = analyses.corpus_scan(model, model.fingerprint, corpus, neurons, inp["target"], run_key[3], run_key[4],
-                                run_key[5], 12)
-    common.conventions(model, metric=False, extra=f"**Corpus:** {inp['corpus']} · **Target:** {inp['target']!r}")
+                                run_key[5], 12, inp["ray_address"])
+    common.conventions(model, metric=False, extra=f"**Corpus:** {inp['corpus']} · **Target:** {inp['target']!r} · "
+                                                  f"**Ran on:** {engine}")
     for name, result in view.neurons.items():
         st.subheader(name)
         scan_view.neuron_scan(name, result, inp["target"], key=f"corpus:{name}")

@@ -263,8 +263,6 @@ def test_search_bad_kind_is_reported():
 def test_corpus_scan_shows_the_post_chart():
     at = open_page("6_Corpus.py", neurons="L25.N1527", target=" an", budget="1000")
     assert not at.exception
-    if at.info and "not available" in at.info[0].value:
-        pytest.skip("core.scan has not landed")
     at.button(key="corpus:run").click().run()
     assert_clean(at)
     assert metrics(at)["positions scanned"] == "1,000"
@@ -276,8 +274,6 @@ def test_corpus_scan_shows_the_post_chart():
 def test_corpus_bad_params_are_reported():
     at = open_page("6_Corpus.py", neurons="L99.N1", budget="lots")
     assert not at.exception
-    if at.info and "not available" in at.info[0].value:
-        pytest.skip("core.scan has not landed")
     found = errors(at)
     assert any("layer 99 is out of range" in e for e in found), found
     assert any("token budget 'lots' is not a whole number" in e for e in found), found
@@ -313,3 +309,24 @@ def test_hosted_mode_offers_only_the_allow_list(monkeypatch):
     assert at.sidebar.selectbox[0].options == ["smollm2-135m"]
     assert any("serves only smollm2-135m" in e for e in errors(at)), errors(at)
     assert at.sidebar.selectbox[0].value == "smollm2-135m"
+
+
+def test_corpus_scan_on_ray_equals_the_local_scan(embedded):
+    pytest.importorskip("ray", reason="Ray is an optional extra (requirements-scale.txt)")
+    import ray
+
+    from core import scan
+
+    budget = 613  # a budget no other test uses: the Ray workers compute it (not the disk cache)
+    at = open_page("6_Corpus.py", neurons="L25.N1527", target=" an", budget=str(budget))
+    at.checkbox(key="corpus:ray").check().run()
+    at.button(key="corpus:run").click().run()
+    ray.shutdown()
+    assert_clean(at)
+    assert any("Ran on:** Ray (local)" in c.value for c in at.caption)
+    local = scan.scan(embedded, None, [(25, 1527)], 354, budget, use_cache=False).neurons["L25.N1527"]
+    got = metrics(at)
+    assert got["positions scanned"] == f"{local.totals['positions']:,}"
+    assert got["true next token = ␣an"] == f"{local.totals['target_true_next']:,}"
+    bins = at.dataframe[0].value
+    assert list(bins["count"]) == list(local.bins["count"])

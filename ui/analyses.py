@@ -11,12 +11,9 @@ replayed bar is created and removed again: nothing shows).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,7 +21,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core import attribution, congruence, lens, patching, predict, search, tokens
+from core import attribution, congruence, lens, patching, predict, scan, search, tokens
 from core import forward as fw
 from core.errors import UserError
 from core.model import Model
@@ -61,8 +58,6 @@ def lens_view(_model: Model, fingerprint: str, text: str, answer: str, wrong: st
     prompt = tokens.prompt(_model, text)
     answer_id = tokens.single_token(_model, answer, "answer")
     wrong_id = tokens.single_token(_model, wrong, "wrong")
-    if answer_id == wrong_id:
-        raise UserError("answer and wrong are the same token; the logit diff would be 0 everywhere")
     top = predict.top_k(_model, predict.last_logits(_model, prompt), top_k)
     return LensView(prompt, answer_id, wrong_id, top, lens.logit_lens(_model, prompt, answer_id, wrong_id))
 
@@ -188,14 +183,7 @@ def search_table(_model: Model, fingerprint: str, kind: str, matrix: str, top_k:
         return search.search(_model, kind, matrix, top_k, progress=progress)
 
 
-# ---------------------------------------------------------------- corpus scan (core.scan, when it exists)
-
-
-def scan_module() -> ModuleType | None:
-    """core.scan if this checkout has it, else None. A scan module that is present but broken raises."""
-    if importlib.util.find_spec("core.scan") is None:
-        return None
-    return importlib.import_module("core.scan")
+# ---------------------------------------------------------------- corpus scan
 
 
 @dataclass
@@ -206,12 +194,18 @@ class ScanView:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def corpus_scan(_model: Model, fingerprint: str, corpus: str | None, neurons: tuple[tuple[int, int], ...],
-                target: str, max_tokens: int, bin_width: float, top_examples: int, window: int) -> ScanView:
-    scan = scan_module()
-    if scan is None:
-        raise UserError("the corpus scan (core/scan.py) is not in this version yet")
+                target: str, max_tokens: int, bin_width: float, top_examples: int, window: int,
+                ray_address: str | None = None) -> ScanView:
+    """ray_address: None = this process; "local" = a local Ray instance; else a Ray cluster address."""
     target_id = tokens.single_token(_model, target, "target")
     with progress_bar("scanning the corpus (positions)") as progress:
-        result = scan.scan(_model, corpus, list(neurons), target_id, max_tokens=max_tokens, bin_width=bin_width,
-                           top_examples=top_examples, window=window, progress=progress)
+        if ray_address is None:
+            result = scan.scan(_model, corpus, list(neurons), target_id, max_tokens=max_tokens, bin_width=bin_width,
+                               top_examples=top_examples, window=window, progress=progress)
+        else:
+            from core import distributed
+
+            result = distributed.ray_scan(_model, corpus, list(neurons), target_id, max_tokens, bin_width,
+                                          top_examples, window, address=None if ray_address == "local" else ray_address,
+                                          progress=progress)
     return ScanView(dict(result.neurons), result.to_json())

@@ -8,10 +8,6 @@ import streamlit as st
 
 from ui import charts, common, text
 
-NOT_AVAILABLE = ("The corpus scan is not available in this version yet (core/scan.py has not landed). "
-                 "The other analyses do not need it.")
-
-
 def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
     """One neuron's scan: bins chart, totals, correlation, and its max-activating examples."""
     totals, correlation = dict(result.totals), dict(result.correlation)
