@@ -120,29 +120,18 @@ def ray_scan(
     progress: scan.Progress | None = None,
 ) -> scan.ScanResult:
     """`scan.scan` with the batches run by a Ray Data pipeline of model actors. Same cache parts, same result."""
-    ctx = ctx or min(scan.DEFAULT_CTX, model.n_ctx)
-    neurons = scan._validate(model, neurons, target, max_tokens, ctx)
-    corpus = scan.load_corpus(dataset)
-    contexts = scan.chunks(model, corpus.texts, ctx, max_tokens)
-    if not contexts:
-        raise UserError(f"corpus {corpus.name!r} has no document of 2 tokens or more")
-    folder = scan._scan_dir(model, corpus, neurons, target, ctx, max_tokens, batch_size)
-    batches = [contexts[i : i + batch_size] for i in range(0, len(contexts), batch_size)]
-    total = sum(len(ids) - (1 if model.prepend_bos else 0) for _, ids in contexts)
-    parts: dict[int, dict[str, np.ndarray]] = {}
-    for index in range(len(batches)):  # resume: finished batches come from the disk cache
-        hit = cache.load(folder / f"part-{index:06d}.npz")
-        if hit is not None and set(hit) == set(scan.PART_FIELDS):
-            parts[index] = hit
-    todo = [i for i in range(len(batches)) if i not in parts]
+    scan.check_view(bin_width, top_examples, window)
+    work = scan.plan(model, dataset, neurons, target, max_tokens, ctx, batch_size)
+    parts = {i: part for i in range(len(work.batches)) if (part := work.cached_part(i)) is not None}  # resume
+    todo = [i for i in range(len(work.batches)) if i not in parts]
     done = sum(len(p["token"]) for p in parts.values())
     if todo:
         ray = connect(address, workers)
-        items = [{"index": i, "contexts": json.dumps(batches[i])} for i in todo]
+        items = [{"index": i, "contexts": json.dumps(work.batches[i])} for i in todo]
         pipeline = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             ScanWorker,
             fn_constructor_kwargs={"model_name": model.name, "processing": model.processing["name"],
-                                   "neurons": neurons, "target": target, "batch_size": batch_size,
+                                   "neurons": work.neurons, "target": target, "batch_size": batch_size,
                                    "gpu": gpus_per_worker > 0},
             batch_size=1,
             concurrency=workers,
@@ -153,17 +142,14 @@ def ray_scan(
         )
         for row in pipeline.iter_rows():
             index, part = int(row["index"]), _unpack(row["part"])
-            cache.save(folder / f"part-{index:06d}.npz", part)
+            cache.save(work.part_path(index), part)
             parts[index] = part
             done += len(part["token"])
             if progress:
-                progress(done, total)
-    ordered = [parts[i] for i in range(len(batches))]
-    seen = scan.Records(corpus, neurons, {k: np.concatenate([p[k] for p in ordered]) for k in scan.PART_FIELDS})
-    settings = {"max_tokens": max_tokens, "ctx": ctx, "bin_width": bin_width, "window": window,
-                "bos": model.bos_convention(), "neuron_activation": model.facts()["neuron_activation"],
-                "engine": f"ray ({workers} workers)"}
-    return scan._aggregate(model, seen, target, bin_width, top_examples, window, settings)
+                progress(done, work.total)
+    seen = work.records([parts[i] for i in range(len(work.batches))])
+    return scan.summarise(model, seen, target, max_tokens, work.ctx, bin_width, top_examples, window,
+                          engine=f"ray ({workers} workers)")
 
 
 class TablesWorker:

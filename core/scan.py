@@ -200,6 +200,47 @@ def _validate(model: Model, neurons, target: int, max_tokens: int, ctx: int) -> 
     return checked
 
 
+@dataclass
+class Plan:
+    """What a scan will read, batch by batch, and where its finished batches live on disk."""
+
+    corpus: Corpus
+    neurons: list[tuple[int, int]]
+    target: int
+    ctx: int
+    batch_size: int
+    batches: list[list[tuple[int, list[int]]]]
+    folder: Path
+    total: int  # positions counted (BOS excluded)
+
+    def part_path(self, index: int) -> Path:
+        return self.folder / f"part-{index:06d}.npz"
+
+    def cached_part(self, index: int) -> dict[str, np.ndarray] | None:
+        part = cache.load(self.part_path(index))
+        return part if part is not None and set(part) == set(PART_FIELDS) else None
+
+    def records(self, parts: list[dict[str, np.ndarray]]) -> Records:
+        return Records(self.corpus, self.neurons, {k: np.concatenate([p[k] for p in parts]) for k in PART_FIELDS})
+
+
+def plan(model: Model, dataset: str | None, neurons, target: int, max_tokens: int, ctx: int | None,
+         batch_size: int) -> Plan:
+    """Validate the inputs, read the corpus and cut it into batches of contexts."""
+    ctx = ctx or min(DEFAULT_CTX, model.n_ctx)
+    neurons = _validate(model, neurons, target, max_tokens, ctx)
+    corpus = load_corpus(dataset)
+    contexts = chunks(model, corpus.texts, ctx, max_tokens)
+    if not contexts:
+        raise UserError(f"corpus {corpus.name!r} has no document of 2 tokens or more")
+    return Plan(
+        corpus, neurons, target, ctx, batch_size,
+        batches=[contexts[i : i + batch_size] for i in range(0, len(contexts), batch_size)],
+        folder=_scan_dir(model, corpus, neurons, target, ctx, max_tokens, batch_size),
+        total=sum(len(ids) - (1 if model.prepend_bos else 0) for _, ids in contexts),
+    )
+
+
 def records(
     model: Model,
     dataset: str | None = None,
@@ -212,28 +253,34 @@ def records(
     use_cache: bool = True,
 ) -> Records:
     """Run the model over up to `max_tokens` positions of a corpus, batch by batch, resuming from disk."""
-    ctx = ctx or min(DEFAULT_CTX, model.n_ctx)
-    neurons = _validate(model, neurons, target, max_tokens, ctx)
-    corpus = load_corpus(dataset)
-    contexts = chunks(model, corpus.texts, ctx, max_tokens)
-    if not contexts:
-        raise UserError(f"corpus {corpus.name!r} has no document of 2 tokens or more")
-    folder = _scan_dir(model, corpus, neurons, target, ctx, max_tokens, batch_size)
-    batches = [contexts[i : i + batch_size] for i in range(0, len(contexts), batch_size)]
-    total = sum(len(ids) - (1 if model.prepend_bos else 0) for _, ids in contexts)
+    work = plan(model, dataset, neurons, target, max_tokens, ctx, batch_size)
     done, pieces = 0, []
-    for index, batch in enumerate(batches):
-        path = folder / f"part-{index:06d}.npz"
-        part = cache.load(path) if use_cache else None
-        if part is None or set(part) != set(PART_FIELDS):
-            part = _run_batch(model, batch, index * batch_size, neurons, target)
+    for index, batch in enumerate(work.batches):
+        part = work.cached_part(index) if use_cache else None
+        if part is None:
+            part = _run_batch(model, batch, index * batch_size, work.neurons, target)
             if use_cache:
-                cache.save(path, part)
+                cache.save(work.part_path(index), part)
         pieces.append(part)
         done += len(part["token"])
         if progress:
-            progress(done, total)  # may raise to interrupt: finished parts are on disk already
-    return Records(corpus, neurons, {name: np.concatenate([p[name] for p in pieces]) for name in PART_FIELDS})
+            progress(done, work.total)  # may raise to interrupt: finished parts are on disk already
+    return work.records(pieces)
+
+
+def check_view(bin_width: float, top_examples: int, window: int) -> None:
+    if not bin_width > 0:
+        raise UserError(f"bin width {bin_width} must be positive")
+    if not 1 <= top_examples <= 1000 or not 0 <= window <= 100:
+        raise UserError("top examples must be 1..1000 and the context window 0..100 tokens")
+
+
+def summarise(model: Model, seen: Records, target: int, max_tokens: int, ctx: int, bin_width: float,
+              top_examples: int, window: int, **extra: str) -> ScanResult:
+    """Bins, totals, correlation and examples from the records, with the settings that produced them."""
+    settings = {"max_tokens": max_tokens, "ctx": ctx, "bin_width": bin_width, "window": window,
+                "bos": model.bos_convention(), "neuron_activation": model.facts()["neuron_activation"], **extra}
+    return _aggregate(model, seen, target, bin_width, top_examples, window, settings)
 
 
 def scan(
@@ -251,14 +298,10 @@ def scan(
     use_cache: bool = True,
 ) -> ScanResult:
     """Scan `max_tokens` positions of a corpus (see core.corpus): bins, totals, correlation, examples."""
-    if not bin_width > 0:
-        raise UserError(f"bin width {bin_width} must be positive")
-    if not 1 <= top_examples <= 1000 or not 0 <= window <= 100:
-        raise UserError("top examples must be 1..1000 and the context window 0..100 tokens")
+    check_view(bin_width, top_examples, window)
     seen = records(model, dataset, neurons, target, max_tokens, ctx, batch_size, progress, use_cache)
-    settings = {"max_tokens": max_tokens, "ctx": ctx or min(DEFAULT_CTX, model.n_ctx), "bin_width": bin_width, "window": window,
-                "bos": model.bos_convention(), "neuron_activation": model.facts()["neuron_activation"]}
-    return _aggregate(model, seen, target, bin_width, top_examples, window, settings)
+    return summarise(model, seen, target, max_tokens, ctx or min(DEFAULT_CTX, model.n_ctx), bin_width, top_examples,
+                     window)
 
 
 def _aggregate(model: Model, seen: Records, target: int, bin_width: float, top_examples: int, window: int,
