@@ -11,6 +11,7 @@ computed in blocks of neurons, and each block updates running top-2s per neuron 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,15 +44,14 @@ class Tables:
 
 
 def _free_bytes(device: torch.device) -> int:
+    """Free memory on the device; 4 GiB where it cannot be read (no /proc/meminfo: macOS, Windows)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return 4 << 30
 
 
