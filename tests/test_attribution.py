@@ -101,3 +101,26 @@ def test_embedded_attribution_ranks_the_an_neuron_first(embedded):
     assert attribution.spearman(top.attribution, top.exact) > 0.7
     exact = patching.patch_neurons(setup, 25).scores
     assert attribution.spearman(attr.neurons[25], exact) > 0.99
+
+
+def test_attribution_equals_exact_patching_where_the_model_is_linear_after_the_patch(tiny):
+    """After the last layer's neurons only the final norm remains. With a huge eps and the norm weights scaled by
+    sqrt(eps), every norm becomes x ↦ x·w (scale constant to ~1e-8): the model is linear after the patched point,
+    so the first-order approximation must equal exact patching."""
+    def gap(model) -> tuple[float, float, float]:
+        c, k = tokens.pair(model, CLEAN, CORRUPTED)
+        setup = patching.prepare(model, c, k, tokens.single_token(model, " an"), tokens.single_token(model, " a"))
+        last = model.n_layers - 1
+        approx = attribution.attribute(setup)
+        neurons = np.abs(approx.neurons[last] - patching.patch_neurons(setup, last).scores).max()
+        layer = abs(approx.layers_all_positions["mlp_out"][last]
+                    - patching.patch_layers(setup).all_positions["mlp_out"][last])
+        return neurons, layer, np.abs(approx.neurons[last]).max()
+
+    model = in_double(tiny)
+    w, root = model.weights, 1e6
+    linear = dataclasses.replace(model, weights=dataclasses.replace(
+        w, eps=root**2, ln1_w=w.ln1_w * root, ln2_w=w.ln2_w * root, lnf_w=w.lnf_w * root))
+    neurons, layer, scale = gap(linear)
+    assert neurons < 2e-5 and layer < 2e-5 and scale > 1e-3  # equal up to the scores' float32 rounding
+    assert gap(model)[0] > 1e-4  # the same comparison on the real (nonlinear) final norm does differ
