@@ -105,8 +105,9 @@ def patch_summary(_model: Model, fingerprint: str, key: tuple) -> PatchSummary:
     return PatchSummary(
         setup.clean.pieces, setup.clean.ids, setup.corrupted.ids, ids[0], ids[1],
         setup.clean_logit_diff, setup.corrupted_logit_diff,
-        predict.token_probs(predict.last_logits(_model, setup.clean), ids),
-        predict.token_probs(predict.last_logits(_model, setup.corrupted), ids),
+        # the setup already ran both prompts: unembed their last positions instead of running them again
+        predict.token_probs(fw.unembed(_model.weights, setup.clean_trace.resid_final[0, -1]).float(), ids),
+        predict.token_probs(fw.unembed(_model.weights, setup.corrupted_trace.resid_final[0, -1]).float(), ids),
         setup.describe(),
     )
 
