@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import attribution, patching
 from core.patching import ABLATION_HELP, ABLATIONS
-from ui import analyses, charts, common, params
+from ui import analyses, charts, common, params, text
 from ui.common import POST_ANSWER, POST_CLEAN, POST_CORRUPTED, POST_WRONG, Section
 from ui.export import jsonable
 
@@ -50,7 +50,7 @@ def inputs() -> analyses.PatchInputs:
 
 
 def summary_section(summary: analyses.PatchSummary, inputs: analyses.PatchInputs) -> None:
-    answer, wrong = charts.shown(inputs.answer), charts.shown(inputs.wrong)
+    answer, wrong = text.literal(charts.shown(inputs.answer)), text.literal(charts.shown(inputs.wrong))
     cols = st.columns(6)
     cols[0].metric("clean logit diff", f"{summary.clean_logit_diff:.3f}")
     cols[1].metric("corrupted logit diff", f"{summary.corrupted_logit_diff:.3f}")

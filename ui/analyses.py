@@ -6,7 +6,8 @@ cache key readable. A UserError raised inside is not cached and reaches the page
 
 Long analyses draw their own progress bar *inside* the cached function and remove it at the end: Streamlit replays
 what a cached function drew, so a bar created outside and updated inside would break on a cache hit (and a
-replayed bar is created and removed again: nothing shows).
+replayed bar is created and removed again: nothing shows). Heavy analyses wait for a slot of the process-wide
+admission gate inside the cached function (ui/admission.py), so a cache hit never queues.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from core import attribution, congruence, lens, patching, predict, scan, search,
 from core import forward as fw
 from core.errors import UserError
 from core.model import Model
+from ui.admission import admitted
 
 
 @contextmanager
@@ -114,19 +116,19 @@ def patch_summary(_model: Model, fingerprint: str, key: tuple) -> PatchSummary:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_layers(_model: Model, fingerprint: str, key: tuple) -> patching.LayerPatching:
-    with progress_bar("patching every layer × position") as progress:
+    with admitted("patching layers × positions"), progress_bar("patching every layer × position") as progress:
         return patching.patch_layers(_setup(_model, PatchInputs(*key)), progress=progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_heads(_model: Model, fingerprint: str, key: tuple) -> patching.HeadPatching:
-    with progress_bar("patching every head") as progress:
+    with admitted("patching heads"), progress_bar("patching every head") as progress:
         return patching.patch_heads(_setup(_model, PatchInputs(*key)), progress=progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_neurons(_model: Model, fingerprint: str, key: tuple, layer: int) -> patching.NeuronPatching:
-    with progress_bar(f"patching every neuron of MLP {layer}") as progress:
+    with admitted(f"patching MLP {layer}"), progress_bar(f"patching every neuron of MLP {layer}") as progress:
         return patching.patch_neurons(_setup(_model, PatchInputs(*key)), layer, progress=progress)
 
 
@@ -139,10 +141,11 @@ class AllNeurons:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def all_neurons(_model: Model, fingerprint: str, key: tuple, top_k: int) -> AllNeurons:
-    setup = _setup(_model, PatchInputs(*key))
-    approx = attribution.attribute(setup)
-    with progress_bar(f"exact patching of the top {top_k} (layers done)") as progress:
-        top = attribution.verify_top(setup, approx, top_k, progress=progress)
+    with admitted("attribution patching of every neuron"):
+        setup = _setup(_model, PatchInputs(*key))
+        approx = attribution.attribute(setup)
+        with progress_bar(f"exact patching of the top {top_k} (layers done)") as progress:
+            top = attribution.verify_top(setup, approx, top_k, progress=progress)
     return AllNeurons(approx.neurons, top, attribution.spearman(top.attribution.to_numpy(), top.exact.to_numpy()))
 
 
@@ -180,7 +183,7 @@ def neuron_activations(_model: Model, fingerprint: str, text: str, layer: int, n
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def search_table(_model: Model, fingerprint: str, kind: str, matrix: str, top_k: int) -> pd.DataFrame:
-    with progress_bar("congruence of every neuron × token, in blocks") as progress:
+    with admitted("the search"), progress_bar("congruence of every neuron × token, in blocks") as progress:
         return search.search(_model, kind, matrix, top_k, progress=progress)
 
 
@@ -199,7 +202,7 @@ def corpus_scan(_model: Model, fingerprint: str, corpus: str | None, neurons: tu
                 ray_address: str | None = None) -> ScanView:
     """ray_address: None = this process; "local" = a local Ray instance; else a Ray cluster address."""
     target_id = tokens.single_token(_model, target, "target")
-    with progress_bar("scanning the corpus (positions)") as progress:
+    with admitted("the corpus scan"), progress_bar("scanning the corpus (positions)") as progress:
         if ray_address is None:
             result = scan.scan(_model, corpus, list(neurons), target_id, max_tokens=max_tokens, bin_width=bin_width,
                                top_examples=top_examples, window=window, progress=progress)
