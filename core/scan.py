@@ -33,6 +33,11 @@ from core.model import Model, cache_root
 
 Progress = Callable[[int, int], None]
 DEFAULT_CTX = 256
+# Positions unembedded at once: a scan needs only the target's logit and probability and the top-1 at each position,
+# so it never holds a whole context's fp32 logits over the vocabulary (256 × 49,152 × 4 B = 50 MB per context,
+# several times that with the softmax's temporaries), only LOGIT_ROWS of them (6 MB on the embedded model).
+LOGIT_ROWS = 32
+MAX_BINS = 1000
 PART_FIELDS = ("chunk", "doc", "position", "token", "next", "top1", "logit", "prob", "act")
 
 
@@ -119,16 +124,18 @@ def _run_batch(model: Model, batch: list[tuple[int, list[int]]], first_chunk: in
     parts: dict[str, list] = {name: [] for name in PART_FIELDS}
     for row, (doc, ids) in enumerate(batch):
         n = len(ids)
-        logits = fw.unembed(w, trace.resid_final[row, skip:n]).float()  # [n - skip, V], one context at a time
-        target_logit = logits[:, target]
         parts["chunk"].append(np.full(n - skip, first_chunk + row))
         parts["doc"].append(np.full(n - skip, doc))
         parts["position"].append(np.arange(skip, n))
         parts["token"].append(np.asarray(ids[skip:]))
         parts["next"].append(np.asarray(ids[skip + 1 :] + [-1]))
-        parts["top1"].append(logits.argmax(-1).cpu().numpy())
-        parts["logit"].append(target_logit.cpu().numpy())
-        parts["prob"].append((target_logit - logits.logsumexp(-1)).exp().cpu().numpy())
+        resid = trace.resid_final[row, skip:n]
+        for start in range(0, n - skip, LOGIT_ROWS):
+            logits = fw.unembed(w, resid[start : start + LOGIT_ROWS]).float()  # [≤ LOGIT_ROWS, V]
+            target_logit = logits[:, target]
+            parts["top1"].append(logits.argmax(-1).cpu().numpy())
+            parts["logit"].append(target_logit.cpu().numpy())
+            parts["prob"].append((target_logit - logits.logsumexp(-1)).exp().cpu().numpy())
         parts["act"].append(torch.stack([by_layer[l][row, skip:n, n_] for l, n_ in neurons], -1).float().cpu().numpy())
     return {name: np.concatenate(values) for name, values in parts.items()}
 
@@ -136,6 +143,9 @@ def _run_batch(model: Model, batch: list[tuple[int, list[int]]], first_chunk: in
 def _bins(act: np.ndarray, top1: np.ndarray, true_next: np.ndarray, width: float) -> pd.DataFrame:
     lo_edge = np.floor(act.min() / width) * width
     hi_edge = np.ceil(act.max() / width) * width
+    if (hi_edge - lo_edge) / width > MAX_BINS:
+        raise UserError(f"bin width {width:g} cuts the activations ({act.min():.2f}..{act.max():.2f}) into more than "
+                        f"{MAX_BINS} bins; use a width of at least {(hi_edge - lo_edge) / MAX_BINS:.3g}")
     edges = np.arange(lo_edge, hi_edge + width * 0.5, width)
     if len(edges) < 2:
         edges = np.array([lo_edge, lo_edge + width])
@@ -187,9 +197,9 @@ class Records:
 
 
 def _validate(model: Model, neurons, target: int, max_tokens: int, ctx: int) -> list[tuple[int, int]]:
+    neurons = list(neurons)
+    check_neuron_count(len(neurons))
     checked = [check_neuron(model, int(l), int(n)) for l, n in neurons]
-    if not checked:
-        raise UserError("no neurons given; name at least one, e.g. L25.N1527")
     if not 0 <= target < model.d_vocab:
         raise UserError(f"target id {target} is out of range; {model.name} has ids 0..{model.d_vocab - 1}")
     cap = limits().max_scan_tokens
@@ -268,11 +278,21 @@ def records(
     return work.records(pieces)
 
 
+def check_neuron_count(count: int) -> None:
+    """Every neuron adds a column to each position's record and a section to the page: hosted demos cap them."""
+    cap = limits().max_scan_neurons
+    if count < 1:
+        raise UserError("no neurons given; name at least one, e.g. L25.N1527")
+    if cap is not None and count > cap:
+        raise UserError(f"{count} neurons given; this demo scans at most {cap} at once")
+
+
 def check_view(bin_width: float, top_examples: int, window: int) -> None:
     if not bin_width > 0:
         raise UserError(f"bin width {bin_width} must be positive")
-    if not 1 <= top_examples <= 1000 or not 0 <= window <= 100:
-        raise UserError("top examples must be 1..1000 and the context window 0..100 tokens")
+    cap = limits().max_scan_examples
+    if not 1 <= top_examples <= cap or not 0 <= window <= 100:
+        raise UserError(f"top examples must be 1..{cap} and the context window 0..100 tokens")
 
 
 def summarise(model: Model, seen: Records, target: int, max_tokens: int, ctx: int, bin_width: float,

@@ -22,7 +22,7 @@ import torch
 from core import cache
 from core.congruence import label, neuron_vectors, token_vectors
 from core.errors import UserError
-from core.hosting import check_top_k
+from core.hosting import check_top_k, limits
 from core.model import Model
 
 Progress = Callable[[int, int], None]
@@ -57,8 +57,10 @@ def _free_bytes(device: torch.device) -> int:
 
 def chunk_rows(model: Model) -> int:
     """Neurons per block: the block's [rows, V] scores use at most 1/8 of free memory (capped at 512 MB on CPU,
-    where bigger blocks gain nothing)."""
+    where bigger blocks gain nothing; a hosted demo's TNE_MAX_BLOCK_MB, since K searches may run at once)."""
     cap = (4 << 30) if model.device.type == "cuda" else (512 << 20)
+    if limits().max_block_mb is not None:
+        cap = min(cap, limits().max_block_mb << 20)
     budget = min(cap, _free_bytes(model.device) // 8)
     return int(max(64, min(8192, budget // (model.d_vocab * 4 * 2))))
 

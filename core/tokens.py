@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import UserError
-from core.hosting import limits
+from core.hosting import check_text_length, limits
 from core.model import Model
 
 
@@ -31,9 +31,10 @@ def show_pieces(model: Model, ids: list[int]) -> str:
     return "[" + ", ".join(f"{model.token_str(t)!r}={t}" for t in ids) + "]"
 
 
-def _check_text(text: str, what: str) -> str:
+def _check_text(model: Model, text: str, what: str) -> str:
     if text is None or text == "":
         raise UserError(f"{what} is empty; type some text")
+    check_text_length(text, what, model.n_ctx)  # before any per-character work
     bad = [c for c in text if unicodedata.category(c) == "Cc" and c not in "\n\t"]
     if bad:
         raise UserError(f"{what} contains control characters {sorted({repr(c) for c in bad})}; remove them")
@@ -42,7 +43,7 @@ def _check_text(text: str, what: str) -> str:
 
 def prompt(model: Model, text: str, what: str = "prompt") -> Prompt:
     """Tokenize a prompt following the model's BOS convention; refuse empty or over-long prompts."""
-    _check_text(text, what)
+    _check_text(model, text, what)
     if not text.strip():
         raise UserError(f"{what} is only whitespace; type some text")
     ids = model.prompt_ids(text)
@@ -54,7 +55,7 @@ def prompt(model: Model, text: str, what: str = "prompt") -> Prompt:
 
 def single_token(model: Model, text: str, what: str = "token") -> int:
     """The id of a target given as text with its leading space (" an"); refuse 0 or 2+ tokens."""
-    _check_text(text, what)
+    _check_text(model, text, what)
     ids = model.encode(text)
     if len(ids) == 1:
         return ids[0]

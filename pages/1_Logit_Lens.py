@@ -54,8 +54,8 @@ def body() -> None:
         st.caption("Click a token to see which neurons write it.")
     with right:
         a, b, c = st.columns(3)
-        a.metric(f"P({charts.shown(answer)})", f"{last['answer_prob']:.3f}")
-        b.metric(f"P({charts.shown(wrong)})", f"{last['wrong_prob']:.3f}")
+        a.metric(f"P({text.literal(charts.shown(answer))})", f"{last['answer_prob']:.3f}")
+        b.metric(f"P({text.literal(charts.shown(wrong))})", f"{last['wrong_prob']:.3f}")
         c.metric("logit diff", f"{result.logit_diff:.3f}")
         st.plotly_chart(charts.lens_line(result.layers, answer, wrong), key="lens:line")
     st.plotly_chart(charts.lens_probs(result.layers, answer, wrong), key="lens:probs")

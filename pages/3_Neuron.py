@@ -44,7 +44,7 @@ def chosen_neuron() -> tuple[int, int] | None:
         if known is None:
             st.info("Choose a layer and a neuron, or click a neuron on the Patching, Token or Search page.")
             return None
-        st.caption(f"No neuron in the URL: showing {label(*known)}, the an-neuron of {model.name}.")
+        st.caption(f"No neuron in the URL: showing {label(*known)}, the an-neuron of {text.literal(model.name)}.")
         return known
     if layer is None or neuron is None:
         st.info("Give both a layer and a neuron.")
@@ -57,9 +57,10 @@ def congruence_section(layer: int, neuron: int, matrix: str) -> dict:
     best = result.top.iloc[0]
     n_all = model.n_layers * model.d_mlp
     cols = st.columns(3)
-    cols[0].metric("top token", charts.shown(best["token"]), help=f"id {best['id']}")
+    top_token = text.literal(charts.shown(best["token"]))
+    cols[0].metric("top token", top_token, help=f"id {best['id']}")
     cols[1].metric("its congruence", f"{best['congruence']:.3f}")
-    cols[2].metric(f"rank among all {n_all:,} neurons for {charts.shown(best['token'])}",
+    cols[2].metric(f"rank among all {n_all:,} neurons for {top_token}",
                    f"#{result.top_token_rank_among_neurons}",
                    help="1 = no other neuron is more congruent with this neuron's top token")
     common.conventions(model, metric=False, extra=f"**Congruence:** {describe(model, matrix)['congruence']}")
@@ -86,7 +87,7 @@ def activation_section(layer: int, neuron: int) -> dict:
     st.markdown(text.activation_text(list(frame["token"]), list(frame["activation"]), highlight=peak),
                 unsafe_allow_html=True)
     st.caption(f"Blue = positive, red = negative, hover for values; outlined: the maximum "
-               f"({frame['activation'].iloc[peak]:+.3f} on {charts.shown(frame['token'].iloc[peak])}). "
+               f"({frame['activation'].iloc[peak]:+.3f} on {text.literal(charts.shown(frame['token'].iloc[peak]))}). "
                f"Activation = {model.facts()['neuron_activation']}. {model.bos_convention()}.")
     with st.expander("Activation table"):
         common.table(frame, f"{label(layer, neuron)}_activations", key="neuron:activations",
@@ -98,8 +99,8 @@ def corpus_section(layer: int, neuron: int, target: str) -> dict:
     st.subheader("On a corpus")
     name = label(layer, neuron)
     st.caption(f"Scans {SCAN_TOKENS:,} tokens of the bundled corpus: {name}'s activation, binned, against how often "
-               f"the model's top-1 prediction is its top token {charts.shown(target)}. The Corpus page has every "
-               "option (corpus, several neurons, token budget).")
+               f"the model's top-1 prediction is its top token {text.literal(charts.shown(target))}. The Corpus page "
+               "has every option (corpus, several neurons, token budget).")
     st.page_link(common.PAGES["corpus"], label=f"Corpus page for {name}", icon=":material/menu_book:",
                  query_params=common.with_model({"neurons": name, "target": target}))
     if st.button(f"Scan the corpus for {name}", key="neuron:scan"):

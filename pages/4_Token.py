@@ -47,7 +47,7 @@ def body() -> None:
     cols = st.columns(3)
     cols[0].metric("most congruent neuron", best["label"])
     cols[1].metric("its congruence", f"{best['congruence']:.3f}")
-    cols[2].metric(f"rank of {charts.shown(token)} among {best['label']}'s tokens",
+    cols[2].metric(f"rank of {text.literal(charts.shown(token))} among {best['label']}'s tokens",
                    f"#{result.token_rank_for_top_neuron}",
                    help="1 = the top neuron likes no token more than this one (a mutual pair)")
     common.conventions(model, metric=False, extra=f"**Congruence:** {describe(model, matrix)['congruence']}")

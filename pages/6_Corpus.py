@@ -9,14 +9,16 @@ import re
 
 import streamlit as st
 
+from core import scan
 from core.congruence import label, parse_neuron
 from core.errors import UserError
 from core.hosting import limits
-from ui import analyses, common, params, scan_view
+from ui import analyses, common, params, scan_view, text
 from ui.common import KNOWN_NEURONS, POST_ANSWER
 
 PAGE = "corpus"
 BUNDLED = "bundled"
+SHOWN_NEURONS = 16  # sections drawn (each a chart, tables and examples); the JSON download has every neuron
 
 
 def key(name: str) -> str:
@@ -28,7 +30,9 @@ def parse_neurons(text: str) -> tuple[tuple[int, int], ...]:
     parts = [p for p in re.split(r"[,;\s]+", str(text).strip()) if p]
     if not parts:
         raise UserError("no neurons given; write them as L25.N1527, separated by commas")
-    return tuple(dict.fromkeys(parse_neuron(model, p) for p in parts))
+    neurons = tuple(dict.fromkeys(parse_neuron(model, p) for p in parts))
+    scan.check_neuron_count(len(neurons))
+    return neurons
 
 
 def page_params() -> list[params.Param]:
@@ -38,7 +42,8 @@ def page_params() -> list[params.Param]:
         params.Param("neurons", label(*known) if known else "",
                      lambda text: ", ".join(label(*n) for n in parse_neurons(text))),
         params.Param("target", POST_ANSWER),
-        params.Param("budget", 20000, params.whole_number("token budget", 100, 10_000_000)),
+        params.Param("budget", min(20000, limits().max_scan_tokens),
+                     params.whole_number("token budget", 100, limits().max_scan_tokens)),
     ]
 
 
@@ -52,11 +57,13 @@ def inputs() -> dict:
     left.text_input("Neurons", key=key("neurons"), persist_state="session", help="e.g. L25.N1527, L27.N554")
     right.text_input("Target token", key=key("target"), persist_state="session",
                      help="One token with its leading space, e.g. ' an'")
-    right.number_input("Token budget", key=key("budget"), min_value=100, step=5000, persist_state="session",
+    right.number_input("Token budget", key=key("budget"), min_value=100, max_value=limits().max_scan_tokens,
+                       step=5000, persist_state="session",
                        help="Positions read from the corpus (more = slower, smoother bins)")
     with right.expander("Binning and examples"):
         st.number_input("Bin width (activation)", key=key("bin_width"), min_value=0.01, value=0.5, step=0.1)
-        st.number_input("Max-activating examples per neuron", key=key("examples"), min_value=1, value=20, step=5)
+        st.number_input("Max-activating examples per neuron", key=key("examples"), min_value=1,
+                        max_value=limits().max_scan_examples, value=min(20, limits().max_scan_examples), step=5)
     ray_address = ray_engine(right)
     params.publish(PAGE, spec)
     values = {name: params.value(PAGE, name) for name in ("corpus", "neurons", "target", "budget", "bin_width",
@@ -98,11 +105,15 @@ def body() -> None:
         return
     view = analyses.corpus_scan(model, model.fingerprint, corpus, neurons, inp["target"], run_key[3], run_key[4],
                                 run_key[5], 12, inp["ray_address"])
-    common.conventions(model, metric=False, extra=f"**Corpus:** {inp['corpus']} · **Target:** {inp['target']!r} · "
-                                                  f"**Ran on:** {engine}")
-    for name, result in view.neurons.items():
+    common.conventions(model, metric=False, extra=f"**Corpus:** {text.literal(inp['corpus'])} · **Target:** "
+                                                  f"{text.literal(repr(inp['target']))} · **Ran on:** "
+                                                  f"{text.literal(engine)}")
+    for name, result in list(view.neurons.items())[:SHOWN_NEURONS]:
         st.subheader(name)
         scan_view.neuron_scan(name, result, inp["target"], key=f"corpus:{name}")
+    if len(view.neurons) > SHOWN_NEURONS:
+        st.info(f"The page shows the first {SHOWN_NEURONS} of {len(view.neurons)} neurons; the JSON download below "
+                "has all of them.")
     common.json_download(view.payload, "corpus_scan")
 
 

