@@ -3,6 +3,8 @@ answers bad input with a message naming the problem and the valid range — no t
 the cache. One row per case; `python -m pytest tests/test_bad_inputs.py -v` lists them."""
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,146 @@ def test_nothing_cached_is_damaged(capsys):
     assert not list(cache_root().rglob(".tmp-*")) and not list(cache_root().rglob(".convert-*"))
     assert main(["patch", "--level", "neurons", "--layer", "25", "--top-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["neurons"][0]["neuron"] == 1527
+
+
+# ---------------------------------------------------------------- injection: user text is shown as text, never markup
+
+from html.parser import HTMLParser  # noqa: E402
+
+from markdown_it import MarkdownIt  # noqa: E402
+
+from ui.text import literal, visible  # noqa: E402
+
+INJECTION = {  # family → payload (no single quotes: repr() of it keeps the text as typed)
+    "markdown link": "[Log in again](https://evil.example/login)",
+    "image": "![t](http://127.0.0.1:9/tracker.png)",
+    "html": '<img src="http://127.0.0.1:9/t.png" onerror="alert(1)"><a href="http://evil.example">x</a>',
+    "backticks": "`tick` ```fence``` **bold** _it_ ~~gone~~",
+    "latex": "$x^2$ and $$\\href{http://evil.example}{y}$$",
+    "bidi and zero-width": "abc\u202edcba\u2066x\u2069\u200bz\ufeff",
+    "autolinks": "https://evil.example www.evil.example mail@evil.example",
+    "streamlit directives": ":red[x] :material/home: :smile:",
+    "blocks": "# head\n- item\n1. one\n    code\n> quote\n===",
+}
+ALL = " ".join(v.replace("\n", " ") for k, v in INJECTION.items() if k != "blocks")
+MARKDOWN = MarkdownIt("commonmark", {"html": True}).enable(["strikethrough", "table"])
+OWN_TAGS = {"div", "span", "sub", "code"}  # what ui/text.py's HTML blocks are made of
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def rendered(source: str) -> tuple[list, str]:
+    """Markdown → (its HTML's tags, its text) the way a CommonMark renderer sees it."""
+    parser = _Tags()
+    parser.feed(MARKDOWN.render(source))
+    return parser.tags, "".join(parser.text)
+
+
+def shown_elements(at) -> list[tuple[str, bool]]:
+    """(Markdown source, allows HTML) of every element that renders Markdown, metric labels and values included."""
+    out = []
+    for kind in ("error", "warning", "info", "success", "caption", "markdown", "title", "header", "subheader"):
+        for element in at.get(kind):
+            out.append((str(element.value), bool(getattr(element.proto, "allow_html", False))))
+    for metric in at.metric:
+        out += [(str(metric.label), False), (str(metric.value), False)]
+    return out
+
+
+def assert_text_only(at, payload: str, echoed: bool) -> None:
+    """No element turns the payload into a link, an image, HTML, maths, an autolink or a directive; where it is
+    echoed, its characters are shown as typed (invisible ones written out)."""
+    assert not at.exception, [e.message for e in at.exception]
+    literally = {visible(payload), visible(repr(payload)[1:-1])}
+    hits = 0
+    for source, allow_html in shown_elements(at):
+        tags, text = rendered(source)
+        if allow_html:  # the app's own token HTML: only its own tags, no link or image, no event handler
+            assert {t for t, _ in tags} <= OWN_TAGS, tags
+            assert not [a for _, attrs in tags for a in attrs if a in ("href", "src") or a.startswith("on")], tags
+            continue
+        assert [t for t, _ in tags if t not in ("p", "strong", "em", "code", "br", "ul", "li", "h1", "h2", "h3")] \
+            == [], (source, tags)
+        assert not re.search(r"(?<!\\)\$", source), source  # maths
+        assert not re.search(r"(?i)https?://|www\.|\w@\w|(?<!\\):[a-z][a-z0-9_-]*\[", source), source
+        assert not any(c in source for c in "\u202e\u2066\u2069\u200b\ufeff"), source
+        hits += any(shown in text for shown in literally)
+    assert hits or not echoed, f"the payload is not shown literally: {shown_elements(at)}"
+
+
+def test_literal_shows_every_family_as_typed():
+    for family, payload in INJECTION.items():
+        tags, text = rendered(literal(payload))
+        assert [t for t, _ in tags if t not in ("p", "br")] == [], (family, tags)
+        assert text.replace("\n", "") == visible(payload).replace("\n", ""), family
+    assert literal("valid: 0..29, W_U, /no/such/folder, 'abc'") == "valid: 0..29, W_U, /no/such/folder, 'abc'"
+    assert visible("a\u202eb\u200bc") == "a<U+202E>b<U+200B>c"
+
+
+URL_INJECTION = [  # (page, parameter, the page echoes it in text)
+    ("1_Logit_Lens.py", "prompt", False), ("1_Logit_Lens.py", "answer", True), ("1_Logit_Lens.py", "wrong", True),
+    ("1_Logit_Lens.py", "model", True), ("1_Logit_Lens.py", "processing", True),
+    ("2_Patching.py", "clean", False), ("2_Patching.py", "corrupted", False), ("2_Patching.py", "answer", False),
+    ("2_Patching.py", "wrong", False), ("2_Patching.py", "ablation", True), ("2_Patching.py", "layer", True),
+    ("3_Neuron.py", "layer", True), ("3_Neuron.py", "neuron", True), ("3_Neuron.py", "matrix", True),
+    ("3_Neuron.py", "prompt", False), ("4_Token.py", "token", True), ("4_Token.py", "matrix", True),
+    ("5_Search.py", "kind", True), ("5_Search.py", "matrix", True), ("6_Corpus.py", "corpus", False),
+    ("6_Corpus.py", "neurons", False), ("6_Corpus.py", "target", False), ("6_Corpus.py", "budget", True),
+    (None, "model", True),
+]
+
+
+@pytest.mark.parametrize("page, name, echoed", URL_INJECTION, ids=[f"{p or 'Home'}?{n}" for p, n, _ in URL_INJECTION])
+def test_url_injection_is_shown_as_text(page, name, echoed):
+    assert_text_only(open_page(page, **{name: ALL}), ALL, echoed)
+
+
+@pytest.mark.parametrize("family", INJECTION)
+def test_each_injection_family_in_the_token_url_is_shown_as_text(family):
+    payload = INJECTION[family]
+    assert_text_only(open_page("4_Token.py", token=payload), payload, echoed=True)
+
+
+@pytest.mark.parametrize("page, widget, button", [
+    ("1_Logit_Lens.py", "lens:answer", None), ("2_Patching.py", "patching:wrong", "patching:run"),
+    ("4_Token.py", "token:token", None), ("6_Corpus.py", "corpus:neurons", "corpus:run"),
+    ("6_Corpus.py", "corpus:target", "corpus:run"), ("6_Corpus.py", "corpus:corpus", "corpus:run"),
+], ids=lambda v: v if isinstance(v, str) and ":" in v and not v.endswith("run") else "")
+def test_typed_injection_is_shown_as_text(page, widget, button):
+    at = open_page(page)
+    at.text_input(key=widget).input(ALL).run()
+    if button and any(b.key == button for b in at.button):
+        at.button(key=button).click().run()
+    assert_text_only(at, ALL, echoed=widget != "corpus:neurons")  # that message quotes the first bad part only
+
+
+def test_hosted_model_in_the_url_is_shown_as_text(monkeypatch):
+    monkeypatch.setenv("TNE_HOSTED", "1")
+    at = open_page("1_Logit_Lens.py", model=ALL, processing="none")
+    assert_text_only(at, ALL, echoed=True)
+    assert any("runs with processing 'tl-default', set by its host" in e for e in errors(at)), errors(at)
+
+
+@pytest.mark.parametrize("page, query, needle", [
+    ("1_Logit_Lens.py", {"prompt": "x" * 3000}, "prompt is 3,000 characters; at most 2,000 are read here"),
+    ("4_Token.py", {"token": "y" * 400_000}, "token is 400,000 characters; at most 2,000 are read here"),
+    ("6_Corpus.py", {"neurons": ", ".join(f"L25.N{i}" for i in range(9))}, "at most 8 at once"),
+    ("6_Corpus.py", {"budget": "60000"}, "token budget 60000 is out of range; valid: 100..50000"),
+])
+def test_hosted_caps_refuse_before_the_work(monkeypatch, page, query, needle):
+    monkeypatch.setenv("TNE_HOSTED", "1")
+    started = time.monotonic()
+    at = open_page(page, **query)
+    assert not at.exception and any(needle in e for e in errors(at)), errors(at)
+    assert time.monotonic() - started < 20  # a 10M-character prompt took 31 s to refuse before (Streamlit drops query strings over 512 KiB)
+    assert all(len(e) < 400 for e in errors(at))  # the notice quotes a little of it, not all

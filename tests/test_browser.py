@@ -3,7 +3,8 @@ Chromium driven by Playwright (from PyPI; its own browser download is never used
 
 Opens Patching with the post's prompts in the URL, runs the patching, clicks the top neuron of the neuron sweep and
 lands on that neuron's page, which shows ' an' as its top congruent token. A screenshot of each step is saved in
-tests/artifacts/ (git-ignored, kept by CI as test artefacts).
+tests/artifacts/ (git-ignored, kept by CI as test artefacts). And puts links, images, HTML and maths into URLs:
+a local "tracker" server records any request the page makes to it; there must be none.
 """
 
 import os
@@ -11,8 +12,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -139,6 +142,52 @@ def test_every_page_opens_without_error(app_url, page):
         assert page.locator("[data-testid='stException']").count() == 0
         assert page.locator("[data-testid='stAlertContentError']").count() == 0, path
     shot(page, "4_corpus_page")
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    """A local HTTP server that records every request: an injected image or a prefetched link would hit it."""
+    hits: list[str] = []
+
+    class Record(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+
+
+def test_user_text_in_urls_never_becomes_a_link_or_an_image(app_url, page, tracker):
+    base, hits = tracker
+    payload = (f"[Log in again]({base}/login) ![t]({base}/md.png) <img src=\"{base}/html.png\"> $x^2$ "
+               f"{base}/bare \u202eevil")
+    for path, query, shown in (
+        ("Token", {"token": payload}, "[data-testid='stAlertContentError']"),
+        ("Search", {"kind": payload}, "[data-testid='stAlertContentError']"),
+        ("Logit_Lens", {"answer": payload}, "[data-testid='stAlertContentError']"),
+        ("Neuron", {"layer": "25", "neuron": "1527", "prompt": payload}, ".activation-text"),
+    ):
+        page.goto(f"{app_url}/{path}?{urlencode(query, quote_via=quote)}")
+        box = page.locator(shown).filter(has_text="[Log in again](").first
+        box.wait_for(timeout=SLOW)
+        settled(page)
+        text = box.inner_text()
+        assert f"[Log in again]({base}/login) ![t]({base}/md.png) <img src=" in text, text  # literally
+        assert "<U+202E>evil" in text and "$x^2$" in text, text  # bidi control written out, no maths
+        assert page.locator(f"a[href^='{base}'], img[src^='{base}'], [src^='{base}']").count() == 0, path
+        assert page.locator("[data-testid='stMain'] .katex").count() == 0, path
+    shot(page, "5_injection_shown_as_text")
+    page.goto(f"{app_url}/_stcore/health")  # a last round trip: anything the pages started has been sent by now
+    assert hits == [], hits
 
 
 @pytest.fixture(scope="module", autouse=True)

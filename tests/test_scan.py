@@ -29,8 +29,15 @@ def corpus_file(tmp_path, monkeypatch):
 NEURONS = [(0, 3), (2, 17), (2, 5)]
 
 
+@pytest.fixture(params=[scan.LOGIT_ROWS, 5], ids=["whole contexts", "5-position logit chunks"])
+def logit_rows(request, monkeypatch):
+    """The top-1 and the target's statistics are computed LOGIT_ROWS positions at a time: 5 splits every context."""
+    monkeypatch.setattr(scan, "LOGIT_ROWS", request.param)
+    return request.param
+
+
 @torch.no_grad()
-def test_recorded_activations_equal_run_with_cache(tiny, corpus_file):
+def test_recorded_activations_equal_run_with_cache(tiny, corpus_file, logit_rows):
     seen = scan.records(tiny, str(corpus_file), NEURONS, target=281, max_tokens=10_000, ctx=12, batch_size=3)
     data = seen.data
     contexts = scan.chunks(tiny, load_corpus(str(corpus_file)).texts, 12, 10_000)
@@ -122,6 +129,18 @@ def test_bad_scan_settings_are_refused(tiny, corpus_file):
         args = dict(dataset=str(corpus_file), neurons=[(0, 1)], target=281, max_tokens=100) | kwargs
         with pytest.raises(UserError, match=needle):
             scan.scan(tiny, **args)
+
+
+def test_hosted_scan_caps(tiny, corpus_file, monkeypatch):
+    monkeypatch.setenv("TNE_HOSTED", "1")
+    monkeypatch.setenv("TNE_MAX_SCAN_NEURONS", "2")
+    with pytest.raises(UserError, match="3 neurons given; this demo scans at most 2 at once"):
+        scan.records(tiny, None, NEURONS, 281, 100, ctx=12)
+    with pytest.raises(UserError, match="top examples must be 1..20"):
+        scan.check_view(0.5, 21, 3)
+    monkeypatch.delenv("TNE_HOSTED")
+    with pytest.raises(UserError, match=r"more than 1000 bins; use a width of at least"):
+        scan.scan(tiny, str(corpus_file), NEURONS[:1], 281, max_tokens=200, bin_width=1e-6, ctx=12, use_cache=False)
 
 
 def test_bundled_corpus_is_real_text():

@@ -112,6 +112,7 @@ def model_options(current: str | None) -> list[str]:
 def model_sidebar(facts_open: bool = False) -> Model | None:
     """The model picker shared by all pages (state kept for the session, model/processing mirrored in the URL)."""
     failed = st.session_state.pop("_model_error", None)
+    refused = [failed] if failed else []
     if failed:  # the previous run could not load the chosen model: go back to the defaults before the widgets exist
         st.session_state[params.key("app", "model")] = EMBEDDED
         st.session_state[params.key("app", "device")] = "auto"
@@ -119,13 +120,14 @@ def model_sidebar(facts_open: bool = False) -> Model | None:
     st.session_state.setdefault(params.key("app", "device"), "auto")
     allowed, fixed = limits().models, limits().fixed_settings
     if allowed is not None and params.value("app", "model") not in allowed:  # hosted: a URL asked for another model
-        failed = f"this demo serves only {', '.join(allowed)}; {params.value('app', 'model')!r} is not one of them"
+        refused.append(f"this demo serves only {', '.join(allowed)}; {params.value('app', 'model')!r} is not one "
+                       "of them")
         st.session_state[params.key("app", "model")] = allowed[0]
     for name, value in (fixed or {}).items():  # hosted: one shared model, loaded the way the host chose
         if st.session_state.get(params.key("app", name)) != value:
             if name in st.query_params:
-                failed = (f"this demo runs with {name} {value!r}, set by its host; "
-                          f"{st.session_state.get(params.key('app', name))!r} is not available here")
+                refused.append(f"this demo runs with {name} {value!r}, set by its host; "
+                               f"{st.session_state.get(params.key('app', name))!r} is not available here")
             st.session_state[params.key("app", name)] = value
     with st.sidebar:
         current = params.value("app", "model")
@@ -143,8 +145,8 @@ def model_sidebar(facts_open: bool = False) -> Model | None:
                      help="tl-default: fold_ln + centring, TransformerLens's defaults as the post used; none: raw "
                           "weights. Probabilities do not depend on it; congruence values do."
                           + (" Fixed by this demo's host." if fixed is not None else ""))
-        if failed:
-            show_error(failed)
+        for message in refused:
+            show_error(message)
     params.publish("app", APP_PARAMS)
     name = params.value("app", "model")
     device, processing = params.value("app", "device"), params.value("app", "processing")

@@ -1,0 +1,211 @@
+"""Load benchmark: N browser sessions against one hosted server, compared with one session alone, in one run.
+
+Run alone:  python bench/load.py [--sessions N] [--budget TOKENS]
+Each session (its own browser context in one Chromium) runs the heavy mix Patching → Search → Corpus with inputs of
+its own (names in the prompts, search kind × matrix, the scanned neuron), so the jobs are distinct computations;
+meanwhile a prober loads the light pages (Home, Logit lens) and the health check over and over. The solo phase runs
+session 0 alone on a fresh server; the load phase runs all N on another fresh server (fresh result caches both times,
+the converted model shared), and session 0's results must equal the solo ones.
+
+Measured: errors (error boxes, exceptions, timeouts, results that differ from solo), the 95th percentile of light page
+loads during the load phase, heavy_makespan_ratio = (load phase's heavy makespan) / (N × solo heavy time) — 1.0 is
+perfect queueing, more is time lost to contention —, and the server's peak RSS over both phases.
+Last line: `sessions=N errors=E p95_light_s=X heavy_makespan_ratio=Y peak_rss_mb=Z`
+(goal at N=10: E = 0, X <= 2, Y <= 1.2, Z <= 4096).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.cli import POST_CLEAN, POST_CORRUPTED  # noqa: E402
+from core.model import cache_root  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+NAMES = ["I", "We", "They", "You", "She", "He", "Tom", "Anna", "Max", "Sam", "Ben", "Eva"]
+SEARCHES = [("mutual", "W_U"), ("standout", "W_U"), ("mutual", "W_E"), ("standout", "W_E")]
+TIMEOUT_MS = 1_200_000
+ERRORS = "[data-testid='stException'], [data-testid='stAlertContentError']"
+DONE = "⬇ JSON of this analysis"  # every heavy page's last element
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A hosted-mode `streamlit run app.py` with its own result caches (the converted model is linked in)."""
+
+    def __init__(self) -> None:
+        self.cache = Path(tempfile.mkdtemp(prefix="tne-load-"))
+        (self.cache / "models").symlink_to(cache_root() / "models")
+        self.port = free_port()
+        env = {**os.environ, "TNE_HOSTED": "1", "TNE_CACHE_DIR": str(self.cache), "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MALLOC_ARENA_MAX": "2"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.25)
+        raise TimeoutError("the server did not start")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                status = Path(f"/proc/{self.process.pid}/status").read_text()
+            except OSError:
+                return
+            rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+            self.peak_mb = max(self.peak_mb, rss / 1024)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.cache, ignore_errors=True)
+
+
+def heavy_urls(session: int, budget: int) -> list[tuple[str, str, str]]:
+    """(name, page path with query, button) of one session's heavy mix."""
+    name = NAMES[session % len(NAMES)]
+    pair = {"clean": POST_CLEAN.replace("I climbed", f"{name} climbed"),
+            "corrupted": POST_CORRUPTED.replace("I climbed", f"{name} climbed"), "answer": " an", "wrong": " a"}
+    kind, matrix = SEARCHES[session % len(SEARCHES)]
+    corpus = {"neurons": f"L25.N{1527 + session}", "target": " an", "budget": str(budget)}
+    return [("patching", f"Patching?{urlencode(pair, quote_via=quote)}", "Run patching"),
+            ("search", f"Search?{urlencode({'kind': kind, 'matrix': matrix})}", "Run search"),
+            ("corpus", f"Corpus?{urlencode(corpus, quote_via=quote)}", "Scan")]
+
+
+async def heavy_session(browser, url: str, session: int, budget: int) -> dict:
+    """Run one session's mix; returns per-job seconds, the metrics it showed, and its errors."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    out: dict = {"seconds": {}, "metrics": {}, "errors": []}
+    try:
+        for name, path, button in heavy_urls(session, budget):
+            await page.goto(f"{url}/{path}")
+            run = page.get_by_role("button", name=button)
+            await run.wait_for(timeout=TIMEOUT_MS)
+            started = time.monotonic()
+            await run.click()
+            await page.get_by_role("button", name=DONE).wait_for(timeout=TIMEOUT_MS)
+            out["seconds"][name] = time.monotonic() - started
+            out["metrics"][name] = await page.locator("[data-testid='stMetric']").all_inner_texts()
+            out["errors"] += [f"{name}: {t[:200]}" for t in await page.locator(ERRORS).all_inner_texts()]
+    except Exception as err:  # noqa: BLE001 - a timeout or a crash is an error of this session, counted
+        out["errors"].append(f"{type(err).__name__}: {str(err)[:200]}")
+    finally:
+        await context.close()
+    return out
+
+
+async def light_prober(browser, url: str, stop: asyncio.Event) -> tuple[list[float], list[str]]:
+    """Load Home, Logit lens and the health check in turn until `stop`; seconds per load."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    seconds, errors = [], []
+    while not stop.is_set():
+        for path, ready in (("", "The post's story in five steps"), ("Logit_Lens", "Direct logit attribution")):
+            started = time.monotonic()
+            try:
+                await page.goto(f"{url}/{path}")
+                await page.get_by_text(ready).first.wait_for(timeout=60_000)
+                seconds.append(time.monotonic() - started)
+                errors += [f"{path or 'Home'}: {t[:200]}" for t in await page.locator(ERRORS).all_inner_texts()]
+            except Exception as err:  # noqa: BLE001
+                errors.append(f"light {path or 'Home'}: {type(err).__name__}: {str(err)[:200]}")
+        started = time.monotonic()
+        await asyncio.to_thread(urllib.request.urlopen, f"{url}/_stcore/health", None, 30)
+        seconds.append(time.monotonic() - started)
+    await context.close()
+    return seconds, errors
+
+
+async def phase(url: str, sessions: int, budget: int, probe: bool) -> tuple[list[dict], float, list[float], list]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        stop = asyncio.Event()
+        prober = asyncio.create_task(light_prober(browser, url, stop)) if probe else None
+        started = time.monotonic()
+        results = await asyncio.gather(*(heavy_session(browser, url, i, budget) for i in range(sessions)))
+        makespan = time.monotonic() - started
+        stop.set()
+        light, light_errors = await prober if prober else ([], [])
+        await browser.close()
+    return results, makespan, light, light_errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--budget", type=int, default=10_000, help="corpus tokens per scan")
+    args = parser.parse_args()
+    print(f"torch threads per job: {os.environ.get('TNE_JOB_THREADS') or os.environ.get('OMP_NUM_THREADS') or 'auto'}"
+          f", heavy slots: {os.environ.get('TNE_HEAVY_JOBS') or 'auto'}, cores: {os.cpu_count()}", flush=True)
+
+    server = Server()
+    try:
+        [solo], solo_s, _, _ = asyncio.run(phase(server.url, 1, args.budget, probe=False))
+        solo_peak = server.peak_mb
+    finally:
+        server.stop()
+    print(f"solo: {solo_s:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in solo['seconds'].items())}), "
+          f"peak RSS {solo_peak:.0f} MB, errors {solo['errors']}", flush=True)
+
+    server = Server()
+    try:
+        results, makespan, light, light_errors = asyncio.run(phase(server.url, args.sessions, args.budget, True))
+        peak = max(server.peak_mb, solo_peak)
+    finally:
+        server.stop()
+    errors = light_errors + [e for r in results for e in r["errors"]] + solo["errors"]
+    if results[0]["metrics"] != solo["metrics"]:
+        errors.append(f"session 0 differs from solo: {results[0]['metrics']} vs {solo['metrics']}")
+    for i, r in enumerate(results):
+        print(f"session {i}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()), flush=True)
+    for e in errors:
+        print(f"error: {e}", flush=True)
+    p95 = statistics.quantiles(light, n=20)[-1] if len(light) >= 2 else float("nan")
+    print(f"load: makespan {makespan:.1f} s vs {args.sessions} × solo {solo_s:.1f} s; {len(light)} light loads, "
+          f"median {statistics.median(light) if light else float('nan'):.2f} s, max {max(light, default=0):.2f} s")
+    print(f"sessions={args.sessions} errors={len(errors)} p95_light_s={p95:.2f} "
+          f"heavy_makespan_ratio={makespan / (args.sessions * solo_s):.2f} peak_rss_mb={peak:.0f}")
+
+
+if __name__ == "__main__":
+    main()
