@@ -182,7 +182,9 @@ def test_user_text_in_urls_never_becomes_a_link_or_an_image(app_url, page, track
         settled(page)
         text = box.inner_text()
         assert f"[Log in again]({base}/login) ![t]({base}/md.png) <img src=" in text, text  # literally
-        assert "<U+202E>evil" in text and "$x^2$" in text, text  # bidi control written out, no maths
+        assert "$x^2$" in text and "\u202e" not in text, text  # no maths, and the bidi control is not live: a
+        # message writes it out (itself, or repr() of it); tokens show its bytes' pieces, as the tokenizer split it
+        assert "<U+202E>evil" in text or "\\u202eevil" in text or path == "Neuron", text
         assert page.locator(f"a[href^='{base}'], img[src^='{base}'], [src^='{base}']").count() == 0, path
         assert page.locator("[data-testid='stMain'] .katex").count() == 0, path
     shot(page, "5_injection_shown_as_text")
