@@ -88,7 +88,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def top_neurons(model, attribution: Attribution, top_k: int = 50) -> pd.DataFrame:
-    """The top_k neurons by attribution (exact column left empty). Same columns as verify_top."""
+    """The top_k neurons by attribution (exact column left empty): rank, layer, neuron, label, attribution, exact."""
     check_top_k(top_k, attribution.neurons.size)
     flat = attribution.neurons.ravel()
     order = np.argsort(-flat, kind="stable")[:top_k]
@@ -102,17 +102,117 @@ def top_neurons(model, attribution: Attribution, top_k: int = 50) -> pd.DataFram
 
 def verify_top(setup: patching.Setup, attribution: Attribution, top_k: int = 50,
                progress: patching.Progress | None = None) -> pd.DataFrame:
-    """The top_k neurons by attribution, re-scored exactly (batched per layer).
+    """The top_k neurons by attribution, re-scored exactly (one depth-staggered batch over all their layers).
 
     Columns: rank, layer, neuron, label, attribution, exact; highest attribution first.
     """
     frame = top_neurons(setup.model, attribution, top_k)
-    layers, neurons = frame.layer.to_numpy(), frame.neuron.to_numpy()
-    exact = np.empty(len(frame), dtype=np.float32)
-    distinct = sorted(set(layers.tolist()))
-    for i, layer in enumerate(distinct):
-        rows = np.nonzero(layers == layer)[0]
-        exact[rows] = patching.patch_neurons(setup, layer, neurons=neurons[rows].tolist()).scores
-        if progress:
-            progress(i + 1, len(distinct))
-    return frame.assign(exact=exact)
+    wanted: dict[int, list[int]] = {}
+    for layer, neuron in zip(frame.layer.tolist(), frame.neuron.tolist()):
+        wanted.setdefault(int(layer), []).append(int(neuron))
+    swept = patching.patch_neuron_sets(setup, wanted, progress=progress)
+    exact = {(layer, int(n)): float(v) for layer, result in swept.items()
+             for n, v in zip(result.neurons, result.scores)}
+    return frame.assign(exact=[exact[int(l), int(n)] for l, n in zip(frame.layer, frame.neuron)])
+
+
+# A layer whose whole MLP, patched at all positions, moves at least this share of the gap (either sign) is swept
+# neuron by neuron, so that a neuron attribution underrates (saturated, nonlinear) still reaches the table.
+SWEEP_MIN_LAYER_SCORE = 0.2
+SWEEP_MAX_LAYERS = 4  # the largest such layers; each sweep costs about one layer's worth of the page's time
+SWEEP_WINNERS = 3  # neurons taken from each sweep into the table
+DISAGREE_RATIO = 2.0
+
+
+@dataclass
+class TopNeurons:
+    """The verified candidates of "which neuron anywhere restores most", ranked by the *exact* score.
+
+    table: rank (by exact), layer, neuron, label, exact, attribution, source, disagree; highest exact first.
+    sweeps: the full sweeps run (layer → NeuronPatching), reusable by callers that show a layer's sweep.
+    """
+
+    table: pd.DataFrame
+    layer_totals: np.ndarray  # [L] mlp_out patched at all positions, the sweep selection's input
+    swept_layers: list[int]
+    sweeps: dict[int, patching.NeuronPatching]
+    spearman: float  # attribution vs exact over the attribution top-k
+    top_k: int
+
+    @property
+    def best(self) -> pd.Series:
+        return self.table.iloc[0]
+
+    def rule(self) -> str:
+        return (f"candidates: the top {self.top_k} neurons by attribution, plus the top {SWEEP_WINNERS} of a full "
+                f"exact sweep of each layer (MLP 0 aside) whose all-positions mlp_out score is ≥ "
+                f"{SWEEP_MIN_LAYER_SCORE} in magnitude (the {SWEEP_MAX_LAYERS} largest); ranked by exact score. "
+                f"'disagree' marks rows where attribution and exact differ by more than {DISAGREE_RATIO:g}× "
+                "(or in sign).")
+
+    def to_json(self) -> dict:
+        best = self.best
+        return {
+            "top_neuron": {"layer": int(best.layer), "neuron": int(best.neuron), "label": best.label,
+                           "exact": float(best.exact), "attribution": float(best.attribution)},
+            "candidates": self.table[["rank", "layer", "neuron", "label", "exact", "attribution", "source",
+                                      "disagree"]],
+            "swept_layers": self.swept_layers, "layer_totals_mlp_out": self.layer_totals,
+            "spearman_top_k": self.spearman, "rule": self.rule(), "caveat": CAVEAT,
+        }
+
+
+def disagree(attribution: np.ndarray, exact: np.ndarray, ratio: float = DISAGREE_RATIO) -> np.ndarray:
+    """True where the two scores differ by more than `ratio`× in magnitude, or in sign (ignoring both ≈ 0)."""
+    a, e = np.abs(attribution), np.abs(exact)
+    big, small = np.maximum(a, e), np.minimum(a, e)
+    opposite = np.sign(attribution) * np.sign(exact) < 0
+    return (big >= 0.01) & ((big > ratio * small) | opposite)
+
+
+def swept_layers(layer_totals: np.ndarray) -> list[int]:
+    """Layers (MLP 0 aside: it acts as an extended embedding) whose |all-positions score| ≥ the threshold."""
+    order = [int(l) for l in np.argsort(-np.abs(layer_totals), kind="stable") if l > 0]
+    return [l for l in order if abs(layer_totals[l]) >= SWEEP_MIN_LAYER_SCORE][:SWEEP_MAX_LAYERS]
+
+
+def find_top_neurons(setup: patching.Setup, approx: Attribution, top_k: int = 50,
+                     layer_totals: np.ndarray | None = None, extra_sweeps: tuple[int, ...] = (),
+                     progress: patching.Progress | None = None) -> TopNeurons:
+    """Which neuron anywhere restores most: attribution proposes, exact patching decides (AtP*'s lesson).
+
+    layer_totals: mlp_out of each layer patched at all positions ([L]); computed (cheap) when not given.
+    extra_sweeps: layers to sweep fully besides the selected ones (e.g. the page's chosen layer), shared work.
+    """
+    model = setup.model
+    if layer_totals is None:
+        layer_totals = patching.patch_layer_totals(setup)["mlp_out"]
+    proposed = top_neurons(model, approx, top_k)
+    sweep_layers = swept_layers(layer_totals)
+    full = sorted(set(sweep_layers) | set(extra_sweeps))
+    wanted: dict[int, list[int] | None] = {layer: None for layer in full}
+    for layer, neuron in zip(proposed.layer.tolist(), proposed.neuron.tolist()):
+        if layer not in full:
+            wanted.setdefault(int(layer), []).append(int(neuron))
+    results = patching.patch_neuron_sets(setup, wanted, progress=progress)
+    exact = {(layer, int(n)): float(v) for layer, r in results.items() for n, v in zip(r.neurons, r.scores)}
+    rows = {(int(l), int(n)): "attribution top-k" for l, n in zip(proposed.layer, proposed.neuron)}
+    for layer in sweep_layers:
+        for n in results[layer].frame(SWEEP_WINNERS).neuron.tolist():
+            rows.setdefault((layer, int(n)), f"sweep of MLP {layer}")
+    keys = list(rows)
+    flat = approx.neurons
+    table = pd.DataFrame({
+        "layer": [l for l, _ in keys], "neuron": [n for _, n in keys],
+        "label": [label(l, n) for l, n in keys],
+        "exact": np.array([exact[k] for k in keys], dtype=np.float32),
+        "attribution": np.array([flat[l, n] for l, n in keys], dtype=np.float32),
+        "source": [rows[k] for k in keys],
+    })
+    table = table.sort_values("exact", ascending=False, kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    table["disagree"] = disagree(table.attribution.to_numpy(), table.exact.to_numpy())
+    in_top = proposed.assign(exact=[exact[int(l), int(n)] for l, n in zip(proposed.layer, proposed.neuron)])
+    rho = spearman(in_top.attribution.to_numpy(), in_top.exact.to_numpy())
+    sweeps = {layer: results[layer] for layer in full}
+    return TopNeurons(table, np.asarray(layer_totals), sweep_layers, sweeps, rho, top_k)

@@ -200,7 +200,7 @@ def cmd_patch(args: argparse.Namespace) -> dict:
             totals = pd.DataFrame({"layer": range(model.n_layers), **{k: v for k, v in result.all_positions.items()}})
             _print_table("all-positions score per layer", totals)
     elif args.level == "heads":
-        result = patching.patch_heads(setup)
+        result = patching.patch_heads(setup, per_position=True)
         out["heads_all_positions"] = result.all_positions
         out["heads_per_position"] = result.per_position
         if not args.json:
@@ -215,14 +215,22 @@ def cmd_patch(args: argparse.Namespace) -> dict:
         out["caveat"] = attribution.CAVEAT
         out["method"] = args.method
         if args.method == "exact-topk":
-            frame = attribution.verify_top(setup, approx, top_k)
-            out["spearman_top_k"] = attribution.spearman(frame.attribution.to_numpy(), frame.exact.to_numpy())
+            found = attribution.find_top_neurons(setup, approx, top_k)
+            frame = found.table
+            out.update(found.to_json())
+            out["neurons"] = frame[["layer", "neuron", "exact", "attribution", "source", "disagree"]].to_dict("records")
+            if not args.json:
+                print(attribution.CAVEAT)
+                print(found.rule())
+                best = found.best
+                print(f"top neuron anywhere (exact): {best.label} {best.exact:.4f} (attribution {best.attribution:.4f})")
+                _print_table("verified candidates, by exact score", frame.head(top_k))
         else:
             frame = attribution.top_neurons(model, approx, top_k)
-        out["neurons"] = frame[["layer", "neuron", "attribution", "exact"]].to_dict("records")
-        if not args.json:
-            print(attribution.CAVEAT)
-            _print_table(f"top {top_k} neurons of all layers", frame)
+            out["neurons"] = frame[["layer", "neuron", "attribution", "exact"]].to_dict("records")  # exact: null
+            if not args.json:
+                print(attribution.CAVEAT)
+                _print_table(f"top {top_k} neurons of all layers by attribution (not verified)", frame)
     else:
         layer = args.layer
         if layer is None:

@@ -13,6 +13,7 @@ Architectures: GPT-2 (LayerNorm, learned positions, GELU MLP) and Llama (RMSNorm
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -115,8 +116,11 @@ class Trace:
 
 
 def norm(w: Weights, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """LayerNorm or RMSNorm over the last dim."""
-    return norm_scale_apply(w, x, norm_scale(w, x), weight, bias)
+    """LayerNorm or RMSNorm over the last dim (torch's fused kernels: one pass over x instead of five)."""
+    if w.norm == "LN":
+        return F.layer_norm(x, x.shape[-1:], weight, bias, w.eps)
+    out = F.rms_norm(x, x.shape[-1:], weight, w.eps)
+    return out + bias if bias is not None else out
 
 
 def norm_scale(w: Weights, x: torch.Tensor) -> torch.Tensor:
@@ -135,15 +139,31 @@ def norm_scale_apply(
     return out + bias if bias is not None else out
 
 
-def _rotary(w: Weights, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """HF Llama rotary (rotate_half layout) on x: [B, S, n, h] at absolute positions [S]."""
-    h = x.shape[-1]
-    inv_freq = 1.0 / (w.rotary_base ** (torch.arange(0, h, 2, device=x.device, dtype=torch.float32) / h))
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # [S, h/2]
+@functools.lru_cache(maxsize=64)
+def _rotary_tables(base: float, h: int, start: int, length: int, device: torch.device,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of HF Llama's rotary angles at positions start..start+length-1: each [length, 1, h]."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, h, 2, device=device, dtype=torch.float32) / h))
+    angles = torch.arange(start, start + length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
     emb = torch.cat([angles, angles], dim=-1)
-    cos, sin = emb.cos().to(x.dtype)[None, :, None, :], emb.sin().to(x.dtype)[None, :, None, :]
-    x1, x2 = x[..., : h // 2], x[..., h // 2 :]
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+
+
+def _rotary(w: Weights, x: torch.Tensor, start: int, scale: float = 1.0) -> torch.Tensor:
+    """HF Llama rotary (rotate_half layout) on x: [B, S, n, h] at positions start.., times `scale`.
+
+    out = x·cos + rotate_half(x)·sin, written as one multiply and two in-place multiply-adds on the halves (no
+    concatenated copy of x): on CPU these elementwise passes cost as much as the projections themselves.
+    """
+    h = x.shape[-1]
+    cos, sin = _rotary_tables(w.rotary_base, h, start, x.shape[1], x.device, x.dtype)
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    half = h // 2
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1.0)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return out
 
 
 def attention(
@@ -162,12 +182,13 @@ def attention(
     x = norm(w, resid, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
     qkv = x @ w.W_QKV[layer] + w.b_QKV[layer]
     q, k, v = (w._split(qkv, part) for part in range(3))  # [B, S, n, h]
-    if w.rotary_base is not None:
-        positions = torch.arange(start_pos, start_pos + S, device=resid.device)
-        q, k = _rotary(w, q, positions), _rotary(w, k, positions)
+    if w.rotary_base is not None:  # the 1/√h of the scores rides on q's rotary (one pass fewer)
+        q, k = _rotary(w, q, start_pos, 1 / math.sqrt(w.d_head)), _rotary(w, k, start_pos)
+    else:
+        q = q / math.sqrt(w.d_head)
     # GQA: query head i reads kv head i // group (HF's repeat_kv order), without materialising the repeat.
     group = w.n_heads // w.n_kv_heads
-    q = q.unflatten(2, (w.n_kv_heads, group)) / math.sqrt(w.d_head)  # [B, S, K, g, h]
+    q = q.unflatten(2, (w.n_kv_heads, group))  # [B, S, K, g, h]
     q_pos = torch.arange(start_pos, start_pos + S, device=resid.device)[:, None]
     causal = torch.arange(S, device=resid.device)[None, :] + start_pos > q_pos  # key after query
     scores = torch.einsum("bskgh,btkh->bkgst", q, k).masked_fill(causal, torch.finfo(q.dtype).min)
@@ -251,6 +272,68 @@ def run(w: Weights, tokens: torch.Tensor, record: frozenset[str] | set[str] = AL
 def unembed(w: Weights, resid: torch.Tensor) -> torch.Tensor:
     """Logits [..., V] from a residual stream [..., d] entering the final norm."""
     return norm(w, resid, w.lnf_w, w.lnf_b) @ w.W_U + w.b_U
+
+
+@dataclass
+class Join:
+    """Patched rows that enter a resumed forward at `stage` of `layer`.
+
+    resid: [n, S, d], the residual stream at positions start_pos..P-1; stage "pre" = entering block `layer`,
+    "mid" = between its attention and its MLP; layer == n_layers with "pre" = the final residual itself.
+    """
+
+    layer: int
+    stage: str
+    resid: torch.Tensor
+
+    def depth(self) -> int:
+        if self.stage not in ("pre", "mid"):
+            raise ValueError(f"stage must be 'pre' or 'mid', got {self.stage!r}")
+        return 2 * self.layer + (self.stage == "mid")
+
+
+def resume_joined(w: Weights, joins: list[Join], start_pos: int, prefix: Trace) -> torch.Tensor:
+    """Continue many patched forwards that enter at different depths, in one pass; [N, d] at the last position.
+
+    Rows are returned in the order of `joins`. The pass walks down the model once and admits each join's rows
+    into the running batch when it reaches their depth, so every sublayer runs as one matmul over all rows that
+    have entered: patching 30 layers × 3 activations costs ~60 sublayer calls, not ~1,400 (one resume per
+    layer), which is what dominates when each patch recomputes only a few positions.
+    Positions before start_pos come from `prefix` (a Trace with batch 1), as in `resume`.
+    """
+    if not joins:
+        return prefix.resid_final.new_zeros((0, prefix.resid_final.shape[-1]))
+    order = sorted(range(len(joins)), key=lambda i: joins[i].depth())
+    admitted: list[int] = []  # join indices, in the order their rows sit in the running batch
+    resid: torch.Tensor | None = None
+
+    def admit(depth: int) -> None:
+        nonlocal resid
+        while order and joins[order[0]].depth() == depth:
+            i = order.pop(0)
+            admitted.append(i)
+            # Broadcast arithmetic can hand us permuted strides, which make `x @ W` run as a batched matmul
+            # over an expanded W (3-4x slower on CPU): start from a plain layout.
+            rows = joins[i].resid.contiguous()
+            resid = rows if resid is None else torch.cat([resid, rows])
+
+    for current in range(joins[order[0]].layer, w.n_layers):
+        admit(2 * current)
+        if resid is not None:
+            kv = None
+            if start_pos > 0:
+                kv = (prefix.k[current][:, :start_pos], prefix.v[current][:, :start_pos])
+            resid = resid + attention(w, current, resid, start_pos, kv)[0]
+        admit(2 * current + 1)
+        if resid is not None:
+            resid = resid + mlp_out_from_post(w, current, mlp_post(w, current, resid))
+    admit(2 * w.n_layers)
+    if order:
+        raise ValueError(f"a join enters after the last layer: {joins[order[0]].layer}, {joins[order[0]].stage}")
+    final = resid[:, -1]
+    sizes = [joins[i].resid.shape[0] for i in admitted]
+    pieces = dict(zip(admitted, final.split(sizes)))
+    return torch.cat([pieces[i] for i in range(len(joins))])
 
 
 def resume(

@@ -118,11 +118,6 @@ def prepare(model: Model, clean: Prompt, corrupted: Prompt, answer: int, wrong: 
     return Setup(model, clean, corrupted, metric, ablation, clean_trace, corrupted_trace, clean_ld, corrupted_ld, start)
 
 
-def _row_chunks(total_rows: int, positions: int, max_batch_tokens: int) -> list[slice]:
-    per = max(1, max_batch_tokens // max(positions, 1))
-    return [slice(i, min(i + per, total_rows)) for i in range(0, total_rows, per)]
-
-
 def default_batch_tokens(model: Model) -> int:
     """Rows × positions per resumed forward: big enough to keep matmuls efficient, small enough for memory."""
     cap = limits().max_batch_tokens
@@ -130,35 +125,57 @@ def default_batch_tokens(model: Model) -> int:
     return batch if cap is None else min(batch, cap)
 
 
-@torch.no_grad()
-def _resume_rows(
-    setup: Setup,
-    layer: int,
-    stage: str,
-    base_resid: torch.Tensor,
-    deltas: Callable[[slice], torch.Tensor],
-    n_rows: int,
-    max_batch_tokens: int,
-) -> np.ndarray:
-    """Score n_rows patched copies: row r's residual is base_resid + deltas(rows)[r], resumed at (layer, stage).
+def _batches(joins: list[fw.Join], max_batch_tokens: int) -> list[list[fw.Join]]:
+    """Split joins (sorted by depth; a large join's rows too) into batches of ≤ max_batch_tokens row-positions.
 
-    base_resid: [1, S, d] at positions start_pos..; deltas(rows): [len(rows), S, d].
+    Consecutive depths go together, so a batch still runs each sublayer once for all of its rows.
+    """
+    batches: list[list[fw.Join]] = [[]]
+    room = max_batch_tokens
+    for join in joins:
+        n, per_row = join.resid.shape[0], max(join.resid.shape[1], 1)
+        done = 0
+        while done < n:
+            if room < per_row and batches[-1]:  # this batch is full: start the next one
+                batches.append([])
+                room = max_batch_tokens
+            take = min(n - done, max(room // per_row, 1))  # a row longer than the budget still runs, alone
+            batches[-1].append(fw.Join(join.layer, join.stage, join.resid[done : done + take]))
+            room -= take * per_row
+            done += take
+    return [b for b in batches if b]
+
+
+@torch.no_grad()
+def _score_joins(setup: Setup, joins: list[fw.Join], start_pos: int, max_batch_tokens: int,
+                 progress: Callable[[], None] | None = None) -> np.ndarray:
+    """The score of every row of `joins` (in order), each row resumed from its depth at positions start_pos..
+
+    Rows are batched by depth (see fw.resume_joined); progress() is called after each batch.
     """
     w = setup.model.weights
+    depth_order = sorted(range(len(joins)), key=lambda i: joins[i].depth())
+    ordered = [joins[i] for i in depth_order]
     out = []
-    for rows in _row_chunks(n_rows, base_resid.shape[1], max_batch_tokens):
-        resid = base_resid + deltas(rows)
-        final = fw.resume(w, resid, layer, stage, setup.start_pos, setup.base)
-        out.append(setup.metric(w, final))
-    return setup.score(torch.cat(out))
+    for batch in _batches(ordered, max_batch_tokens):
+        out.append(setup.metric(w, fw.resume_joined(w, batch, start_pos, setup.base)))
+        if progress:
+            progress()
+    if not out:
+        return np.zeros(0, dtype=np.float32)
+    scores = setup.score(torch.cat(out))
+    sizes = np.cumsum([0] + [j.resid.shape[0] for j in ordered])
+    back = [None] * len(joins)
+    for k, i in enumerate(depth_order):
+        back[i] = scores[sizes[k] : sizes[k + 1]]
+    return np.concatenate(back)
 
 
-def _one_hot_rows(delta: torch.Tensor, rows: slice, n_positions: int) -> torch.Tensor:
-    """delta: [S, d]. Row r < S keeps only position r's delta; row S keeps all (the all-positions variant)."""
-    S = delta.shape[0]
-    ids = torch.arange(rows.start, rows.stop, device=delta.device)
-    keep = (torch.arange(S, device=delta.device)[None, :] == ids[:, None]) | (ids[:, None] == n_positions)
-    return delta[None] * keep[..., None].to(delta.dtype)
+def _one_position(base_resid: torch.Tensor, delta: torch.Tensor, pos: int) -> torch.Tensor:
+    """base_resid: [n|1, P, d] (all positions); delta: [n, d] added at `pos`. Returns positions pos.. : [n, P-pos, d]."""
+    tail = base_resid[:, pos:].expand(delta.shape[0], -1, -1).clone()
+    tail[:, 0] += delta
+    return tail
 
 
 @dataclass
@@ -176,76 +193,109 @@ class LayerPatching:
         return pd.DataFrame(rows, columns=["kind", "layer", "position", "token", "score"])
 
 
+def _entry(setup: Setup, kind: str, layer: int) -> tuple[int, str, torch.Tensor]:
+    """Where a patch of activation `kind` of `layer` enters the residual stream: (layer, stage, base residual there).
+
+    The base residual is [1, P, d] over all positions.
+    """
+    base, L = setup.base, setup.model.weights.n_layers
+    if kind == "resid_pre":
+        return layer, "pre", base.resid_pre[layer]
+    if kind == "attn_out":
+        return layer, "mid", base.resid_mid[layer]
+    return layer + 1, "pre", base.resid_pre[layer + 1] if layer + 1 < L else base.resid_final
+
+
+LAYER_KINDS = ("resid_pre", "attn_out", "mlp_out")
+
+
 @torch.no_grad()
 def patch_layers(setup: Setup, max_batch_tokens: int | None = None, progress: Progress | None = None) -> LayerPatching:
-    """Every (layer, position) of resid_pre, attn_out and mlp_out, plus attn_out/mlp_out at all positions at once."""
+    """Every (layer, position) of resid_pre, attn_out and mlp_out, plus attn_out/mlp_out at all positions at once.
+
+    A patch at position p leaves positions before p unchanged (attention is causal), so its rows recompute only
+    positions p..: the rows are grouped by position, each group one depth-staggered pass over all 3 × L patches.
+    """
     w, start = setup.model.weights, setup.start_pos
     batch = max_batch_tokens or default_batch_tokens(setup.model)
-    P = len(setup.clean.ids)
-    S = P - start
-    L = w.n_layers
-    scores = {k: np.zeros((L, P), dtype=np.float32) for k in ("resid_pre", "attn_out", "mlp_out")}
+    P, L = len(setup.clean.ids), w.n_layers
+    scores = {k: np.zeros((L, P), dtype=np.float32) for k in LAYER_KINDS}
     all_positions = {k: np.zeros(L, dtype=np.float32) for k in ("attn_out", "mlp_out")}
-    base = setup.base
-    for layer in range(L):
-        # (where the activation enters, resume point, base residual there, replacement − base delta)
-        plans = {
-            "resid_pre": ((layer, "pre"), base.resid_pre[layer], "resid_pre"),
-            "attn_out": ((layer, "mid"), base.resid_mid[layer], "attn_out"),
-            "mlp_out": (
-                (layer + 1, "pre"),
-                base.resid_pre[layer + 1] if layer + 1 < L else base.resid_final,
-                "mlp_out",
-            ),
-        }
-        for kind, ((at_layer, stage), resid, name) in plans.items():
-            delta = (setup.replacement(name, layer) - getattr(base, name)[layer])[0, start:]
-            n_rows = S + (1 if kind != "resid_pre" else 0)
-            result = _resume_rows(
-                setup, at_layer, stage, resid[:, start:], lambda rows: _one_hot_rows(delta, rows, S), n_rows, batch
-            )
-            scores[kind][layer, start:] = result[:S]
-            if kind != "resid_pre":
-                all_positions[kind][layer] = result[S]
+    patches = [(kind, layer) for kind in LAYER_KINDS for layer in range(L)]
+    deltas = {(kind, layer): (setup.replacement(kind, layer) - getattr(setup.base, kind)[layer])[0]  # [P, d]
+              for kind, layer in patches}
+    groups = list(range(start, P))
+    for g, pos in enumerate(groups):
+        joins = []
+        for kind, layer in patches:
+            at, stage, resid = _entry(setup, kind, layer)
+            joins.append(fw.Join(at, stage, _one_position(resid, deltas[kind, layer][pos][None], pos)))
+        result = _score_joins(setup, joins, pos, batch).reshape(len(LAYER_KINDS), L)
+        for k, kind in enumerate(LAYER_KINDS):
+            scores[kind][:, pos] = result[k]
         if progress:
-            progress(layer + 1, L)
+            progress(g + 1, len(groups) + 1)
+    whole = [(kind, layer) for kind in all_positions for layer in range(L)]
+    joins = []
+    for kind, layer in whole:
+        at, stage, resid = _entry(setup, kind, layer)
+        joins.append(fw.Join(at, stage, (resid + deltas[kind, layer])[:, start:]))
+    result = _score_joins(setup, joins, start, batch).reshape(len(all_positions), L)
+    for k, kind in enumerate(all_positions):
+        all_positions[kind][:] = result[k]
+    if progress:
+        progress(len(groups) + 1, len(groups) + 1)
     return LayerPatching(scores, all_positions)
+
+
+@torch.no_grad()
+def patch_layer_totals(setup: Setup, max_batch_tokens: int | None = None) -> dict[str, np.ndarray]:
+    """attn_out and mlp_out of every layer patched at all positions: {kind: [L]} (2L rows, one pass; cheap)."""
+    w, start = setup.model.weights, setup.start_pos
+    L = w.n_layers
+    joins = []
+    for kind in ("attn_out", "mlp_out"):
+        for layer in range(L):
+            at, stage, resid = _entry(setup, kind, layer)
+            delta = (setup.replacement(kind, layer) - getattr(setup.base, kind)[layer])
+            joins.append(fw.Join(at, stage, (resid + delta)[:, start:]))
+    result = _score_joins(setup, joins, start, max_batch_tokens or default_batch_tokens(setup.model)).reshape(2, L)
+    return {"attn_out": result[0], "mlp_out": result[1]}
 
 
 @dataclass
 class HeadPatching:
     all_positions: np.ndarray  # [L, H]
-    per_position: np.ndarray  # [L, H, P]
+    per_position: np.ndarray | None  # [L, H, P]; None unless asked for (it costs P times as much)
 
 
 @torch.no_grad()
-def patch_heads(setup: Setup, max_batch_tokens: int | None = None, progress: Progress | None = None) -> HeadPatching:
-    """Every head's output (hook_z) patched at all positions, and at each position alone."""
+def patch_heads(setup: Setup, per_position: bool = False, max_batch_tokens: int | None = None,
+                progress: Progress | None = None) -> HeadPatching:
+    """Every head's output (hook_z) patched at all positions; with per_position, also at each position alone."""
     w, start = setup.model.weights, setup.start_pos
     batch = max_batch_tokens or default_batch_tokens(setup.model)
     P, L, H = len(setup.clean.ids), w.n_layers, w.n_heads
-    S = P - start
-    all_positions = np.zeros((L, H), dtype=np.float32)
-    per_position = np.zeros((L, H, P), dtype=np.float32)
+    head_delta = []  # per layer [H, P, d]: what each head's patch adds to the residual
     for layer in range(L):
-        dz = (setup.replacement("z", layer) - setup.base.z[layer])[0, start:]  # [S, H, h]
-        head_delta = torch.einsum("snh,nhd->nsd", dz, w.W_O[layer])  # [H, S, d]
-
-        def deltas(rows: slice) -> torch.Tensor:
-            # row r: head r // (S + 1); within a head, rows 0..S-1 one position, row S all positions
-            out = []
-            for r in range(rows.start, rows.stop):
-                head, pos = divmod(r, S + 1)
-                out.append(_one_hot_rows(head_delta[head], slice(pos, pos + 1), S)[0])
-            return torch.stack(out)
-
-        result = _resume_rows(setup, layer, "mid", setup.base.resid_mid[layer][:, start:], deltas, H * (S + 1), batch)
-        result = result.reshape(H, S + 1)
-        per_position[layer, :, start:] = result[:, :S]
-        all_positions[layer] = result[:, S]
-        if progress:
-            progress(layer + 1, L)
-    return HeadPatching(all_positions, per_position)
+        dz = (setup.replacement("z", layer) - setup.base.z[layer])[0]  # [P, H, h]
+        head_delta.append(torch.einsum("pnh,nhd->npd", dz, w.W_O[layer]))
+    mids = setup.base.resid_mid
+    joins = [fw.Join(layer, "mid", mids[layer][:, start:] + head_delta[layer][:, start:]) for layer in range(L)]
+    all_positions = _score_joins(setup, joins, start, batch).reshape(L, H)
+    groups = list(range(start, P)) if per_position else []
+    if progress:
+        progress(1, len(groups) + 1)
+    per = None
+    if per_position:
+        per = np.zeros((L, H, P), dtype=np.float32)
+        for g, pos in enumerate(groups):
+            joins = [fw.Join(layer, "mid", _one_position(mids[layer], head_delta[layer][:, pos], pos))
+                     for layer in range(L)]
+            per[:, :, pos] = _score_joins(setup, joins, pos, batch).reshape(L, H)
+            if progress:
+                progress(g + 2, len(groups) + 1)
+    return HeadPatching(all_positions, per)
 
 
 @dataclass
@@ -277,6 +327,71 @@ def check_layer(model: Model, layer: int) -> int:
 
 
 @torch.no_grad()
+def patch_neuron_sets(
+    setup: Setup,
+    neurons: dict[int, list[int] | None],
+    max_batch_tokens: int | None = None,
+    progress: Progress | None = None,
+) -> dict[int, NeuronPatching]:
+    """Neurons of several layers, each patched alone at all positions, plus each layer whole; batched by depth.
+
+    neurons: layer → neuron ids (None = every neuron of the layer). Patched residual after the MLP =
+    base + (replacement − base activation)[:, n] ⊗ W_out[layer, n], exact because W_out is linear.
+    """
+    model = setup.model
+    w, start = model.weights, setup.start_pos
+    batch = max_batch_tokens or default_batch_tokens(model)
+    ids = {}
+    for layer, chosen in neurons.items():
+        check_layer(model, layer)
+        ids[layer] = torch.arange(w.d_mlp) if chosen is None else torch.tensor(list(chosen), dtype=torch.long)
+        if ids[layer].numel() and (ids[layer].min() < 0 or ids[layer].max() >= w.d_mlp):
+            raise UserError(f"neurons must be in 0..{w.d_mlp - 1} for {model.name}")
+    S = len(setup.clean.ids) - start
+    # Pieces of ≤ one batch of rows, built lazily a wave (≈ one batch) at a time so memory stays bounded.
+    per = max(1, batch // max(S, 1))
+    pieces = []  # (layer, slice of ids[layer] or None for the whole-layer row)
+    for layer in ids:
+        pieces += [(layer, slice(i, i + per)) for i in range(0, len(ids[layer]), per)] + [(layer, None)]
+    waves, rows = [[]], 0
+    for layer, part in pieces:
+        n = 1 if part is None else len(ids[layer][part])
+        if rows + n > per and waves[-1]:
+            waves.append([])
+            rows = 0
+        waves[-1].append((layer, part))
+        rows += n
+    scores: dict[int, list[np.ndarray]] = {layer: [] for layer in ids}
+    whole: dict[int, float] = {}
+    for i, wave in enumerate(waves):
+        joins = []
+        for layer, part in wave:
+            d_post = (setup.replacement("mlp_post", layer) - setup.base.mlp_post[layer])[0, start:]  # [S, m]
+            after = _entry(setup, "mlp_out", layer)[2][:, start:]
+            W_out = w.W_out[layer]
+            if part is None:
+                joins.append(fw.Join(layer + 1, "pre", after + (d_post @ W_out)[None]))
+            else:
+                chosen = ids[layer][part].to(W_out.device)
+                joins.append(fw.Join(layer + 1, "pre", after + d_post[:, chosen].T[:, :, None] * W_out[chosen][:, None, :]))
+        result = _score_joins(setup, joins, start, batch)
+        offset = 0
+        for (layer, part), join in zip(wave, joins):
+            n = join.resid.shape[0]
+            if part is None:
+                whole[layer] = float(result[offset])
+            else:
+                scores[layer].append(result[offset : offset + n])
+            offset += n
+        if progress:
+            progress(i + 1, len(waves))
+    return {
+        layer: NeuronPatching(layer, ids[layer].cpu().numpy(),
+                              np.concatenate(scores[layer]) if scores[layer] else np.zeros(0, np.float32), whole[layer])
+        for layer in ids
+    }
+
+
 def patch_neurons(
     setup: Setup,
     layer: int,
@@ -284,35 +399,9 @@ def patch_neurons(
     max_batch_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> NeuronPatching:
-    """Each neuron of `layer` patched alone at all positions (the post's sweep), batched; default all neurons.
-
-    Patched residual after the MLP = base + (replacement − base activation)[:, n] ⊗ W_out[layer, n], exact.
-    """
-    model = setup.model
-    w, start = model.weights, setup.start_pos
-    check_layer(model, layer)
-    batch = max_batch_tokens or default_batch_tokens(model)
-    neuron_ids = torch.arange(w.d_mlp) if neurons is None else torch.tensor(neurons, dtype=torch.long)
-    if neuron_ids.numel() and (neuron_ids.min() < 0 or neuron_ids.max() >= w.d_mlp):
-        raise UserError(f"neurons must be in 0..{w.d_mlp - 1} for {model.name}")
-    d_post = (setup.replacement("mlp_post", layer) - setup.base.mlp_post[layer])[0, start:]  # [S, m]
-    after = setup.base.resid_pre[layer + 1] if layer + 1 < w.n_layers else setup.base.resid_final
-    base_resid = after[:, start:]
-    W_out = w.W_out[layer]
-    chunks = _row_chunks(len(neuron_ids), base_resid.shape[1], batch)
-    scores = []
-    for i, rows in enumerate(chunks):
-        ids = neuron_ids[rows].to(W_out.device)
-        deltas = d_post[:, ids].T[:, :, None] * W_out[ids][:, None, :]  # [n, S, d]
-        final = fw.resume(w, base_resid + deltas, layer + 1, "pre", start, setup.base)
-        scores.append(setup.score(setup.metric(w, final)))
-        if progress:
-            progress(i + 1, len(chunks))
-    whole = base_resid + (d_post @ W_out)[None]
-    layer_score = setup.score(setup.metric(w, fw.resume(w, whole, layer + 1, "pre", start, setup.base)))[0]
-    return NeuronPatching(
-        layer, neuron_ids.cpu().numpy(), np.concatenate(scores) if scores else np.zeros(0, np.float32), float(layer_score)
-    )
+    """Each neuron of `layer` patched alone at all positions (the post's sweep), batched; default all neurons."""
+    check_layer(setup.model, layer)
+    return patch_neuron_sets(setup, {layer: neurons}, max_batch_tokens, progress)[layer]
 
 
 def standout_mlp_layer(layers: LayerPatching) -> int:

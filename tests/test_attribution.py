@@ -124,3 +124,98 @@ def test_attribution_equals_exact_patching_where_the_model_is_linear_after_the_p
     neurons, layer, scale = gap(linear)
     assert neurons < 2e-5 and layer < 2e-5 and scale > 1e-3  # equal up to the scores' float32 rounding
     assert gap(model)[0] > 1e-4  # the same comparison on the real (nonlinear) final norm does differ
+
+
+def plant_gated_pair(model, neuron: int):
+    """A copy of `model` where neuron A = (n_layers − 2, neuron) opens a gate for neuron B = (last layer, neuron).
+
+    A is off (pre-activation −8) on the corrupted prompt's last position and on (+8) on the clean one. It writes
+    a direction u orthogonal to everything the final norm and the metric read at the corrupted run (ones,
+    answer − wrong, the corrupted final residual), so its direct effect is zero to first order; the last layer's
+    attention output and its other neurons are switched off, so its only other path is B. B is off (−8) in both
+    runs and on (+8) only when A's clean activation is patched into the corrupted run; B writes answer − wrong.
+    Exact patching of A therefore moves the logit diff a lot, while attribution patching sees A through B's GELU
+    at −8, whose slope is ~1e-14: the nonlinearity AtP* warns about, planted. The other neurons of earlier
+    layers keep 0.1 % of their output: attribution has real (small) candidates to rank above A, too small to flip A."""
+    w = model.weights
+    layer_a, layer_b = w.n_layers - 2, w.n_layers - 1
+    clean, corrupted = tokens.pair(model, CLEAN, CORRUPTED)
+    answer, wrong = tokens.single_token(model, " an"), tokens.single_token(model, " a")
+    metric = w.W_U[:, answer] - w.W_U[:, wrong]
+    W_in, b_in = w.W_in.clone(), w.b_in.clone()
+    W_out, W_O = w.W_out * 1e-3, w.W_O.clone()
+    W_out[layer_b] = 0
+    W_O[layer_b] = 0
+
+    def mlp_input(weights, resid_mid, layer):
+        return fw.norm(weights, resid_mid, weights.ln2_w[layer], weights.ln2_b[layer])
+
+    def threshold(on, offs):
+        """A direction d and bias b with d·on + b = 8 and d·off + b = −8 for each off (least-norm solution)."""
+        points = torch.stack([on] + offs)
+        targets = torch.tensor([8.0] + [-8.0] * len(offs), dtype=points.dtype)
+        lifted = torch.cat([points, torch.ones(len(points), 1, dtype=points.dtype)], 1)
+        solution = torch.linalg.lstsq(lifted, targets[:, None]).solution[:, 0]
+        return solution[:-1], solution[-1]
+
+    def runs(weights):
+        return [fw.run(weights, p.tensor(model.device)) for p in (clean, corrupted)]
+
+    W_out[layer_a, neuron] = 0
+    traces = runs(dataclasses.replace(w, W_out=W_out, W_O=W_O))
+    W_in[layer_a, :, neuron], b_in[layer_a, neuron] = threshold(
+        mlp_input(w, traces[0].resid_mid[layer_a][0, -1], layer_a),
+        [mlp_input(w, traces[1].resid_mid[layer_a][0, -1], layer_a)])
+    u = torch.randn(w.d_model, dtype=metric.dtype, generator=torch.Generator().manual_seed(0))
+    read = torch.linalg.qr(torch.stack([torch.ones_like(metric), metric, traces[1].resid_final[0, -1]], 1))[0]
+    u = u - read @ (read.T @ u)
+    W_out[layer_a, neuron] = 20 * u / u.norm()
+    planted = dataclasses.replace(w, W_in=W_in, b_in=b_in, W_out=W_out, W_O=W_O)
+    traces = runs(planted)
+    # B's input in the corrupted run with A's clean activation patched in (the last layer's attention is off)
+    d_post = traces[0].mlp_post[layer_a][0, -1, neuron] - traces[1].mlp_post[layer_a][0, -1, neuron]
+    patched = traces[1].resid_mid[layer_b][0, -1] + d_post * W_out[layer_a, neuron]
+    W_in[layer_b, :, neuron], b_in[layer_b, neuron] = threshold(
+        mlp_input(planted, patched, layer_b),
+        [mlp_input(planted, t.resid_mid[layer_b][0, -1], layer_b) for t in traces])
+    W_out[layer_b, neuron] = 3 * metric
+    return dataclasses.replace(model, weights=dataclasses.replace(planted, W_in=W_in, b_in=b_in, W_out=W_out))
+
+
+def test_the_headline_is_the_best_exact_score_even_where_attribution_misses_it(gpt2_folder):
+    from core.model import load_model
+
+    planted_neuron = 7
+    model = plant_gated_pair(in_double(load_model(str(gpt2_folder), device="cpu")), planted_neuron)
+    layer_a = model.n_layers - 2
+    c, k = tokens.pair(model, CLEAN, CORRUPTED)
+    setup = patching.prepare(model, c, k, tokens.single_token(model, " an"), tokens.single_token(model, " a"))
+    approx = attribution.attribute(setup)
+    every = {layer: patching.patch_neurons(setup, layer).scores for layer in range(model.n_layers)}
+    assert every[layer_a][planted_neuron] == max(s.max() for s in every.values()) > 1  # A is the true winner
+    assert abs(every[layer_a + 1][planted_neuron]) < 1e-6  # B alone does nothing: off in both runs
+    proposed = attribution.top_neurons(model, approx, 3)
+    assert (layer_a, planted_neuron) not in set(zip(proposed.layer, proposed.neuron))  # attribution misses A
+    assert abs(approx.neurons[layer_a, planted_neuron]) < 0.05
+
+    found = attribution.find_top_neurons(setup, approx, top_k=3)
+    best = found.best
+    assert (best.layer, best.neuron) == (layer_a, planted_neuron)
+    assert best.exact == found.table.exact.max()  # the headline is the best exact score in the table
+    assert best.exact == pytest.approx(every[layer_a][planted_neuron], abs=1e-6)  # and the engine's number
+    assert best.source == f"sweep of MLP {layer_a}" and best.disagree
+    assert layer_a in found.swept_layers and 0 not in found.swept_layers
+    assert list(found.table.exact) == sorted(found.table.exact, reverse=True)
+    assert found.to_json()["top_neuron"]["label"] == f"L{layer_a}.N{planted_neuron}"
+
+
+def test_embedded_headline_on_the_orange_pair_is_the_exact_winner(embedded):
+    """The pair where attribution ranks L29.N1326 (exact 0.083) first; the MLP 21 sweep holds L21.N29 (0.330)."""
+    c, k = tokens.pair(embedded, "I ate an orange for breakfast and an apple for lunch. For dinner I ate",
+                       "I ate a banana for breakfast and a pear for lunch. For dinner I ate")
+    setup = patching.prepare(embedded, c, k, 354, 253)
+    approx = attribution.attribute(setup)
+    assert attribution.top_neurons(embedded, approx, 1).label[0] == "L29.N1326"
+    found = attribution.find_top_neurons(setup, approx, top_k=20)
+    assert found.best.label == "L21.N29" and found.best.exact == pytest.approx(0.330, abs=0.01)
+    assert 21 in found.swept_layers
