@@ -1,11 +1,13 @@
 # The hosted demo: CPU torch, the pinned stack, the embedded model converted at build time, hosted-mode limits.
 #   docker build -t token-neuron-explorer . && docker run -p 8501:8501 token-neuron-explorer
-# Needs ~1.5 GB RAM per busy session on CPU (the model is shared by all sessions: ~0.6 GB once); 2 cores.
+# Memory: one session running Patching → Search → Corpus (10k tokens) peaked at 2.7 GB RSS here (bench/load.py, solo
+# phase, 1 torch thread per job); heavy jobs beyond TNE_HEAVY_JOBS wait in a queue instead of adding memory. 2 cores.
 FROM python:3.11-slim
 WORKDIR /app
 ENV TNE_CACHE_DIR=/app/.cache/tne \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
     TNE_HOSTED=1 TNE_MODELS=smollm2-135m \
+    MALLOC_ARENA_MAX=2 \
     PIP_NO_CACHE_DIR=1
 COPY requirements.txt requirements-test.txt requirements-scale.txt requirements.lock ./
 COPY scripts/ scripts/

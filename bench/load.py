@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -123,6 +124,7 @@ async def heavy_session(browser, url: str, session: int, budget: int) -> dict:
             await run.click()
             await page.get_by_role("button", name=DONE).wait_for(timeout=TIMEOUT_MS)
             out["seconds"][name] = time.monotonic() - started
+            print(f"  session {session}: {name} done in {out['seconds'][name]:.1f} s", flush=True)
             out["metrics"][name] = await page.locator("[data-testid='stMetric']").all_inner_texts()
             out["errors"] += [f"{name}: {t[:200]}" for t in await page.locator(ERRORS).all_inner_texts()]
     except Exception as err:  # noqa: BLE001 - a timeout or a crash is an error of this session, counted
@@ -175,6 +177,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--budget", type=int, default=10_000, help="corpus tokens per scan")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the server (finally below)
     print(f"torch threads per job: {os.environ.get('TNE_JOB_THREADS') or os.environ.get('OMP_NUM_THREADS') or 'auto'}"
           f", heavy slots: {os.environ.get('TNE_HEAVY_JOBS') or 'auto'}, cores: {os.cpu_count()}", flush=True)
 
