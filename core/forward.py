@@ -172,11 +172,13 @@ def attention(
     resid: torch.Tensor,
     start_pos: int = 0,
     prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    last_query_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention of `layer` for positions start_pos.. of resid: [B, S, d].
 
     prefix_kv: keys/values of positions 0..start_pos-1 ([1, start_pos, K, h]), shared by the whole batch.
-    Returns attn_out [B, S, d], z [B, S, H, h], k and v of the S positions [B, S, K, h].
+    last_query_only: attend from the last position alone (keys and values still come from every position).
+    Returns attn_out [B, S, d], z [B, S, H, h] (S = 1 with last_query_only), k and v of the S positions [B, S, K, h].
     """
     B, S, _ = resid.shape
     x = norm(w, resid, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
@@ -190,6 +192,8 @@ def attention(
     group = w.n_heads // w.n_kv_heads
     q = q.unflatten(2, (w.n_kv_heads, group))  # [B, S, K, g, h]
     q_pos = torch.arange(start_pos, start_pos + S, device=resid.device)[:, None]
+    if last_query_only:
+        q, q_pos = q[:, -1:], q_pos[-1:]
     causal = torch.arange(S, device=resid.device)[None, :] + start_pos > q_pos  # key after query
     scores = torch.einsum("bskgh,btkh->bkgst", q, k).masked_fill(causal, torch.finfo(q.dtype).min)
     if prefix_kv is not None and start_pos > 0:
@@ -306,6 +310,7 @@ def resume_joined(w: Weights, joins: list[Join], start_pos: int, prefix: Trace) 
     order = sorted(range(len(joins)), key=lambda i: joins[i].depth())
     admitted: list[int] = []  # join indices, in the order their rows sit in the running batch
     resid: torch.Tensor | None = None
+    last = w.n_layers - 1
 
     def admit(depth: int) -> None:
         nonlocal resid
@@ -315,6 +320,8 @@ def resume_joined(w: Weights, joins: list[Join], start_pos: int, prefix: Trace) 
             # Broadcast arithmetic can hand us permuted strides, which make `x @ W` run as a batched matmul
             # over an expanded W (3-4x slower on CPU): start from a plain layout.
             rows = joins[i].resid.contiguous()
+            if resid is not None and resid.shape[1] == 1:  # past the last attention: only the last position
+                rows = rows[:, -1:].contiguous()
             resid = rows if resid is None else torch.cat([resid, rows])
 
     for current in range(joins[order[0]].layer, w.n_layers):
@@ -323,8 +330,13 @@ def resume_joined(w: Weights, joins: list[Join], start_pos: int, prefix: Trace) 
             kv = None
             if start_pos > 0:
                 kv = (prefix.k[current][:, :start_pos], prefix.v[current][:, :start_pos])
-            resid = resid + attention(w, current, resid, start_pos, kv)[0]
+            if current == last:  # only the last position reaches the metric: its query and its MLP alone
+                resid = resid[:, -1:] + attention(w, current, resid, start_pos, kv, last_query_only=True)[0]
+            else:
+                resid = resid + attention(w, current, resid, start_pos, kv)[0]
         admit(2 * current + 1)
+        if current == last and resid is not None and resid.shape[1] > 1:  # rows that entered at the last MLP
+            resid = resid[:, -1:]
         if resid is not None:
             resid = resid + mlp_out_from_post(w, current, mlp_post(w, current, resid))
     admit(2 * w.n_layers)

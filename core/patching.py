@@ -18,6 +18,8 @@ How it is fast (GUIDE §5), all exact:
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -404,7 +406,92 @@ def patch_neurons(
     return patch_neuron_sets(setup, {layer: neurons}, max_batch_tokens, progress)[layer]
 
 
-def standout_mlp_layer(layers: LayerPatching) -> int:
-    """The MLP layer whose all-positions patch restores most, MLP 0 aside (it acts as an extended embedding)."""
-    scores = layers.all_positions["mlp_out"]
+def standout_mlp_layer(layers: LayerPatching | np.ndarray) -> int:
+    """The MLP layer whose all-positions patch restores most, MLP 0 aside (it acts as an extended embedding).
+
+    layers: a LayerPatching, or the mlp_out all-positions scores [L] (patch_layer_totals(…)["mlp_out"]).
+    """
+    scores = layers.all_positions["mlp_out"] if isinstance(layers, LayerPatching) else np.asarray(layers)
     return int(np.argmax(scores[1:])) + 1 if len(scores) > 1 else 0
+
+
+@dataclass
+class Effect:
+    """A patch in absolute terms at the last position: the logit diff and the top-1 token, before and after."""
+
+    base_logit_diff: float
+    patched_logit_diff: float
+    base_top: int  # token id of the base run's top-1 prediction
+    patched_top: int
+    patched_probs: tuple[float, float]  # P(answer), P(wrong) after the patch
+
+
+@torch.no_grad()
+def neuron_effect(setup: Setup, layer: int, neuron: int | None = None) -> Effect:
+    """The base run with one neuron (None: the whole MLP) of `layer` patched at all positions, unembedded in full."""
+    w, start = setup.model.weights, setup.start_pos
+    check_layer(setup.model, layer)
+    d_post = (setup.replacement("mlp_post", layer) - setup.base.mlp_post[layer])[0, start:]  # [S, m]
+    if neuron is not None:
+        delta = d_post[:, neuron : neuron + 1] @ w.W_out[layer][neuron : neuron + 1]
+    else:
+        delta = d_post @ w.W_out[layer]
+    after = _entry(setup, "mlp_out", layer)[2][:, start:]
+    final = fw.resume_joined(w, [fw.Join(layer + 1, "pre", after + delta[None])], start, setup.base)[0]
+    logits = fw.unembed(w, final).float()
+    base_logits = fw.unembed(w, setup.base.resid_final[0, -1]).float()
+    probs = logits.softmax(-1)
+    answer, wrong = setup.metric.answer, setup.metric.wrong
+    return Effect(setup.base_logit_diff, float(logits[answer] - logits[wrong]), int(base_logits.argmax()),
+                  int(logits.argmax()), (float(probs[answer]), float(probs[wrong])))
+
+
+def token_layer_flops(model: Model) -> float:
+    """FLOPs of one position through one layer (the projections; attention scores are small at these lengths)."""
+    w = model.weights
+    qkv, out = w.W_QKV.shape[1] * w.W_QKV.shape[2], w.n_heads * w.d_head * w.d_model
+    mlp = (3 if w.W_gate is not None else 2) * w.d_model * w.d_mlp
+    return 2.0 * (qkv + out + mlp)
+
+
+def planned_work(model: Model, n_positions: int, start: int, sweeps: int = 1) -> dict[str, float]:
+    """Token-layers (positions × layers recomputed, summed over rows) of each phase of the Patching page.
+
+    Mirrors the engine: a patch at (layer l, position p) recomputes positions p.. of layers l..; an all-positions
+    patch positions start..; a neuron sweep d_mlp rows from its layer on (a late layer, ~¼ of the depth, assumed).
+    """
+    L, H, m = model.n_layers, model.n_heads, model.d_mlp
+    S = n_positions - start
+    depth = L * (L + 1) / 2  # Σ over entry layers of the layers left to run
+    suffixes = S * (S + 1) / 2  # Σ over patched positions of the positions left to run
+    return {
+        "layer totals": 2 * depth * S,
+        "neuron sweeps": sweeps * m * S * max(L / 4, 1),
+        "layers × positions": 3 * depth * suffixes,
+        "heads": H * depth * S,
+        "heads per position": H * depth * suffixes,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def matmul_flops_per_s(device: str, d: int = 576, m: int = 1536) -> float:
+    """This machine's plain fp32 matmul rate, measured once (~0.1 s): the yardstick of every time estimate."""
+    a, b = torch.randn(2048, d, device=device), torch.randn(d, m, device=device)
+    a @ b  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    began, reps = time.perf_counter(), 5
+    for _ in range(reps):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return reps * 2.0 * 2048 * d * m / max(time.perf_counter() - began, 1e-9)
+
+
+ENGINE_EFFICIENCY = 0.4  # measured share of the plain matmul rate the resumed forward reaches (bench/pages.py)
+
+
+def estimate_seconds(model: Model, token_layers: float) -> float:
+    """Wall seconds for this much patching work on this machine, from its own matmul rate."""
+    rate = matmul_flops_per_s(str(model.device)) * ENGINE_EFFICIENCY
+    return token_layers * token_layer_flops(model) / rate

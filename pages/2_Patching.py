@@ -1,11 +1,19 @@
-"""Activation patching: which layers, positions, heads and single neurons carry the clean/corrupted difference."""
+"""Activation patching: which layers, positions, heads and single neurons carry the clean/corrupted difference.
+
+The page renders progressively, cheapest first: both runs, each layer patched whole (the first chart), the neurons
+(the top one anywhere, verified exactly, and the sweep of one layer), then the layer × position grids, then the heads
+(per position only on request: it costs P times as much).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core import attribution, patching
+from core.hosting import limits
+from core.model import Model
 from core.patching import ABLATION_HELP, ABLATIONS
 from ui import analyses, charts, common, params, text
 from ui.common import POST_ANSWER, POST_CLEAN, POST_CORRUPTED, POST_WRONG, Section
@@ -13,13 +21,16 @@ from ui.export import jsonable
 
 PAGE = "patching"
 TOP_NEURONS = 20
+VERIFY_DEFAULT = 50
+# MLP 0's all-positions score above which the page calls it "an extended embedding" (the post's reading).
+EXTENDED_EMBEDDING = 0.5
 
 
 def key(name: str) -> str:
     return params.key(PAGE, name)
 
 
-def page_params() -> list[params.Param]:
+def page_params(model: Model) -> list[params.Param]:
     return [
         params.Param("clean", POST_CLEAN), params.Param("corrupted", POST_CORRUPTED),
         params.Param("answer", POST_ANSWER), params.Param("wrong", POST_WRONG),
@@ -28,8 +39,8 @@ def page_params() -> list[params.Param]:
     ]
 
 
-def inputs() -> analyses.PatchInputs:
-    spec = page_params()
+def inputs(model: Model) -> analyses.PatchInputs:
+    spec = page_params(model)
     params.bind(PAGE, spec)
     left, right = st.columns([3, 1])
     left.text_area("Clean prompt", key=key("clean"), height=80, persist_state="session")
@@ -43,13 +54,26 @@ def inputs() -> analyses.PatchInputs:
                     help="clean = activation patching (the post); the others modify the clean run")
     right.number_input("Neuron sweep layer", key=key("layer"), min_value=0, step=1, placeholder="standout MLP layer",
                        persist_state="session",
-                       help="Empty = the late MLP layer whose all-positions patch restores most (MLP 0 excluded)")
+                       help="Empty = the MLP layer (MLP 0 aside) whose all-positions patch restores most")
     params.publish(PAGE, spec)
     return analyses.PatchInputs(*(params.value(PAGE, n) for n in ("clean", "corrupted", "answer", "wrong",
                                                                   "ablation")))
 
 
-def summary_section(summary: analyses.PatchSummary, inputs: analyses.PatchInputs) -> None:
+def verify_cap() -> int:
+    """The verify slider's maximum: never more than the hosted top-k cap would accept."""
+    cap = limits().max_top_k
+    return 200 if cap is None else max(10, min(200, cap))
+
+
+def seconds(value: float) -> str:
+    return f"{value:.0f} s" if value >= 1.5 else "about a second"
+
+
+# ---------------------------------------------------------------- sections
+
+
+def summary_section(model: Model, summary: analyses.PatchSummary, inputs: analyses.PatchInputs) -> None:
     answer, wrong = text.literal(charts.shown(inputs.answer)), text.literal(charts.shown(inputs.wrong))
     cols = st.columns(6)
     cols[0].metric("clean logit diff", f"{summary.clean_logit_diff:.3f}")
@@ -62,33 +86,82 @@ def summary_section(summary: analyses.PatchSummary, inputs: analyses.PatchInputs
                                     "1 = this activation carries the whole difference")
 
 
-def summary_payload(summary: analyses.PatchSummary, inputs: analyses.PatchInputs) -> dict:
+def summary_payload(model: Model, summary: analyses.PatchSummary, inputs: analyses.PatchInputs) -> dict:
     """The JSON download's head: model facts, conventions, both runs (same keys as `python -m core patch --json`)."""
     return {
         "model": model.facts(), **summary.describe,
         "answer": {"token": inputs.answer, "id": summary.answer_id},
         "wrong": {"token": inputs.wrong, "id": summary.wrong_id},
         "clean_token_ids": summary.clean_ids, "corrupted_token_ids": summary.corrupted_ids, "tokens": summary.pieces,
+        "corrupted_tokens": summary.corrupted_pieces,
         "clean_logit_diff": summary.clean_logit_diff, "corrupted_logit_diff": summary.corrupted_logit_diff,
         "clean_probs": dict(zip(("answer", "wrong"), summary.clean_probs)),
         "corrupted_probs": dict(zip(("answer", "wrong"), summary.corrupted_probs)),
     }
 
 
-def layers_section(layers: patching.LayerPatching, pieces: list[str], standout: int) -> None:
-    st.subheader("Layers × positions")
-    st.plotly_chart(charts.position_heatmaps(layers.scores, pieces), key="patching:positions")
+def totals_section(totals: dict[str, np.ndarray], standout: int) -> None:
+    st.subheader("Each layer patched whole")
     left, right = st.columns([3, 2])
-    left.plotly_chart(charts.layer_totals(layers.all_positions), key="patching:totals")
+    left.plotly_chart(charts.layer_totals(totals), key="patching:totals")
+    mlp = totals["mlp_out"]
+    mlp0 = (f"MLP 0 scores {mlp[0]:.3f}: it acts as an extended embedding (the post's reading) and is left out"
+            if abs(mlp[0]) >= EXTENDED_EMBEDDING else f"MLP 0 scores {mlp[0]:.3f}")
+    right.markdown(f"**Standout late MLP layer: {standout}** (all-positions score {mlp[standout]:.3f}; {mlp0}).")
+    frame = pd.DataFrame({"layer": range(len(mlp)), "attn_out": totals["attn_out"], "mlp_out": mlp})
+    order = np.argsort(-np.maximum(np.abs(frame.attn_out), np.abs(frame.mlp_out)), kind="stable")
     with right:
-        st.markdown(f"**Standout late MLP layer: {standout}** "
-                    f"(all-positions score {layers.all_positions['mlp_out'][standout]:.3f}; MLP 0 "
-                    f"{layers.all_positions['mlp_out'][0]:.3f} acts as an extended embedding and is left out).")
-        frame = layers.frame(pieces)
-        common.table(frame, "patching_layers_positions", key="patching:layers_table", height=250)
+        common.table(frame.iloc[order], "patching_layer_totals", key="patching:totals_table", height=250)
 
 
-def neurons_section(sweep: patching.NeuronPatching) -> None:
+def effect_text(model: Model, effect: patching.Effect, what: str, ablation: str) -> str:
+    """A sentence, computed from the numbers, of what the patch does in absolute terms."""
+    verb = "patched into the corrupted run" if ablation == "clean" else f"{ablation}-ablated in the clean run"
+    before, after = model.token_str(effect.base_top), model.token_str(effect.patched_top)
+    change = (f"the top-1 prediction changes from `{text.literal(charts.shown(before))}` to "
+              f"`{text.literal(charts.shown(after))}`" if effect.base_top != effect.patched_top
+              else f"the top-1 prediction stays `{text.literal(charts.shown(before))}`")
+    return (f"{what} {verb}: logit diff {effect.base_logit_diff:.3f} → **{effect.patched_logit_diff:.3f}**; "
+            f"{change}.")
+
+
+def headline_section(model: Model, view: analyses.NeuronsView, inp: analyses.PatchInputs, top_k: int) -> dict:
+    """The top neuron anywhere: attribution proposes candidates, exact patching ranks them."""
+    st.subheader("The top neuron anywhere (every neuron of every layer)")
+    found = view.top
+    if found is None:
+        st.info("Attribution patching approximates clean patching only: for ablations the page sweeps one layer "
+                "(below). Choose the ablation 'clean' to rank every neuron of every layer.")
+        return {}
+    st.caption(f"**{attribution.CAVEAT}** Attribution = (clean − corrupted activation) × gradient of the logit diff, "
+               f"normalised like the exact score; 2 forwards + 1 backward for all neurons at once. {found.rule()}")
+    best = found.best
+    a, b, c = st.columns(3)
+    a.metric("top neuron anywhere", best.label, help="the highest *exact* score among the verified candidates")
+    b.metric("its exact score", f"{best.exact:.3f}", help=f"attribution estimated {best.attribution:.3f}")
+    c.metric(f"Spearman ρ, attribution vs exact (top {top_k})", f"{found.spearman:.3f}")
+    flagged = int(found.table.disagree.sum())
+    if flagged:
+        st.caption(f"{flagged} of {len(found.table)} candidates differ between attribution and exact by more than "
+                   f"{attribution.DISAGREE_RATIO:g}× (column 'disagree'); swept layers: "
+                   f"{', '.join(map(str, found.swept_layers)) or 'none'}.")
+    event = st.plotly_chart(
+        charts.neuron_grid(view.attribution, found.table.head(20), "attribution",
+                           "Attribution score of every neuron; red = the top verified candidates (click to open)"),
+        key="patching:all_layers", on_select="rerun", selection_mode="points")
+    clicked = common.neuron_from_point(event)
+    if clicked:
+        common.go_neuron(*clicked, prompt=params.value(PAGE, "clean"))
+    row = common.table(found.table, "all_neurons_exact_vs_attribution", key="patching:all_layers_table",
+                       select=True, height=300)
+    if row:
+        picked = found.table.iloc[row["row"]]
+        common.go_neuron(int(picked["layer"]), int(picked["neuron"]), prompt=params.value(PAGE, "clean"))
+    return found.to_json()
+
+
+def sweep_section(model: Model, view: analyses.NeuronsView, ablation: str) -> None:
+    sweep = view.sweep
     st.subheader(f"Neuron sweep of MLP {sweep.layer}")
     frame = sweep.frame()
     best = frame.iloc[0]
@@ -97,95 +170,123 @@ def neurons_section(sweep: patching.NeuronPatching) -> None:
     b.metric("its score", f"{best['score']:.3f}")
     c.metric(f"whole MLP {sweep.layer} (all neurons at once)", f"{sweep.layer_score:.3f}",
              help="the neurons' deltas are exact and add up: this is mlp_out of the layer patched at all positions")
+    st.markdown(effect_text(model, view.effect, best["label"], ablation) + "  \n"
+                + effect_text(model, view.layer_effect, f"The whole MLP {sweep.layer}", ablation))
     event = st.plotly_chart(charts.neuron_sweep(frame), key="patching:sweep", on_select="rerun",
                             selection_mode="points")
     clicked = common.neuron_from_point(event)
     if clicked:
         common.go_neuron(*clicked, prompt=params.value(PAGE, "clean"))
-    st.markdown(f"**Top {TOP_NEURONS} neurons** — click a row to open the neuron's page")
-    top = frame.head(TOP_NEURONS)
+    st.markdown(f"**Top {TOP_NEURONS} neurons by |score|** — click a row to open the neuron's page")
+    by_size = frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")]
+    top = by_size.head(TOP_NEURONS)
     row = common.table(top, f"neuron_sweep_L{sweep.layer}_top", key="patching:top_neurons", select=True)
     if row:
         picked = top.iloc[row["row"]]
         common.go_neuron(int(picked["layer"]), int(picked["neuron"]), prompt=params.value(PAGE, "clean"))
     with st.expander(f"All {len(frame)} neurons"):
-        common.table(frame, f"neuron_sweep_L{sweep.layer}_all", key="patching:all_neurons", height=300)
+        common.table(by_size, f"neuron_sweep_L{sweep.layer}_all", key="patching:all_neurons", height=300)
 
 
-def all_neurons_section(inp: analyses.PatchInputs) -> dict:
-    """Every neuron of every layer: attribution patching ranks them, exact patching verifies the top ones."""
-    st.subheader("All layers: every neuron")
-    st.caption(f"**{attribution.CAVEAT}** Attribution = (clean − corrupted activation) × gradient of the logit diff, "
-               "normalised like the exact score; 2 forwards + 1 backward for all neurons at once.")
-    if inp.ablation != "clean":
-        st.info("Attribution patching approximates clean patching only: choose the ablation 'clean'.")
-        return {}
-    top_k = st.slider("Neurons to verify exactly", 10, 200, 50, step=10, key="patching:verify_k")
-    found = analyses.all_neurons(model, model.fingerprint, inp.key(), top_k)
-    a, b = st.columns(2)
-    a.metric("top neuron anywhere", found.top.label.iloc[0], f"exact {found.top.exact.iloc[0]:.3f}",
-             delta_color="off")
-    b.metric(f"Spearman ρ, attribution vs exact (top {top_k})", f"{found.spearman:.3f}")
-    event = st.plotly_chart(
-        charts.neuron_grid(found.attribution, found.top.head(20), "attribution",
-                           "Attribution score of every neuron — click a ringed point to open its neuron"),
-        key="patching:all_layers", on_select="rerun", selection_mode="points")
-    clicked = common.neuron_from_point(event)
-    if clicked:
-        common.go_neuron(*clicked, prompt=params.value(PAGE, "clean"))
-    row = common.table(found.top, "all_neurons_attribution_vs_exact", key="patching:all_layers_table", select=True,
-                       height=300)
-    if row:
-        picked = found.top.iloc[row["row"]]
-        common.go_neuron(int(picked["layer"]), int(picked["neuron"]), prompt=params.value(PAGE, "clean"))
-    return {"all_neurons": found.top[["layer", "neuron", "attribution", "exact"]], "spearman_top_k": found.spearman,
-            "caveat": attribution.CAVEAT}
+def grid_section(layers: patching.LayerPatching, summary: analyses.PatchSummary) -> None:
+    st.subheader("Layers × positions")
+    st.plotly_chart(charts.position_heatmaps(layers.scores, summary.pieces, summary.corrupted_pieces),
+                    key="patching:positions")
+    frame = layers.frame(charts.position_labels(summary.pieces, summary.corrupted_pieces))
+    frame = frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")]
+    common.table(frame, "patching_layers_positions", key="patching:layers_table", height=250)
 
 
-def heads_section(heads: patching.HeadPatching) -> None:
+def heads_section(model: Model, heads: patching.HeadPatching, summary: analyses.PatchSummary,
+                  per_position_s: float) -> bool:
+    """The heads at all positions; returns True when the per-position heads were asked for."""
     st.subheader("Attention heads (each head's output patched at all positions)")
     frame = pd.DataFrame([(layer, head, float(heads.all_positions[layer, head]))
                           for layer in range(heads.all_positions.shape[0])
                           for head in range(heads.all_positions.shape[1])], columns=["layer", "head", "score"])
     st.plotly_chart(charts.heads_heatmap(frame, "score", "Head patching score (all positions)", "score"),
                     key="patching:heads")
-    common.table(frame.sort_values("score", ascending=False), "patching_heads", key="patching:heads_table", height=250)
+    common.table(frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")], "patching_heads",
+                 key="patching:heads_table", height=250)
+    if heads.per_position is None:
+        return st.button(f"Heads at each position (≈ {seconds(per_position_s)} here)", key="patching:heads_pp")
+    grid = heads.per_position.reshape(-1, heads.per_position.shape[-1])  # [L·H, P]
+    labels = [f"L{l}H{h}" for l in range(heads.per_position.shape[0]) for h in range(heads.per_position.shape[1])]
+    st.plotly_chart(charts.grid_heatmap(grid, list(range(grid.shape[1])),
+                                        charts.position_labels(summary.pieces, summary.corrupted_pieces),
+                                        "Each head patched at one position", "score", y_labels=labels),
+                    key="patching:heads_pp_chart")
+    return False
 
 
-def body() -> None:
+# ---------------------------------------------------------------- the page
+
+
+def disarm() -> None:
+    st.session_state.pop("patching:armed", None)
+
+
+def body(model: Model) -> None:
     st.title("Activation patching")
     st.markdown("Run the corrupted prompt, put back one activation from the clean run, and see how much of the "
-                "answer comes back. Layers × positions, heads, then every single neuron of one MLP layer.")
-    inp = inputs()
-    if st.button("Run patching", type="primary", key="patching:run"):
+                "answer comes back: each layer whole, every neuron, layers × positions, heads.")
+    inp = inputs(model)
+    key_ = inp.key()
+    estimates = analyses.estimate_seconds(model, key_, per_position_heads=True)
+    per_position_s = estimates.pop("heads per position")
+    run, stop = st.columns([1, 5])
+    if run.button("Run patching", type="primary", key="patching:run"):
         st.session_state["patching:armed"] = True
     if not st.session_state.get("patching:armed"):
-        st.info("Press **Run patching** (≈ 10–20 s on 2 CPU cores). Afterwards, changed inputs recompute by "
-                "themselves; results are cached.")
-        return
-    summary = analyses.patch_summary(model, model.fingerprint, inp.key())
-    summary_section(summary, inp)
-    payload = summary_payload(summary, inp)  # each section below adds what the engine returned to it
+        if analyses.was_completed(model.fingerprint, key_):
+            st.session_state["patching:armed"] = True  # a reopened link whose results are cached: show them
+        else:
+            st.info(f"Not computed yet for these inputs. Press **Run patching**: ≈ {seconds(sum(estimates.values()))} "
+                    "on this machine (" + ", ".join(f"{k} {seconds(v)}" for k, v in estimates.items()) + "), "
+                    "estimated from the work's size and this machine's matmul rate. Afterwards changed inputs "
+                    "recompute by themselves and results are cached.")
+            return
+    stop.button("Stop", key="patching:stop", on_click=disarm, help="Stop the computation (finished parts stay cached)")
+    summary = analyses.patch_summary(model, model.fingerprint, key_)
+    summary_section(model, summary, inp)
+    payload = summary_payload(model, summary, inp)  # each section below adds what the engine returned to it
+    finished = []  # the sections that ran to the end: only a complete page is reopened from the cache
     with Section():
-        layers = analyses.patch_layers(model, model.fingerprint, inp.key())
-        standout = patching.standout_mlp_layer(layers)
-        payload.update(scores=layers.scores, all_positions=layers.all_positions, standout_mlp_layer=standout)
-        layers_section(layers, summary.pieces, standout)
+        totals = analyses.patch_layer_totals(model, model.fingerprint, key_)
+        standout = patching.standout_mlp_layer(totals["mlp_out"])
+        payload.update(all_positions=totals, standout_mlp_layer=standout)
+        totals_section(totals, standout)
+        finished.append("totals")
+    with Section():
         chosen = params.value(PAGE, "layer")
         sweep_layer = standout if chosen is None else patching.check_layer(model, int(chosen))
-        sweep = analyses.patch_neurons(model, model.fingerprint, inp.key(), sweep_layer)
-        payload.update(layer=sweep.layer, layer_choice="user" if chosen is not None else "standout",
-                       layer_score=sweep.layer_score, neurons=sweep.frame()[["layer", "neuron", "score"]])
-        neurons_section(sweep)
+        top_k = st.slider("Candidates to verify exactly (attribution top-k)", 10, verify_cap(),
+                          min(VERIFY_DEFAULT, verify_cap()), step=10, key="patching:verify_k")
+        view = analyses.patch_top_neurons(model, model.fingerprint, key_, sweep_layer, top_k)
+        payload.update(headline_section(model, view, inp, top_k))
+        sweep_section(model, view, inp.ablation)
+        payload.update(layer=view.sweep.layer, layer_choice="user" if chosen is not None else "standout",
+                       layer_score=view.sweep.layer_score, neurons=view.sweep.frame()[["layer", "neuron", "score"]],
+                       effect=view.effect, layer_effect=view.layer_effect)
+        finished.append("neurons")
     with Section():
-        payload.update(all_neurons_section(inp))
+        layers = analyses.patch_layers(model, model.fingerprint, key_)
+        payload.update(scores=layers.scores)
+        grid_section(layers, summary)
+        finished.append("layers")
     with Section():
-        heads = analyses.patch_heads(model, model.fingerprint, inp.key())
+        wants = st.session_state.get("patching:heads_pp_on") == key_
+        heads = analyses.patch_heads(model, model.fingerprint, key_, per_position=wants)
         payload.update(heads_all_positions=heads.all_positions, heads_per_position=heads.per_position)
-        heads_section(heads)
+        finished.append("heads")
+        if heads_section(model, heads, summary, per_position_s):
+            st.session_state["patching:heads_pp_on"] = key_
+            st.rerun()
+    if len(finished) == 4:
+        analyses.mark_completed(model.fingerprint, key_)
     common.json_download(jsonable(payload), "patching")
 
 
 model = common.setup_page("Patching")
 if model is not None:
-    common.run_page(body)
+    common.run_page(lambda: body(model))

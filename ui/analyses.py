@@ -79,16 +79,24 @@ class PatchInputs:
         return (self.clean, self.corrupted, self.answer, self.wrong, self.ablation)
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _cached_setup(_model: Model, fingerprint: str, key: tuple) -> patching.Setup:
+    """Both runs of one input set, shared by every phase of the page (read-only: the engine never mutates it)."""
+    inputs = PatchInputs(*key)
+    clean, corrupted = tokens.pair(_model, inputs.clean, inputs.corrupted)
+    answer = tokens.single_token(_model, inputs.answer, "answer")
+    wrong = tokens.single_token(_model, inputs.wrong, "wrong")
+    return patching.prepare(_model, clean, corrupted, answer, wrong, inputs.ablation)
+
+
 def _setup(model: Model, inputs: PatchInputs) -> patching.Setup:
-    clean, corrupted = tokens.pair(model, inputs.clean, inputs.corrupted)
-    answer = tokens.single_token(model, inputs.answer, "answer")
-    wrong = tokens.single_token(model, inputs.wrong, "wrong")
-    return patching.prepare(model, clean, corrupted, answer, wrong, inputs.ablation)
+    return _cached_setup(model, model.fingerprint, inputs.key())
 
 
 @dataclass
 class PatchSummary:
     pieces: list[str]
+    corrupted_pieces: list[str]
     clean_ids: list[int]
     corrupted_ids: list[int]
     answer_id: int
@@ -105,13 +113,30 @@ def patch_summary(_model: Model, fingerprint: str, key: tuple) -> PatchSummary:
     setup = _setup(_model, PatchInputs(*key))
     ids = [setup.metric.answer, setup.metric.wrong]
     return PatchSummary(
-        setup.clean.pieces, setup.clean.ids, setup.corrupted.ids, ids[0], ids[1],
+        setup.clean.pieces, setup.corrupted.pieces, setup.clean.ids, setup.corrupted.ids, ids[0], ids[1],
         setup.clean_logit_diff, setup.corrupted_logit_diff,
         # the setup already ran both prompts: unembed their last positions instead of running them again
         predict.token_probs(fw.unembed(_model.weights, setup.clean_trace.resid_final[0, -1]).float(), ids),
         predict.token_probs(fw.unembed(_model.weights, setup.corrupted_trace.resid_final[0, -1]).float(), ids),
         setup.describe(),
     )
+
+
+def estimate_seconds(model: Model, key: tuple, per_position_heads: bool = False) -> dict[str, float]:
+    """Seconds each phase of the page should take here, from the work's size and this machine's matmul rate."""
+    inputs = PatchInputs(*key)
+    clean, corrupted = tokens.pair(model, inputs.clean, inputs.corrupted)
+    start = tokens.first_difference(clean, corrupted) if inputs.ablation == "clean" else 0
+    work = patching.planned_work(model, len(clean.ids), start,
+                                 sweeps=attribution.SWEEP_MAX_LAYERS if inputs.ablation == "clean" else 1)
+    if not per_position_heads:
+        work.pop("heads per position")
+    return {phase: patching.estimate_seconds(model, amount) for phase, amount in work.items()}
+
+
+@st.cache_data(show_spinner="Patching each layer's attention and MLP at all positions…", max_entries=32)
+def patch_layer_totals(_model: Model, fingerprint: str, key: tuple) -> dict[str, np.ndarray]:
+    return patching.patch_layer_totals(_setup(_model, PatchInputs(*key)))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -121,32 +146,56 @@ def patch_layers(_model: Model, fingerprint: str, key: tuple) -> patching.LayerP
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def patch_heads(_model: Model, fingerprint: str, key: tuple) -> patching.HeadPatching:
-    with admitted("patching heads"), progress_bar("patching every head") as progress:
-        return patching.patch_heads(_setup(_model, PatchInputs(*key)), progress=progress)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def patch_neurons(_model: Model, fingerprint: str, key: tuple, layer: int) -> patching.NeuronPatching:
-    with admitted(f"patching MLP {layer}"), progress_bar(f"patching every neuron of MLP {layer}") as progress:
-        return patching.patch_neurons(_setup(_model, PatchInputs(*key)), layer, progress=progress)
+def patch_heads(_model: Model, fingerprint: str, key: tuple, per_position: bool = False) -> patching.HeadPatching:
+    label = "patching every head at each position" if per_position else "patching every head"
+    with admitted("patching heads"), progress_bar(label) as progress:
+        return patching.patch_heads(_setup(_model, PatchInputs(*key)), per_position=per_position, progress=progress)
 
 
 @dataclass
-class AllNeurons:
-    attribution: np.ndarray  # [L, d_mlp] attribution score of every neuron
-    top: pd.DataFrame  # rank, layer, neuron, label, attribution, exact
-    spearman: float  # rank correlation of attribution and exact over `top`
+class NeuronsView:
+    """The page's neuron results: the sweep of one layer and (clean patching) the top neuron anywhere."""
+
+    sweep: patching.NeuronPatching
+    top: attribution.TopNeurons | None  # None for ablations (attribution approximates clean patching only)
+    attribution: np.ndarray | None  # [L, d_mlp]
+    effect: patching.Effect  # the sweep's top neuron in absolute terms
+    layer_effect: patching.Effect  # the whole swept layer in absolute terms
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def all_neurons(_model: Model, fingerprint: str, key: tuple, top_k: int) -> AllNeurons:
-    with admitted("attribution patching of every neuron"):
-        setup = _setup(_model, PatchInputs(*key))
-        approx = attribution.attribute(setup)
-        with progress_bar(f"exact patching of the top {top_k} (layers done)") as progress:
-            top = attribution.verify_top(setup, approx, top_k, progress=progress)
-    return AllNeurons(approx.neurons, top, attribution.spearman(top.attribution.to_numpy(), top.exact.to_numpy()))
+def patch_top_neurons(_model: Model, fingerprint: str, key: tuple, layer: int, top_k: int) -> NeuronsView:
+    """Sweep `layer`; for clean patching also attribution over every neuron, verified exactly (shared sweeps)."""
+    setup = _setup(_model, PatchInputs(*key))
+    totals = patch_layer_totals(_model, fingerprint, key)["mlp_out"]
+    with admitted("patching neurons"), progress_bar("patching neurons exactly (batches)") as progress:
+        if setup.ablation == "clean":
+            approx = attribution.attribute(setup)
+            found = attribution.find_top_neurons(setup, approx, top_k, layer_totals=totals, extra_sweeps=(layer,),
+                                                 progress=progress)
+            sweep, neurons = found.sweeps[layer], approx.neurons
+        else:
+            found, neurons = None, None
+            sweep = patching.patch_neurons(setup, layer, progress=progress)
+    best = int(sweep.frame(1).neuron.iloc[0])
+    return NeuronsView(sweep, found, neurons, patching.neuron_effect(setup, layer, best),
+                       patching.neuron_effect(setup, layer))
+
+
+@st.cache_resource
+def _completed() -> set[tuple]:
+    """(fingerprint, inputs) whose whole Patching page has been computed in this server process."""
+    return set()
+
+
+def mark_completed(fingerprint: str, key: tuple) -> None:
+    _completed().add((fingerprint, key))
+
+
+def was_completed(fingerprint: str, key: tuple) -> bool:
+    """True when this server computed the page for these inputs (its results are in the cache: a reopened link
+    can show them without a Run)."""
+    return (fingerprint, key) in _completed()
 
 
 # ---------------------------------------------------------------- congruence and activations

@@ -106,35 +106,45 @@ def heads_heatmap(frame: pd.DataFrame, value: str, title: str, colorbar: str) ->
 
 
 def grid_heatmap(grid: np.ndarray, x: list, x_labels: list[str], title: str, colorbar: str,
-                 x_title: str = "position", height: int | None = None) -> go.Figure:
-    """A layer (rows) × something (columns) map, diverging around 0."""
-    layers = list(range(grid.shape[0]))
+                 x_title: str = "position", height: int | None = None,
+                 y_labels: list[str] | None = None) -> go.Figure:
+    """A layer (rows; or the rows named by y_labels, e.g. heads) × something (columns) map, diverging around 0."""
+    rows = list(range(grid.shape[0])) if y_labels is None else y_labels
+    y_title = "layer" if y_labels is None else "row"
     fig = go.Figure(go.Heatmap(
-        z=grid, x=x, y=layers, colorscale=DIVERGING, zmid=0, colorbar=dict(title=colorbar),
-        hovertemplate=f"layer %{{y}}, {x_title} %{{x}}<br>{colorbar} %{{z:.3f}}<extra></extra>",
+        z=grid, x=x, y=rows, colorscale=DIVERGING, zmid=0, colorbar=dict(title=colorbar),
+        hovertemplate=f"{'layer ' if y_labels is None else ''}%{{y}}, {x_title} %{{x}}<br>{colorbar} %{{z:.3f}}"
+                      "<extra></extra>",
     ))
     fig.update_xaxes(tickmode="array", tickvals=x, ticktext=x_labels, title=x_title)
-    fig.update_yaxes(title="layer", autorange="reversed")
+    fig.update_yaxes(title=y_title if y_labels is None else "head", autorange="reversed")
     return _layout(fig, title, height=height or max(320, 12 * grid.shape[0] + 110))
 
 
-def position_heatmaps(scores: dict[str, np.ndarray], pieces: list[str]) -> go.Figure:
-    """resid_pre, attn_out and mlp_out patching scores side by side: layer (rows) × position (the clean tokens)."""
+def position_labels(clean: list[str], corrupted: list[str] | None = None) -> list[str]:
+    """Axis labels for positions: the clean token, and "clean→corrupted" where the prompts differ."""
+    corrupted = corrupted or clean
+    return [shown(c) if c == k else f"{shown(c)}→{shown(k)}" for c, k in zip(clean, corrupted)]
+
+
+def position_heatmaps(scores: dict[str, np.ndarray], pieces: list[str],
+                      corrupted_pieces: list[str] | None = None) -> go.Figure:
+    """resid_pre, attn_out and mlp_out patching scores side by side: layer (rows) × position (both prompts' tokens)."""
     kinds = list(scores)
     fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=kinds, horizontal_spacing=0.02)
     positions = list(range(len(pieces)))
-    ticks = [f"{shown(p)}" for p in pieces]
+    ticks = position_labels(pieces, corrupted_pieces)
     for i, kind in enumerate(kinds, start=1):
         fig.add_trace(go.Heatmap(
             z=scores[kind], x=positions, y=list(range(scores[kind].shape[0])), coloraxis="coloraxis",
-            customdata=np.array([[shown(p) for p in pieces]] * scores[kind].shape[0]),
+            customdata=np.array([ticks] * scores[kind].shape[0]),
             hovertemplate=f"{kind}<br>layer %{{y}}, position %{{x}} (%{{customdata}})"
                           "<br>score %{z:.3f}<extra></extra>",
         ), row=1, col=i)
         fig.update_xaxes(tickmode="array", tickvals=positions, ticktext=ticks, tickangle=-60, row=1, col=i)
     fig.update_yaxes(title="layer", autorange="reversed", row=1, col=1)
     fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmid=0, colorbar=dict(title="score")))
-    return _layout(fig, "Each activation patched at one (layer, position); x = the clean prompt's tokens",
+    return _layout(fig, "Each activation patched at one (layer, position); x = clean token (→ corrupted where they differ)",
                    height=max(420, 11 * scores[kinds[0]].shape[0] + 160))
 
 
@@ -210,24 +220,33 @@ def token_scatter(values: np.ndarray, top: pd.DataFrame, labelled: int = 5) -> g
 
 
 def neuron_grid(values: np.ndarray, top: pd.DataFrame, value: str, title: str, labelled: int = 5) -> go.Figure:
-    """A value for every neuron of every layer: x neuron, y layer, colour (and size) = value.
+    """A value for every neuron of every layer: x neuron, y layer, colour = value.
 
-    Both traces are WebGL (tens of thousands of points; an SVG overlay would be drawn under the WebGL canvas);
-    the top neurons are the second trace, ringed and labelled: they are the points that hover and click.
+    Tens of thousands of points at ~1 px each read as an empty chart when most are near 0 and near-white. So every
+    neuron is a small filled grey dot (the layer's extent stays visible), the neurons with a notable value
+    (≥ 5 % of the largest |value|) are drawn larger and coloured by sign and size, and the top ones are filled
+    red markers with labels: those are the points that hover and click. All WebGL (an SVG overlay would be
+    drawn under the WebGL canvas).
     """
     n_layers, d_mlp = values.shape
     layer_ids, neuron_ids = np.divmod(np.arange(n_layers * d_mlp), d_mlp)
     flat = values.reshape(-1)
     spread = float(np.abs(flat).max()) or 1.0
+    notable = np.abs(flat) >= 0.05 * spread
     fig = go.Figure(go.Scattergl(
         x=neuron_ids, y=layer_ids, mode="markers", name="all neurons",
-        marker=dict(size=3 + 9 * np.clip(flat / spread, 0, 1), color=flat, colorscale=CARPET, cmin=-spread,
-                    cmax=spread, colorbar=dict(title=value)),
-        hoverinfo="skip",  # at ~1 px per neuron a click would pick a neighbour: only the ringed top ones react
+        marker=dict(size=3, color="#b8c0c8", opacity=0.7),
+        hoverinfo="skip",  # at ~1 px per neuron a click would pick a neighbour: only the top ones react
+    ))
+    fig.add_trace(go.Scattergl(
+        x=neuron_ids[notable], y=layer_ids[notable], mode="markers", name=f"|{value}| ≥ 5 % of the max",
+        marker=dict(size=5 + 7 * np.abs(flat[notable]) / spread, color=flat[notable], colorscale=DIVERGING,
+                    cmin=-spread, cmax=spread, colorbar=dict(title=value), line=dict(width=0)),
+        hoverinfo="skip",
     ))
     fig.add_trace(go.Scattergl(
         x=top["neuron"], y=top["layer"], mode="markers+text", name=f"top {len(top)}",
-        marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="#111", width=1.5)),
+        marker=dict(size=12, color=WRONG_COLOUR, line=dict(color="#111", width=1)),
         text=[name if i < labelled else "" for i, name in enumerate(top["label"])], textposition="top center",
         textfont=dict(size=11),
         customdata=np.stack([top["layer"], top["neuron"], top[value]], axis=1),
