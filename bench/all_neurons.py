@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core import attribution, patching, tokens  # noqa: E402
-from core.cli import POST_CLEAN, POST_CORRUPTED  # noqa: E402
+from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED  # noqa: E402
 from core.model import load_model  # noqa: E402
 
 PAIRS = [

@@ -35,7 +35,7 @@ from urllib.parse import quote, urlencode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.cli import POST_CLEAN, POST_CORRUPTED  # noqa: E402
+from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED  # noqa: E402
 from core.model import cache_root  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"

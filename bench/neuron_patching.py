@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from core import patching, tokens  # noqa: E402
-from core.cli import POST_CLEAN, POST_CORRUPTED  # noqa: E402
+from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED  # noqa: E402
 from core.model import load_model  # noqa: E402
 
 

@@ -17,8 +17,8 @@ import pandas as pd
 from core.errors import UserError
 from core.jsonable import to_jsonable
 
-POST_CLEAN = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
-POST_CORRUPTED = "I climbed up the pear tree and picked a pear. I climbed up the lemon tree and picked"
+from core.post import CLEAN as POST_CLEAN
+from core.post import CORRUPTED as POST_CORRUPTED
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,9 +126,17 @@ def _load(args: argparse.Namespace):
     return load_model(args.model, device=args.device, processing=args.processing)
 
 
+TOKEN_COLUMNS = ("token", "top_token", "answer", "wrong", "prediction")
+
+
 def _print_table(title: str, frame: pd.DataFrame) -> None:
+    """A table for the terminal; tokens show their spaces (" an" as ␣an), as in the UI. JSON keeps them raw."""
+    from core.tokens import shown
+
+    shown_frame = frame.assign(**{c: frame[c].map(lambda t: shown(t) if isinstance(t, str) else t)
+                                  for c in TOKEN_COLUMNS if c in frame.columns})
     print(f"\n{title}")
-    print(frame.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(shown_frame.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:

@@ -21,14 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import congruence, lens, patching, predict, scan, search, tokens
+from core import attribution, congruence, lens, patching, predict, scan, search, tokens
 from core import forward as fw
 from core.jsonable import to_jsonable
 from core.model import Model
+from core.post import ANSWER, CLEAN, CORRUPTED, WRONG
 
-CLEAN = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
-CORRUPTED = "I climbed up the pear tree and picked a pear. I climbed up the lemon tree and picked"
-ANSWER, WRONG = " an", " a"
 STEPS = ("predictions", "logit_lens", "layer_patching", "neuron_sweep", "congruence", "corpus", "searches", "negation")
 
 
@@ -142,12 +140,16 @@ def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, pr
     }
     step(3)
 
-    sweep = patching.patch_neurons(setup, standout)
+    # the top neuron anywhere by exact score (attribution top-50 + sweeps of the large layers), sharing the sweep
+    found = attribution.find_top_neurons(setup, attribution.attribute(setup), 50, layer_totals=mlp_scores,
+                                         extra_sweeps=(standout,))
+    sweep = found.sweeps[standout]
     top = sweep.frame(10)
     an_layer, an_neuron = standout, int(top.neuron[0])
     out["neuron_sweep"] = {"layer": standout, "layer_score": sweep.layer_score, "an_neuron": top.label[0],
                            "an_neuron_score": float(top.score[0]), "share_of_layer": float(top.score[0]) / sweep.layer_score,
-                           "top": top.to_dict("records"), "scores": sweep.scores.tolist()}
+                           "top": top.to_dict("records"), "scores": sweep.scores.tolist(),
+                           "top_neuron_anywhere": found.to_json()}
     step(4)
 
     cong: dict[str, Any] = {}

@@ -114,10 +114,19 @@ def compute_tables(model: Model, matrix: str = "W_U", progress: Progress | None 
     )
 
 
+def _cache_path(model: Model, matrix: str):
+    return cache.key_path(model.fingerprint, "search-tables", {"matrix": matrix, "processing": model.processing})
+
+
+def is_cached(model: Model, matrix: str = "W_U") -> bool:
+    """True when the tables for this model and matrix are on disk (a search will be read back, not computed)."""
+    return os.environ.get("TNE_NO_CACHE") != "1" and _cache_path(model, matrix).exists()
+
+
 def tables(model: Model, matrix: str = "W_U", progress: Progress | None = None, use_cache: bool = True) -> Tables:
     """compute_tables, through the disk cache (keyed by model fingerprint, matrix and processing)."""
     token_vectors(model, matrix)  # validates matrix
-    path = cache.key_path(model.fingerprint, "search-tables", {"matrix": matrix, "processing": model.processing})
+    path = _cache_path(model, matrix)
     if use_cache and os.environ.get("TNE_NO_CACHE") != "1":
         hit = cache.load(path)
         if hit is not None and set(hit) == set(Tables.__dataclass_fields__):

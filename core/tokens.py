@@ -12,6 +12,25 @@ from core.hosting import check_text_length, limits
 from core.model import Model
 
 
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\xa0": "⍽"}
+
+
+def shown(piece: str) -> str:
+    """A token as text that shows its spaces and line breaks (leading spaces matter: ' an' vs 'an').
+
+    Other invisible characters (control, format, unusual spaces) are written as \\uXXXX. The UI and the CLI's
+    tables both show tokens this way.
+    """
+    def visible(char: str) -> str:
+        if char in VISIBLE:
+            return VISIBLE[char]
+        if unicodedata.category(char)[0] in "CZ":
+            return f"\\u{ord(char):04x}"
+        return char
+
+    return "".join(visible(c) for c in piece) or "∅"
+
+
 @dataclass(frozen=True)
 class Prompt:
     text: str

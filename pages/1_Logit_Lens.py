@@ -42,7 +42,7 @@ def body() -> None:
     common.conventions(model)
 
     last = result.layers.iloc[-1]
-    left, right = st.columns([2, 3])
+    left, right = st.columns([1, 1])  # at 2:3 the table's columns were cut off in a 1400 px window
     with left:
         st.subheader("Top predictions")
         clicked = common.table(view.top, "top_predictions", key="lens:top", select=True,

@@ -232,11 +232,11 @@ def body(model: Model) -> None:
                 "answer comes back: each layer whole, every neuron, layers × positions, heads.")
     inp = inputs(model)
     key_ = inp.key()
-    estimates = analyses.estimate_seconds(model, key_, per_position_heads=True)
-    per_position_s = estimates.pop("heads per position")
     run, stop = st.columns([1, 5])
     if run.button("Run patching", type="primary", key="patching:run"):
         st.session_state["patching:armed"] = True
+    estimates = analyses.estimate_seconds(model, key_, per_position_heads=True)  # bad inputs: their message, here
+    per_position_s = estimates.pop("heads per position")
     if not st.session_state.get("patching:armed"):
         if analyses.was_completed(model.fingerprint, key_):
             st.session_state["patching:armed"] = True  # a reopened link whose results are cached: show them

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.congruence import MATRICES, MATRIX_HELP, describe
+from core import search
 from core.search import KINDS
 from ui import analyses, common, params
 from ui.export import jsonable
@@ -48,8 +49,12 @@ def body() -> None:
     if st.button("Run search", type="primary", key="search:run"):
         st.session_state["search:armed"] = True
     if not st.session_state.get("search:armed"):
-        st.info("Press **Run search** (≈ 15–40 s the first time on 2 CPU cores, then instant from the disk cache).")
-        return
+        if search.is_cached(model, matrix):  # a reopened link whose tables are on disk: show them
+            st.session_state["search:armed"] = True
+        else:
+            st.info("Not computed yet for this model and matrix. Press **Run search** (≈ 15–40 s the first time on "
+                    "2 CPU cores; afterwards it is read back from the disk cache).")
+            return
     frame = analyses.search_table(model, model.fingerprint, kind, matrix, TOP_K)
     common.conventions(model, metric=False, extra=f"**Congruence:** {describe(model, matrix)['congruence']} · "
                                                   f"**Score:** {KIND_HELP[kind]}")

@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from core.model import load_model
-
-CLEAN = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
-CORRUPTED = "I climbed up the pear tree and picked a pear. I climbed up the lemon tree and picked"
+from core.post import CLEAN, CORRUPTED  # noqa: F401 - the tests' prompts are the post's
 
 
 def gpt2_tokenizer():

@@ -97,10 +97,11 @@ def test_slots_come_from_cores_and_threads_per_job(monkeypatch):
         Gate(0)
 
 
-def test_a_page_waits_for_the_slot_and_leaves_no_queue_box():
+def test_a_page_waits_for_the_slot_and_leaves_no_queue_box(monkeypatch):
     """Search holds no slot of its own while all are taken by others: it starts only after one is released."""
     from tests.test_app import assert_clean, open_page
 
+    monkeypatch.setenv("TNE_NO_CACHE", "1")  # a real computation (tables read back from disk need no slot)
     gate = admission.gate()
     others = [gate.enter(f"other-{i}", "someone else's job") for i in range(gate.slots)]
     at = open_page("5_Search.py", kind="standout", matrix="W_E")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.cli import POST_CLEAN, POST_CORRUPTED
+from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAIR = {"clean": POST_CLEAN, "corrupted": POST_CORRUPTED, "answer": " an", "wrong": " a"}
@@ -165,6 +165,37 @@ def test_patching_reproduces_the_post(patched):
     assert any("poor on MLP 0" in c.value for c in patched.caption)
 
 
+def test_patching_headline_is_the_best_exact_score_of_its_table(patched):
+    table = next(d.value for d in patched.dataframe if {"exact", "attribution", "source"} <= set(d.value.columns))
+    assert metrics(patched)["top neuron anywhere"] == table.label.iloc[int(table.exact.to_numpy().argmax())]
+    assert list(table.exact) == sorted(table.exact, reverse=True)
+    # the sentence about the sweep's top neuron is computed from its numbers (patched into the corrupted run)
+    assert "L25.N1527 patched into the corrupted run: logit diff -3.476 → **-0.909**" in texts(patched)
+
+
+def test_patching_link_with_cached_results_reopens_without_run(patched):
+    again = open_page("2_Patching.py", **PAIR)  # a new session opening the same link
+    assert_clean(again)
+    assert metrics(again)["top neuron anywhere"] == "L25.N1527"  # shown without pressing Run
+    other = open_page("2_Patching.py", **{**PAIR, "corrupted": POST_CORRUPTED.replace("lemon", "peach")})
+    assert not other.exception and not metrics(other)
+    assert any("Not computed yet" in i.value and "Run patching" in i.value for i in other.info)
+    assert other.button(key="patching:run")
+
+
+def test_patching_negate_states_the_absolute_change_and_no_canned_caption():
+    at = open_page("2_Patching.py", **PAIR, ablation="negate")
+    at.button(key="patching:run").click().run()
+    assert_clean(at)
+    got = metrics(at)
+    assert got["top neuron"] == "L25.N1527" and float(got["its score"]) == pytest.approx(1.32, abs=0.02)
+    lines = texts(at).splitlines()
+    standout = next(t for t in lines if "Standout late MLP layer" in t)
+    assert "extended embedding" not in standout  # MLP 0 scores ≈ 0 when negated: the sentence must not claim it
+    effect = next(t for t in lines if t.startswith("L25.N1527 negate-ablated in the clean run"))
+    assert "logit diff 0.714 → **-4.8" in effect and "changes from `␣an` to `␣a`" in effect
+
+
 def test_patching_row_click_opens_the_neuron_page(patched):
     patched.session_state["patching:top_neurons"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     patched.run()
@@ -252,6 +283,13 @@ def test_search_runs_and_clicks_through():
     at.run()
     assert not at.exception
     assert at.title[0].value == f"Neuron {table.iloc[0]['label']}"
+
+
+def test_search_link_reopens_from_the_disk_cache():
+    test_search_runs_and_clicks_through()  # makes sure the W_U tables are on disk (a no-op read when they are)
+    at = open_page("5_Search.py", kind="standout")  # a new session opening a link: no Run pressed
+    assert_clean(at)
+    assert len(at.dataframe[0].value) == 100
 
 
 def test_search_bad_kind_is_reported():

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from core.cli import POST_CLEAN, POST_CORRUPTED
+from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"

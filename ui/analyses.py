@@ -232,6 +232,8 @@ def neuron_activations(_model: Model, fingerprint: str, text: str, layer: int, n
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def search_table(_model: Model, fingerprint: str, kind: str, matrix: str, top_k: int) -> pd.DataFrame:
+    if search.is_cached(_model, matrix):  # read back from the disk cache: light work, no slot needed
+        return search.search(_model, kind, matrix, top_k)
     with admitted("the search"), progress_bar("congruence of every neuron × token, in blocks") as progress:
         return search.search(_model, kind, matrix, top_k, progress=progress)
 

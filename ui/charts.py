@@ -1,16 +1,16 @@
-"""Plotly figures built from the engine's DataFrames and arrays. No model, no torch: plotting only.
+"""Plotly figures built from the engine's DataFrames and arrays. No model and no tensor math: plotting only.
 
 Clickable charts put `[layer, neuron]` in each point's customdata (see `ui.common.neuron_from_point`).
 """
 
 from __future__ import annotations
 
-import unicodedata
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from core.tokens import shown  # noqa: F401 - tokens with visible spaces, for every label here
 
 DIVERGING = "RdBu"  # red = negative, blue = positive; every signed map is centred on 0
 ANSWER_COLOUR, WRONG_COLOUR = "#1f5fa8", "#b5443b"
@@ -21,24 +21,6 @@ def _layout(fig: go.Figure, title: str, height: int = 380, **kwargs) -> go.Figur
     fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), height=height,
                       margin=dict(l=10, r=10, t=45, b=10), **kwargs)
     return fig
-
-
-VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\xa0": "⍽"}
-
-
-def shown(piece: str) -> str:
-    """A token as text that shows its spaces and line breaks (leading spaces matter: ' an' vs 'an').
-
-    Other invisible characters (control, format, unusual spaces) are written as \\uXXXX.
-    """
-    def visible(char: str) -> str:
-        if char in VISIBLE:
-            return VISIBLE[char]
-        if unicodedata.category(char)[0] in "CZ":
-            return f"\\u{ord(char):04x}"
-        return char
-
-    return "".join(visible(c) for c in piece) or "∅"
 
 
 # ---------------------------------------------------------------- logit lens
@@ -208,11 +190,6 @@ def congruence_histogram(values: np.ndarray, top: pd.DataFrame, bottom: pd.DataF
                    showlegend=False)
 
 
-# Diverging, but with a light grey middle: the tens of thousands of near-zero neurons form a visible carpet
-# under the few that stand out (a white middle would vanish into the background).
-CARPET = [[0.0, WRONG_COLOUR], [0.5, "#d5d9df"], [1.0, ANSWER_COLOUR]]
-
-
 def token_scatter(values: np.ndarray, top: pd.DataFrame, labelled: int = 5) -> go.Figure:
     """Every neuron's congruence with one token: x neuron, y layer, colour (and size) = congruence."""
     return neuron_grid(values, top, "congruence",
@@ -285,7 +262,7 @@ def scan_bins(bins: pd.DataFrame, target: str, label: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=centres, y=bins["true_next_share"], mode="lines+markers", name=f"true next token is "
                                  f"{shown(target)}", line=dict(color=WRONG_COLOUR, dash="dot"),
                                  hovertemplate="true next: %{y:.1%}<extra></extra>"))
-    fig.update_yaxes(title="share of the bin's positions", tickformat=".0%", rangemode="tozero")
+    fig.update_yaxes(title="share of the bin's positions", tickformat=".1%", rangemode="tozero")
     fig.update_xaxes(title=f"{label} activation (bin centre)")
     return _layout(fig, f"{label}: activation vs how often the model predicts {shown(target)}", height=380,
                    legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))

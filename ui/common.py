@@ -10,7 +10,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.cli import POST_CLEAN, POST_CORRUPTED  # noqa: F401 - the pages take them from here
+from core.post import ANSWER as POST_ANSWER  # noqa: F401 - the pages take the post's facts from here
+from core.post import CLEAN as POST_CLEAN  # noqa: F401
+from core.post import CORRUPTED as POST_CORRUPTED  # noqa: F401
+from core.post import KNOWN_NEURONS  # noqa: F401
+from core.post import WRONG as POST_WRONG  # noqa: F401
 from core.errors import UserError
 from core.hosting import limits
 from core.metric import DESCRIPTION as METRIC_DESCRIPTION
@@ -21,10 +25,6 @@ from ui.export import json_bytes
 
 APP_TITLE = "Token Neuron Explorer"
 DEVICES = ("auto", "cpu", "cuda")
-# The post's prompt pair (the CLI's defaults too) and tokens: the default inputs of every page.
-POST_ANSWER, POST_WRONG = " an", " a"
-# The an-neuron each model is known for (measured on the embedded model; the post's for GPT-2 large).
-KNOWN_NEURONS = {EMBEDDED: (25, 1527), "gpt2-large": (31, 892)}
 
 PAGES = {
     "home": "app.py",
@@ -193,7 +193,8 @@ def conventions(model: Model, metric: bool = True, extra: str = "") -> None:
     parts = []
     if metric:
         parts.append(f"**Metric:** {METRIC_DESCRIPTION}")
-    parts.append(f"**Weights:** {model.processing['name']} processing")
+    name = model.processing["name"]
+    parts.append("**Weights:** raw, no processing" if name == "none" else f"**Weights:** {name} processing")
     parts.append(f"**BOS:** {model.bos_convention()}")
     parts.append(f"**Model:** {text.literal(model.name)}")
     if extra:
