@@ -208,7 +208,7 @@ def assert_text_only(at, payload: str, echoed: bool) -> None:
         assert not re.search(r"(?<!\\)\$", source), source  # maths
         assert not re.search(r"(?i)https?://|www\.|\w@\w|(?<!\\):[a-z][a-z0-9_-]*\[", source), source
         assert not any(c in source for c in "\u202e\u2066\u2069\u200b\ufeff"), source
-        hits += any(shown in text for shown in literally)
+        hits += any(shown in text.replace("\u2060", "") for shown in literally)  # joiners: see ui/text.py
     assert hits or not echoed, f"the payload is not shown literally: {shown_elements(at)}"
 
 
@@ -216,7 +216,9 @@ def test_literal_shows_every_family_as_typed():
     for family, payload in INJECTION.items():
         tags, text = rendered(literal(payload))
         assert [t for t, _ in tags if t not in ("p", "br")] == [], (family, tags)
-        assert text.replace("\n", "") == visible(payload).replace("\n", ""), family
+        # the same characters (word joiners, invisible, break bare-URL/www./e-mail autolinks: Streamlit links those
+        # after escapes are resolved)
+        assert text.replace("\n", "").replace("\u2060", "") == visible(payload).replace("\n", ""), family
     assert literal("valid: 0..29, W_U, /no/such/folder, 'abc'") == "valid: 0..29, W_U, /no/such/folder, 'abc'"
     assert visible("a\u202eb\u200bc") == "a<U+202E>b<U+200B>c"
 

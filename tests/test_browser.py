@@ -170,7 +170,7 @@ def tracker():
 def test_user_text_in_urls_never_becomes_a_link_or_an_image(app_url, page, tracker):
     base, hits = tracker
     payload = (f"[Log in again]({base}/login) ![t]({base}/md.png) <img src=\"{base}/html.png\"> $x^2$ "
-               f"{base}/bare \u202eevil")
+               f"{base}/bare \u202eevil https://evil.example/login www.evil.example mail@evil.example")
     for path, query, shown in (
         ("Token", {"token": payload}, "[data-testid='stAlertContentError']"),
         ("Search", {"kind": payload}, "[data-testid='stAlertContentError']"),
@@ -181,12 +181,13 @@ def test_user_text_in_urls_never_becomes_a_link_or_an_image(app_url, page, track
         box = page.locator(shown).filter(has_text="[Log in again](").first
         box.wait_for(timeout=SLOW)
         settled(page)
-        text = box.inner_text()
+        text = box.inner_text().replace("\u2060", "")  # word joiners break autolinks; they are invisible
         assert f"[Log in again]({base}/login) ![t]({base}/md.png) <img src=" in text, text  # literally
         assert "$x^2$" in text and "\u202e" not in text, text  # no maths, and the bidi control is not live: a
         # message writes it out (itself, or repr() of it); tokens show its bytes' pieces, as the tokenizer split it
         assert "<U+202E>evil" in text or "\\u202eevil" in text or path == "Neuron", text
         assert page.locator(f"a[href^='{base}'], img[src^='{base}'], [src^='{base}']").count() == 0, path
+        assert page.locator("[data-testid='stMain'] a[href*='evil.example']").count() == 0, path  # no autolinks
         assert page.locator("[data-testid='stMain'] .katex").count() == 0, path
     shot(page, "5_injection_shown_as_text")
     page.goto(f"{app_url}/_stcore/health")  # a last round trip: anything the pages started has been sent by now

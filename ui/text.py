@@ -18,7 +18,11 @@ from ui.charts import shown
 # Escaped wherever they stand: inline constructs (emphasis, code, links/images, autolinks and HTML, maths, tables,
 # entities, headings, strikethrough, e-mail autolinks). Other punctuation is safe where it is left unescaped below,
 # and leaving it keeps messages readable in the page source and in tests ("valid: 0..29", "W_U", "/no/such").
-_ALWAYS = set("\\`*~[]<>$|&#@")
+_ALWAYS = set("\\`*~[]<>$|&#")
+# Streamlit turns bare URLs, www. addresses and e-mail addresses into links *after* Markdown escapes are resolved
+# (seen in Chromium: `https\://x.example` still rendered as a link). A WORD JOINER (U+2060: invisible, zero-width)
+# inside "://", "www." and before "@" breaks those patterns while the visitor still reads the same characters.
+_JOINER = "\u2060"
 # A `:shortcode:` makes Streamlit load its emoji plugin and turn the text into an emoji; escaping the closing colon
 # hides it from both (Streamlit tests the source, before escapes are resolved). Wider than Streamlit's own pattern.
 _SHORTCODE = re.compile(r":([A-Za-z0-9_+/-]+):")
@@ -41,10 +45,14 @@ def _escape_line(line: str) -> str:
             out.append("\\" + char)
         elif char == "_" and not (before.isalnum() and after.isalnum()):  # intraword _ cannot emphasise
             out.append("\\_")
-        elif char == ":" and (after.isalpha() or after == "/"):  # :directive[…], :material/…:, https:// autolinks
+        elif char == ":" and line[i + 1 : i + 3] == "//":  # scheme:// autolinks
+            out.append(":" + _JOINER)
+        elif char == ":" and (after.isalpha() or after == "/"):  # :directive[…], :material/…:
             out.append("\\:")
         elif char == "." and line[max(i - 3, 0) : i].lower() == "www":  # www. autolinks
-            out.append("\\.")
+            out.append(_JOINER + ".")
+        elif char == "@":  # e-mail autolinks
+            out.append(_JOINER + "@")
         elif char == "/" and line[max(i - 9, 0) : i] == ":material":  # Streamlit rewrites :material/ to an icon
             out.append("\\/")
         else:
