@@ -113,3 +113,25 @@ def test_a_page_waits_for_the_slot_and_leaves_no_queue_box(monkeypatch):
     assert len(at.dataframe[0].value) == 100
     assert not [i.value for i in at.info if "Queued" in i.value]  # the box is gone once admitted
     assert gate.running() == [] and gate.queued() == 0  # the slot was given back
+
+
+def test_the_patching_page_takes_one_slot_for_the_whole_page(monkeypatch):
+    """All phases of one Run pass the gate once (per-phase admission interleaved sessions, so every visitor's page
+    finished last): while others hold every slot the page waits, then runs to the end."""
+    from core.post import CLEAN, CORRUPTED
+    from tests.test_app import assert_clean, metrics, open_page
+
+    gate = admission.gate()
+    others = [gate.enter(f"other-{i}", "someone else's job") for i in range(gate.slots)]
+    entered = []
+    enter = gate.enter
+    monkeypatch.setattr(gate, "enter", lambda session, label: entered.append(label) or enter(session, label))
+    at = open_page("2_Patching.py", clean=CLEAN, corrupted=CORRUPTED.replace("lemon", "plum"))
+    threading.Timer(1.5, lambda: [t.release() for t in others]).start()
+    started = time.monotonic()
+    at.button(key="patching:run").click().run()
+    assert time.monotonic() - started >= 1.4  # it waited for the slot
+    assert_clean(at)
+    assert metrics(at)["top neuron anywhere"].startswith("L")  # and every phase ran after that one admission
+    assert entered == ["the Patching page"]
+    assert gate.running() == [] and gate.queued() == 0
