@@ -30,13 +30,17 @@ from core.model import load_model  # noqa: E402
 
 
 def resumed_flops(w, n_rows: int, first_layer: int, S: int, P: int) -> float:
-    """Multiply-adds ×2 of resuming n_rows copies from `first_layer` over S suffix positions (P keys at most)."""
+    """Multiply-adds ×2 of resuming n_rows copies from `first_layer` over S suffix positions (P keys at most).
+
+    As the engine does it: the last layer projects keys and values for all S positions but queries, W_O and the
+    MLP for the last position only (nothing else reaches the metric).
+    """
     d, H, K, h, m = w.d_model, w.n_heads, w.n_kv_heads, w.d_head, w.d_mlp
-    per_token_layer = 2 * d * (H * h + 2 * K * h) + 2 * H * h * d  # QKV + O projections
-    per_token_layer += 2 * d * m * (3 if w.W_gate is not None else 2)  # MLP
-    per_token_layer += 2 * 2 * H * h * P  # scores + pattern·V (upper bound: P keys)
+    qkv = 2 * d * (H * h + 2 * K * h)
+    rest = 2 * H * h * d + 2 * d * m * (3 if w.W_gate is not None else 2) + 2 * 2 * H * h * P  # O, MLP, attention
     layers = w.n_layers - first_layer
-    return float(n_rows) * S * layers * per_token_layer + n_rows * 2 * d
+    per_row = S * (layers - 1) * (qkv + rest) + S * qkv + rest  # the last layer: all K/V, one position otherwise
+    return float(n_rows) * per_row + n_rows * 2 * d
 
 
 def matmul_rate(M: int, k: int, n: int, device: torch.device, seconds: float = 2.0) -> float:
