@@ -303,7 +303,7 @@ def resume_joined(w: Weights, joins: list[Join], start_pos: int, prefix: Trace) 
     into the running batch when it reaches their depth, so every sublayer runs as one matmul over all rows that
     have entered: patching 30 layers × 3 activations costs ~60 sublayer calls, not ~1,400 (one resume per
     layer), which is what dominates when each patch recomputes only a few positions.
-    Positions before start_pos come from `prefix` (a Trace with batch 1), as in `resume`.
+    Positions before start_pos come from `prefix` (a Trace with batch 1), whose keys/values they contribute.
     """
     if not joins:
         return prefix.resid_final.new_zeros((0, prefix.resid_final.shape[-1]))
@@ -365,14 +365,4 @@ def resume(
     """
     if stage not in ("pre", "mid"):
         raise ValueError(f"stage must be 'pre' or 'mid', got {stage!r}")
-    # Broadcast arithmetic can hand us permuted strides, which every later op inherits and which make
-    # `x @ W` run as a batched matmul over an expanded W (3-4x slower on CPU): start from a plain layout.
-    resid = resid.contiguous()
-    for current in range(layer, w.n_layers):
-        if not (current == layer and stage == "mid"):
-            kv = None
-            if start_pos > 0:
-                kv = (prefix.k[current][:, :start_pos], prefix.v[current][:, :start_pos])
-            resid = resid + attention(w, current, resid, start_pos, kv)[0]
-        resid = resid + mlp_out_from_post(w, current, mlp_post(w, current, resid))
-    return resid[:, -1]
+    return resume_joined(w, [Join(layer, stage, resid)], start_pos, prefix)

@@ -222,7 +222,6 @@ def patch_layers(setup: Setup, max_batch_tokens: int | None = None, progress: Pr
     batch = max_batch_tokens or default_batch_tokens(setup.model)
     P, L = len(setup.clean.ids), w.n_layers
     scores = {k: np.zeros((L, P), dtype=np.float32) for k in LAYER_KINDS}
-    all_positions = {k: np.zeros(L, dtype=np.float32) for k in ("attn_out", "mlp_out")}
     patches = [(kind, layer) for kind in LAYER_KINDS for layer in range(L)]
     deltas = {(kind, layer): (setup.replacement(kind, layer) - getattr(setup.base, kind)[layer])[0]  # [P, d]
               for kind, layer in patches}
@@ -237,14 +236,7 @@ def patch_layers(setup: Setup, max_batch_tokens: int | None = None, progress: Pr
             scores[kind][:, pos] = result[k]
         if progress:
             progress(g + 1, len(groups) + 1)
-    whole = [(kind, layer) for kind in all_positions for layer in range(L)]
-    joins = []
-    for kind, layer in whole:
-        at, stage, resid = _entry(setup, kind, layer)
-        joins.append(fw.Join(at, stage, (resid + deltas[kind, layer])[:, start:]))
-    result = _score_joins(setup, joins, start, batch).reshape(len(all_positions), L)
-    for k, kind in enumerate(all_positions):
-        all_positions[kind][:] = result[k]
+    all_positions = patch_layer_totals(setup, batch)
     if progress:
         progress(len(groups) + 1, len(groups) + 1)
     return LayerPatching(scores, all_positions)
@@ -365,10 +357,12 @@ def patch_neuron_sets(
         rows += n
     scores: dict[int, list[np.ndarray]] = {layer: [] for layer in ids}
     whole: dict[int, float] = {}
+    d_posts = {layer: (setup.replacement("mlp_post", layer) - setup.base.mlp_post[layer])[0, start:]  # [S, m]
+               for layer in ids}
     for i, wave in enumerate(waves):
         joins = []
         for layer, part in wave:
-            d_post = (setup.replacement("mlp_post", layer) - setup.base.mlp_post[layer])[0, start:]  # [S, m]
+            d_post = d_posts[layer]
             after = _entry(setup, "mlp_out", layer)[2][:, start:]
             W_out = w.W_out[layer]
             if part is None:
