@@ -23,6 +23,8 @@ from core import patching
 from core.congruence import label
 from core.errors import UserError
 from core.hosting import check_top_k
+from core.jsonable import to_jsonable
+from core.progress import Progress
 
 CAVEAT = (
     "Attribution patching is a linear approximation: it is known to be poor on MLP 0 and on the residual stream; "
@@ -37,6 +39,9 @@ class Attribution:
     heads_per_position: np.ndarray  # [L, H, P]
     layers: dict[str, np.ndarray]  # resid_pre / attn_out / mlp_out → [L, P]
     layers_all_positions: dict[str, np.ndarray]  # attn_out / mlp_out → [L]
+
+    def to_json(self) -> dict:
+        return to_jsonable(self)
 
 
 def attribute(setup: patching.Setup) -> Attribution:
@@ -101,7 +106,7 @@ def top_neurons(model, attribution: Attribution, top_k: int = 50) -> pd.DataFram
 
 
 def verify_top(setup: patching.Setup, attribution: Attribution, top_k: int = 50,
-               progress: patching.Progress | None = None) -> pd.DataFrame:
+               progress: Progress | None = None) -> pd.DataFrame:
     """The top_k neurons by attribution, re-scored exactly (one depth-staggered batch over all their layers).
 
     Columns: rank, layer, neuron, label, attribution, exact; highest attribution first.
@@ -152,14 +157,14 @@ class TopNeurons:
 
     def to_json(self) -> dict:
         best = self.best
-        return {
+        return to_jsonable({
             "top_neuron": {"layer": int(best.layer), "neuron": int(best.neuron), "label": best.label,
                            "exact": float(best.exact), "attribution": float(best.attribution)},
             "candidates": self.table[["rank", "layer", "neuron", "label", "exact", "attribution", "source",
                                       "disagree"]],
             "swept_layers": self.swept_layers, "layer_totals_mlp_out": self.layer_totals,
             "spearman_top_k": self.spearman, "rule": self.rule(), "caveat": CAVEAT,
-        }
+        })
 
 
 def disagree(attribution: np.ndarray, exact: np.ndarray, ratio: float = DISAGREE_RATIO) -> np.ndarray:
@@ -178,7 +183,7 @@ def swept_layers(layer_totals: np.ndarray) -> list[int]:
 
 def find_top_neurons(setup: patching.Setup, approx: Attribution, top_k: int = 50,
                      layer_totals: np.ndarray | None = None, extra_sweeps: tuple[int, ...] = (),
-                     progress: patching.Progress | None = None) -> TopNeurons:
+                     progress: Progress | None = None) -> TopNeurons:
     """Which neuron anywhere restores most: attribution proposes, exact patching decides (AtP*'s lesson).
 
     layer_totals: mlp_out of each layer patched at all positions ([L]); computed (cheap) when not given.

@@ -15,6 +15,7 @@ import torch
 
 from core import forward as fw
 from core.errors import UserError
+from core.jsonable import to_jsonable
 from core.metric import LogitDiff
 from core.model import Model
 from core.tokens import Prompt
@@ -26,6 +27,20 @@ class LensResult:
     components: pd.DataFrame  # component, kind, layer, logit_diff (embed, attn L, mlp L, bias): sums to the diff
     heads: pd.DataFrame  # layer, head, logit_diff
     logit_diff: float
+    prompt: Prompt | None = None
+    answer: tuple[str, int] | None = None  # (token, id)
+    wrong: tuple[str, int] | None = None
+
+    def to_json(self) -> dict:
+        head: dict = {}
+        if self.answer is not None and self.wrong is not None:
+            head["metric"] = f"logit({self.answer[0]!r}) − logit({self.wrong[0]!r}) at the last position"
+            head["answer"] = {"token": self.answer[0], "id": self.answer[1]}
+            head["wrong"] = {"token": self.wrong[0], "id": self.wrong[1]}
+        if self.prompt is not None:
+            head.update(prompt=self.prompt.text, token_ids=self.prompt.ids, tokens=self.prompt.pieces)
+        return to_jsonable({**head, "logit_diff": self.logit_diff, "layers": self.layers,
+                            "components": self.components, "heads": self.heads})
 
 
 @torch.no_grad()
@@ -78,4 +93,5 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
         [(layer, head, float(head_dla[layer, head])) for layer in range(w.n_layers) for head in range(w.n_heads)],
         columns=["layer", "head", "logit_diff"],
     )
-    return LensResult(layers, components, heads, float(layers["logit_diff"].iloc[-1]))
+    return LensResult(layers, components, heads, float(layers["logit_diff"].iloc[-1]), prompt,
+                      (model.token_str(answer), answer), (model.token_str(wrong), wrong))

@@ -6,7 +6,7 @@ Metric: logit diff = logit(answer) − logit(wrong) at the last position. Score 
 negate) modify the *clean* run instead, and the score is the share of the clean−corrupted gap they remove,
 (patched − clean) / (corrupted − clean), so 1 again means "this activation carries everything".
 
-How it is fast (GUIDE §5), all exact:
+How it is fast, all exact (docs/design.md has the measured speedups):
 - clean and corrupted run once; every patched run *resumes* from the patched layer using the cached residual;
 - positions before the first token where the prompts differ are equal in both runs: clean patching cannot
   change them, so only positions from there on are recomputed, reusing the prefix's keys/values;
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -30,18 +30,20 @@ import torch
 from core import forward as fw
 from core.errors import UserError
 from core.hosting import limits
-from core.metric import LogitDiff
+from core.jsonable import to_jsonable
+from core.metric import DESCRIPTION, LogitDiff
 from core.model import Model
+from core.progress import Progress
 from core.tokens import Prompt, first_difference
 
-ABLATIONS = ("clean", "zero", "mean", "negate")
+Ablation = Literal["clean", "zero", "mean", "negate"]
+ABLATIONS: tuple[Ablation, ...] = get_args(Ablation)
 ABLATION_HELP = {
     "clean": "patch the clean activation into the corrupted run",
     "zero": "set the activation to zero in the clean run",
     "mean": "replace the activation by its mean over positions in the clean run",
     "negate": "negate the activation in the clean run (the post negated L31.N892)",
 }
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -52,7 +54,7 @@ class Setup:
     clean: Prompt
     corrupted: Prompt
     metric: LogitDiff
-    ablation: str
+    ablation: Ablation
     clean_trace: fw.Trace
     corrupted_trace: fw.Trace
     clean_logit_diff: float
@@ -89,7 +91,7 @@ class Setup:
 
     def describe(self) -> dict:
         return {
-            "metric": "logit diff = logit(answer) − logit(wrong) at the last position",
+            "metric": DESCRIPTION,
             "ablation": self.ablation,
             "ablation_meaning": ABLATION_HELP[self.ablation],
             "score": "(patched − corrupted) / (clean − corrupted)"
@@ -98,9 +100,33 @@ class Setup:
             "recomputed_from_position": self.start_pos,
         }
 
+    def probs(self) -> dict[str, list[float]]:
+        """P(answer), P(wrong) at the last position of each run (unembeds the cached final residuals)."""
+        w, ids = self.model.weights, [self.metric.answer, self.metric.wrong]
+        out = {}
+        for name, trace in (("clean", self.clean_trace), ("corrupted", self.corrupted_trace)):
+            probs = fw.unembed(w, trace.resid_final[0, -1]).float().softmax(-1)
+            out[name] = [float(probs[i]) for i in ids]
+        return out
+
+    def to_json(self) -> dict:
+        """Both runs and the conventions: the head of every patching result (CLI --json, the page's download)."""
+        probs = self.probs()
+        return to_jsonable({
+            **self.describe(),
+            "answer": {"token": self.model.token_str(self.metric.answer), "id": self.metric.answer},
+            "wrong": {"token": self.model.token_str(self.metric.wrong), "id": self.metric.wrong},
+            "clean_token_ids": self.clean.ids, "corrupted_token_ids": self.corrupted.ids,
+            "tokens": self.clean.pieces, "corrupted_tokens": self.corrupted.pieces,
+            "clean_logit_diff": self.clean_logit_diff, "corrupted_logit_diff": self.corrupted_logit_diff,
+            "clean_probs": dict(zip(("answer", "wrong"), probs["clean"])),
+            "corrupted_probs": dict(zip(("answer", "wrong"), probs["corrupted"])),
+        })
+
 
 @torch.no_grad()
-def prepare(model: Model, clean: Prompt, corrupted: Prompt, answer: int, wrong: int, ablation: str = "clean") -> Setup:
+def prepare(model: Model, clean: Prompt, corrupted: Prompt, answer: int, wrong: int,
+            ablation: Ablation = "clean") -> Setup:
     if ablation not in ABLATIONS:
         raise UserError(f"ablation {ablation!r} unknown; use one of {', '.join(ABLATIONS)}")
     if answer == wrong:
@@ -194,6 +220,10 @@ class LayerPatching:
                     rows.append((kind, layer, pos, pieces[pos], float(grid[layer, pos])))
         return pd.DataFrame(rows, columns=["kind", "layer", "position", "token", "score"])
 
+    def to_json(self) -> dict:
+        """scores: kind → [L][P]; all_positions: kind → [L]."""
+        return to_jsonable({"scores": self.scores, "all_positions": self.all_positions})
+
 
 def _entry(setup: Setup, kind: str, layer: int) -> tuple[int, str, torch.Tensor]:
     """Where a patch of activation `kind` of `layer` enters the residual stream: (layer, stage, base residual there).
@@ -262,6 +292,9 @@ class HeadPatching:
     all_positions: np.ndarray  # [L, H]
     per_position: np.ndarray | None  # [L, H, P]; None unless asked for (it costs P times as much)
 
+    def to_json(self) -> dict:
+        return to_jsonable({"heads_all_positions": self.all_positions, "heads_per_position": self.per_position})
+
 
 @torch.no_grad()
 def patch_heads(setup: Setup, per_position: bool = False, max_batch_tokens: int | None = None,
@@ -312,6 +345,11 @@ class NeuronPatching:
                 "score": self.scores[order],
             }
         )
+
+    def to_json(self, top_k: int | None = None) -> dict:
+        """The layer, its whole-layer score and its neurons (highest score first; all unless top_k)."""
+        return to_jsonable({"layer": self.layer, "layer_score": self.layer_score,
+                            "neurons": self.frame(top_k)[["layer", "neuron", "score"]]})
 
 
 def check_layer(model: Model, layer: int) -> int:
@@ -418,6 +456,9 @@ class Effect:
     base_top: int  # token id of the base run's top-1 prediction
     patched_top: int
     patched_probs: tuple[float, float]  # P(answer), P(wrong) after the patch
+
+    def to_json(self) -> dict:
+        return to_jsonable(self)
 
 
 @torch.no_grad()
