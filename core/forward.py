@@ -4,11 +4,12 @@ Why it exists: patching needs to *resume* a forward from the middle of the model
 for a batch of differently-patched residual streams. TransformerLens's bridge cannot do that cheaply: its
 `start_at_layer` still runs blocks 0..L-1 (see its docstring), it has no prefix key/value reuse, and its hooks
 live on the shared model (two sessions patching at once would race). This module computes exactly what the
-bridge computes (tests compare every activation with `bridge.run_with_cache`), from plain tensors, so it is
-thread-safe and can start anywhere.
+bridge (and Hugging Face's own forward) computes, from plain tensors, so it is thread-safe and can start anywhere.
+
+The forward is driven by an `Arch`: one record of switches per model (the ones TransformerLens's config uses),
+read from the Hugging Face config by `core.families`. Adding a family is adding a record there, not a branch here.
 
 Shapes: B batch, P positions, d d_model, H heads, K key/value heads, h d_head, m d_mlp, V vocab.
-Architectures: GPT-2 (LayerNorm, learned positions, GELU MLP) and Llama (RMSNorm, rotary, gated SiLU MLP, GQA).
 """
 
 from __future__ import annotations
@@ -16,26 +17,93 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+Stage = Literal["pre", "mid"]
+STAGES: tuple[Stage, ...] = ("pre", "mid")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What one architecture does, as switches (TransformerLens's config names in brackets).
+
+    norm: "LN" (LayerNorm) or "RMS" (RMSNorm; Gemma's (1 + w) is folded into the stored weight at load).
+    pre_norms: the norms before attention and MLP (every family but OLMo 2, which has only post-norms).
+    post_norms: a norm on attention's and the MLP's output before it joins the residual (Gemma 2/3, OLMo 2
+        "sandwich"): a neuron's effect on the residual then passes through that norm (it is not Δact × W_out).
+    qk_norm: RMSNorm on queries and keys before rotary, per head (Qwen 3, Gemma 3) or over all heads (OLMo 2).
+    parallel: attention and MLP both read resid_pre and add to it together (GPT-NeoX / Pythia) [parallel_attn_mlp].
+    gated: mlp_post = act(x W_gate) · (x W_in) [gated_mlp]; else act(x W_in + b_in).
+    act: "gelu_new" (tanh approximation, = gelu_pytorch_tanh), "gelu" (exact erf), "silu", "relu".
+    rotary_dim: how many dims of each head rotate (rotary_dim; rotary fraction × d_head); None = learned positions.
+    rotary_bases: rotary base of each layer (Gemma 3: local layers 10,000, global layers 1,000,000).
+    windows: sliding-window length of each layer (a key is seen when query − key < window), None = full causal.
+    attn_scale: multiplies q·k (1/√d_head; Gemma: query_pre_attn_scalar^-½).
+    attn_softcap / final_softcap: cap · tanh(x / cap) on attention scores / output logits (Gemma 2).
+    embed_scale: multiplies the token embedding (Gemma: √d_model).
+    """
+
+    norm: Literal["LN", "RMS"]
+    eps: float
+    act: Literal["gelu_new", "gelu", "silu", "relu"]
+    gated: bool
+    n_layers: int
+    pre_norms: bool = True
+    post_norms: bool = False
+    qk_norm: Literal["head", "all"] | None = None
+    parallel: bool = False
+    rotary_dim: int | None = None
+    rotary_bases: tuple[float, ...] = ()
+    windows: tuple[int | None, ...] = ()
+    attn_scale: float | None = None  # None = 1/√d_head
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    embed_scale: float = 1.0
+
+    def window(self, layer: int) -> int | None:
+        return self.windows[layer] if self.windows else None
+
+    def switches(self) -> dict:
+        """The switches that differ from a plain pre-norm transformer, for the UI and the JSON."""
+        out: dict = {"norm": self.norm, "activation": self.act, "gated_mlp": self.gated,
+                     "positions": "learned" if self.rotary_dim is None else "rotary"}
+        if not self.pre_norms:
+            out["pre_norms"] = False
+        if self.post_norms:
+            out["post_norms"] = True
+        if self.qk_norm:
+            out["qk_norm"] = self.qk_norm
+        if self.parallel:
+            out["parallel_attn_mlp"] = True
+        if self.rotary_bases and len(set(self.rotary_bases)) > 1:
+            out["rotary_bases"] = sorted(set(self.rotary_bases))
+        elif self.rotary_bases:
+            out["rotary_base"] = self.rotary_bases[0]
+        if any(self.windows):
+            out["sliding_windows"] = sorted({w for w in self.windows if w})
+        for name in ("attn_softcap", "final_softcap"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        if self.embed_scale != 1.0:
+            out["embed_scale"] = self.embed_scale
+        return out
 
 
 @dataclass
 class Weights:
     """Every parameter the forward needs, stacked over layers, in TransformerLens's orientation."""
 
-    norm: str  # "LN" (GPT-2) or "RMS" (Llama)
-    eps: float
-    act: str  # "gelu_new" or "silu" (gated)
+    arch: Arch
     W_E: torch.Tensor  # [V, d]
     W_pos: torch.Tensor | None  # [n_ctx, d] for learned positions, None for rotary
-    rotary_base: float | None
-    ln1_w: torch.Tensor  # [L, d]
+    ln1_w: torch.Tensor | None  # [L, d]; None: no weight (folded) or no pre-norm (arch.pre_norms)
     ln1_b: torch.Tensor | None  # [L, d]
-    ln2_w: torch.Tensor
+    ln2_w: torch.Tensor | None
     ln2_b: torch.Tensor | None
-    lnf_w: torch.Tensor  # [d]
+    lnf_w: torch.Tensor | None  # [d]
     lnf_b: torch.Tensor | None
     # Q, K and V fused into one matrix so attention's input projection is one plain matmul (per-head einsums
     # ran as many small batched matmuls: 3× slower on CPU). W_Q/W_K/W_V/b_* below are views of it.
@@ -52,6 +120,18 @@ class Weights:
     b_out: torch.Tensor  # [L, d]
     W_U: torch.Tensor  # [d, V]
     b_U: torch.Tensor  # [V]
+    q_norm_w: torch.Tensor | None = None  # [L, h] (per head) or [L, H h] (over all heads)
+    k_norm_w: torch.Tensor | None = None  # [L, h] or [L, K h]
+    attn_post_w: torch.Tensor | None = None  # [L, d] (post-norms only)
+    mlp_post_w: torch.Tensor | None = None  # [L, d]
+
+    @property
+    def norm(self) -> str:
+        return self.arch.norm
+
+    @property
+    def eps(self) -> float:
+        return self.arch.eps
 
     @property
     def n_layers(self) -> int:
@@ -97,7 +177,9 @@ class Trace:
     """Activations of one run, named after TransformerLens hooks (batch dim kept).
 
     resid_pre/resid_mid/attn_out/mlp_out: [L, B, P, d]; z: [L, B, P, H, h]; mlp_post: [L, B, P, m];
-    k/v: [L, B, P, K, h] (after rotary); resid_final: [B, P, d] (entering the final norm).
+    k/v: [L, B, P, K, h] (after qk-norm and rotary); resid_final: [B, P, d] (entering the final norm).
+    attn_out/mlp_out are what joins the residual (after the post-norm where the model has one). With parallel
+    attention + MLP, resid_mid = resid_pre + attn_out is kept for the lens but read by nothing.
     """
 
     resid_pre: list[torch.Tensor] = field(default_factory=list)
@@ -114,13 +196,22 @@ class Trace:
         """One activation stacked over layers: [L, ...]."""
         return torch.stack(getattr(self, name))
 
+    def resid_after(self, layer: int) -> torch.Tensor:
+        """The residual stream leaving block `layer` (all layers recorded): [B, P, d]."""
+        return self.resid_pre[layer + 1] if layer + 1 < len(self.resid_pre) else self.resid_final
 
-def norm(w: Weights, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+
+def norm(w: Weights, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
     """LayerNorm or RMSNorm over the last dim (torch's fused kernels: one pass over x instead of five)."""
     if w.norm == "LN":
         return F.layer_norm(x, x.shape[-1:], weight, bias, w.eps)
     out = F.rms_norm(x, x.shape[-1:], weight, w.eps)
     return out + bias if bias is not None else out
+
+
+def rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm (the qk-norms and post-norms are RMSNorm in every family that has them)."""
+    return F.rms_norm(x, x.shape[-1:], weight, eps)
 
 
 def norm_scale(w: Weights, x: torch.Tensor) -> torch.Tensor:
@@ -131,39 +222,74 @@ def norm_scale(w: Weights, x: torch.Tensor) -> torch.Tensor:
 
 
 def norm_scale_apply(
-    w: Weights, x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    w: Weights, x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
 ) -> torch.Tensor:
     if w.norm == "LN":
         x = x - x.mean(-1, keepdim=True)
-    out = x / scale * weight
+    out = x / scale
+    if weight is not None:
+        out = out * weight
     return out + bias if bias is not None else out
 
 
+def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The divisor of RMSNorm: [..., 1] (frozen for DLA through a post-norm)."""
+    return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
 @functools.lru_cache(maxsize=64)
-def _rotary_tables(base: float, h: int, start: int, length: int, device: torch.device,
+def _rotary_tables(base: float, dim: int, start: int, length: int, device: torch.device,
                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of HF Llama's rotary angles at positions start..start+length-1: each [length, 1, h]."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, h, 2, device=device, dtype=torch.float32) / h))
+    """cos and sin of HF's rotary angles (rotate_half layout) at positions start..start+length-1: [length, 1, dim]."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=torch.int64).float() / dim))
     angles = torch.arange(start, start + length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
     emb = torch.cat([angles, angles], dim=-1)
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
-def _rotary(w: Weights, x: torch.Tensor, start: int, scale: float = 1.0) -> torch.Tensor:
-    """HF Llama rotary (rotate_half layout) on x: [B, S, n, h] at positions start.., times `scale`.
+def _rotary(w: Weights, layer: int, x: torch.Tensor, start: int, scale: float = 1.0) -> torch.Tensor:
+    """HF rotary (rotate_half layout) on the first rotary_dim dims of x: [B, S, n, h] at positions start..; × scale.
 
     out = x·cos + rotate_half(x)·sin, written as one multiply and two in-place multiply-adds on the halves (no
     concatenated copy of x): on CPU these elementwise passes cost as much as the projections themselves.
     """
-    h = x.shape[-1]
-    cos, sin = _rotary_tables(w.rotary_base, h, start, x.shape[1], x.device, x.dtype)
+    dim = w.arch.rotary_dim
+    cos, sin = _rotary_tables(w.arch.rotary_bases[layer], dim, start, x.shape[1], x.device, x.dtype)
     if scale != 1.0:
         cos, sin = cos * scale, sin * scale
-    half = h // 2
-    out = x * cos
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1.0)
-    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    half = dim // 2
+    rot = x[..., :dim]
+    out = x * scale if dim < x.shape[-1] else rot * cos
+    if dim < x.shape[-1]:  # partial rotary (GPT-NeoX, Phi-3): the other dims pass through
+        out[..., :dim] = rot * cos
+    out[..., :half].addcmul_(rot[..., half:], sin[..., :half], value=-1.0)
+    out[..., half:dim].addcmul_(rot[..., :half], sin[..., half:])
     return out
+
+
+def _qk_norm(w: Weights, layer: int, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split the fused projection into q, k, v: [B, S, n, h], applying the qk-norm where the model has one."""
+    q, k, v = (w._split(qkv, part) for part in range(3))
+    if w.arch.qk_norm == "head":
+        q, k = rms(q, w.q_norm_w[layer], w.eps), rms(k, w.k_norm_w[layer], w.eps)
+    elif w.arch.qk_norm == "all":  # OLMo 2: one norm over all heads' queries (keys), before the split into heads
+        q = rms(q.flatten(-2), w.q_norm_w[layer], w.eps).unflatten(-1, q.shape[-2:])
+        k = rms(k.flatten(-2), w.k_norm_w[layer], w.eps).unflatten(-1, k.shape[-2:])
+    return q, k, v
+
+
+def attn_pre_norm_out(w: Weights, layer: int, z: torch.Tensor) -> torch.Tensor:
+    """Attention's output before the post-norm, from z [..., H, h]: [..., d] (= attn_out without post-norms)."""
+    return z.flatten(-2) @ w.W_O[layer].flatten(0, 1) + w.b_O[layer]
+
+
+def attn_post(w: Weights, layer: int, pre: torch.Tensor) -> torch.Tensor:
+    """What joins the residual from attention's output (the post-norm where the model has one)."""
+    return rms(pre, w.attn_post_w[layer], w.eps) if w.arch.post_norms else pre
 
 
 def attention(
@@ -180,54 +306,83 @@ def attention(
     last_query_only: attend from the last position alone (keys and values still come from every position).
     Returns attn_out [B, S, d], z [B, S, H, h] (S = 1 with last_query_only), k and v of the S positions [B, S, K, h].
     """
+    a = w.arch
     B, S, _ = resid.shape
-    x = norm(w, resid, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
-    qkv = x @ w.W_QKV[layer] + w.b_QKV[layer]
-    q, k, v = (w._split(qkv, part) for part in range(3))  # [B, S, n, h]
-    if w.rotary_base is not None:  # the 1/√h of the scores rides on q's rotary (one pass fewer)
-        q, k = _rotary(w, q, start_pos, 1 / math.sqrt(w.d_head)), _rotary(w, k, start_pos)
+    x = norm(w, resid, w.ln1_w[layer] if w.ln1_w is not None else None,
+             None if w.ln1_b is None else w.ln1_b[layer]) if a.pre_norms else resid
+    q, k, v = _qk_norm(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])  # [B, S, n, h]
+    scale = a.attn_scale if a.attn_scale is not None else 1 / math.sqrt(w.d_head)
+    if a.rotary_dim is not None:  # the scale of the scores rides on q's rotary (one pass fewer)
+        q, k = _rotary(w, layer, q, start_pos, scale), _rotary(w, layer, k, start_pos)
     else:
-        q = q / math.sqrt(w.d_head)
+        q = q * scale
     # GQA: query head i reads kv head i // group (HF's repeat_kv order), without materialising the repeat.
     group = w.n_heads // w.n_kv_heads
     q = q.unflatten(2, (w.n_kv_heads, group))  # [B, S, K, g, h]
     q_pos = torch.arange(start_pos, start_pos + S, device=resid.device)[:, None]
     if last_query_only:
         q, q_pos = q[:, -1:], q_pos[-1:]
-    causal = torch.arange(S, device=resid.device)[None, :] + start_pos > q_pos  # key after query
-    scores = torch.einsum("bskgh,btkh->bkgst", q, k).masked_fill(causal, torch.finfo(q.dtype).min)
-    if prefix_kv is not None and start_pos > 0:
+    has_prefix = prefix_kv is not None and start_pos > 0
+    key_start = 0 if has_prefix else start_pos
+    k_pos = torch.arange(key_start, start_pos + S, device=resid.device)[None, :]
+    hidden = k_pos > q_pos  # key after query
+    if a.window(layer) is not None:
+        hidden = hidden | (q_pos - k_pos >= a.window(layer))
+    scores = torch.einsum("bskgh,btkh->bkgst", q, k)
+    if has_prefix:
         # The prefix's keys/values are the same for every row: one large matmul per kv head, not B small ones.
         pk, pv = prefix_kv[0][0], prefix_kv[1][0]  # [start_pos, K, h]
-        prefix_scores = torch.einsum("bskgh,tkh->bkgst", q, pk)
-        pattern = torch.cat([prefix_scores, scores], dim=-1).softmax(-1)
+        scores = torch.cat([torch.einsum("bskgh,tkh->bkgst", q, pk), scores], dim=-1)
+    pattern = softcap(scores, a.attn_softcap).masked_fill(hidden, torch.finfo(q.dtype).min).softmax(-1)
+    if has_prefix:
         z = torch.einsum("bkgst,tkh->bskgh", pattern[..., :start_pos], pv)
         z = z + torch.einsum("bkgst,btkh->bskgh", pattern[..., start_pos:], v)
     else:
-        pattern = scores.softmax(-1)
         z = torch.einsum("bkgst,btkh->bskgh", pattern, v)
     z = z.flatten(2, 3)  # [B, S, H, h]
-    attn_out = z.flatten(2) @ w.W_O[layer].flatten(0, 1) + w.b_O[layer]
-    return attn_out, z, k, v
+    return attn_post(w, layer, attn_pre_norm_out(w, layer, z)), z, k, v
 
 
-def mlp_post(w: Weights, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
-    """Neuron activations (TransformerLens `mlp.hook_post`): [B, S, m]. For gated MLPs silu(gate)·up."""
-    x = norm(w, resid_mid, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
+_ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "relu": F.relu,
+}
+
+
+def mlp_post(w: Weights, layer: int, resid: torch.Tensor) -> torch.Tensor:
+    """Neuron activations (TransformerLens `mlp.hook_post`): [B, S, m]. For gated MLPs act(gate)·up."""
+    a = w.arch
+    x = norm(w, resid, w.ln2_w[layer] if w.ln2_w is not None else None,
+             None if w.ln2_b is None else w.ln2_b[layer]) if a.pre_norms else resid
+    act = _ACTIVATIONS[a.act]
     pre = x @ w.W_in[layer] + w.b_in[layer]
-    if w.W_gate is not None:
-        return F.silu(x @ w.W_gate[layer]) * pre
-    return F.gelu(pre, approximate="tanh")
+    if a.gated:
+        return act(x @ w.W_gate[layer]) * pre
+    return act(pre)
+
+
+def mlp_linear(w: Weights, layer: int, post: torch.Tensor) -> torch.Tensor:
+    """post @ W_out + b_out: linear in the neurons (the post-norm, if any, comes after)."""
+    return post @ w.W_out[layer] + w.b_out[layer]
+
+
+def mlp_post_norm(w: Weights, layer: int, linear: torch.Tensor) -> torch.Tensor:
+    """What joins the residual from the MLP's linear output (the post-norm where the model has one)."""
+    return rms(linear, w.mlp_post_w[layer], w.eps) if w.arch.post_norms else linear
 
 
 def mlp_out_from_post(w: Weights, layer: int, post: torch.Tensor) -> torch.Tensor:
-    """MLP output from neuron activations: linear in post, which is why neuron patching needs no hook."""
-    return post @ w.W_out[layer] + w.b_out[layer]
+    """MLP output from neuron activations: linear in post unless the model has a post-norm."""
+    return mlp_post_norm(w, layer, mlp_linear(w, layer, post))
 
 
 def embed(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
     """Residual stream entering block 0: [B, P, d]."""
     resid = w.W_E[tokens]
+    if w.arch.embed_scale != 1.0:
+        resid = resid * w.arch.embed_scale
     if w.W_pos is not None:
         resid = resid + w.W_pos[: tokens.shape[1]]
     return resid
@@ -258,11 +413,11 @@ def run(w: Weights, tokens: torch.Tensor, record: frozenset[str] | set[str] = AL
     for layer in range(w.n_layers):
         keep("resid_pre", layer, resid)
         attn_out, z, k, v = attention(w, layer, resid)
-        resid = resid + attn_out
-        keep("resid_mid", layer, resid)
-        post = mlp_post(w, layer, resid)
+        mid = resid + attn_out
+        post = mlp_post(w, layer, resid if w.arch.parallel else mid)
         mlp_out = mlp_out_from_post(w, layer, post)
-        resid = resid + mlp_out
+        keep("resid_mid", layer, mid)
+        resid = mid + mlp_out
         keep("attn_out", layer, attn_out)
         keep("z", layer, z)
         keep("k", layer, k)
@@ -275,7 +430,7 @@ def run(w: Weights, tokens: torch.Tensor, record: frozenset[str] | set[str] = AL
 
 def unembed(w: Weights, resid: torch.Tensor) -> torch.Tensor:
     """Logits [..., V] from a residual stream [..., d] entering the final norm."""
-    return norm(w, resid, w.lnf_w, w.lnf_b) @ w.W_U + w.b_U
+    return softcap(norm(w, resid, w.lnf_w, w.lnf_b) @ w.W_U + w.b_U, w.arch.final_softcap)
 
 
 @dataclass
@@ -283,15 +438,16 @@ class Join:
     """Patched rows that enter a resumed forward at `stage` of `layer`.
 
     resid: [n, S, d], the residual stream at positions start_pos..P-1; stage "pre" = entering block `layer`,
-    "mid" = between its attention and its MLP; layer == n_layers with "pre" = the final residual itself.
+    "mid" = between its attention and its MLP (not with parallel attention + MLP, whose MLP reads resid_pre);
+    layer == n_layers with "pre" = the final residual itself.
     """
 
     layer: int
-    stage: str
+    stage: Stage
     resid: torch.Tensor
 
     def depth(self) -> int:
-        if self.stage not in ("pre", "mid"):
+        if self.stage not in STAGES:
             raise ValueError(f"stage must be 'pre' or 'mid', got {self.stage!r}")
         return 2 * self.layer + (self.stage == "mid")
 
@@ -324,17 +480,26 @@ def resume_joined(w: Weights, joins: list[Join], start_pos: int, prefix: Trace) 
                 rows = rows[:, -1:].contiguous()
             resid = rows if resid is None else torch.cat([resid, rows])
 
+    if w.arch.parallel and any(j.stage == "mid" for j in joins):
+        raise ValueError("with parallel attention + MLP there is no 'mid' stage: enter at 'pre' of the next layer")
     for current in range(joins[order[0]].layer, w.n_layers):
         admit(2 * current)
-        if resid is not None:
+        if resid is None:
+            admit(2 * current + 1)
+        else:
             kv = None
             if start_pos > 0:
                 kv = (prefix.k[current][:, :start_pos], prefix.v[current][:, :start_pos])
             if current == last:  # only the last position reaches the metric: its query and its MLP alone
-                resid = resid[:, -1:] + attention(w, current, resid, start_pos, kv, last_query_only=True)[0]
+                attn_out = attention(w, current, resid, start_pos, kv, last_query_only=True)[0]
+                resid = resid[:, -1:]
             else:
-                resid = resid + attention(w, current, resid, start_pos, kv)[0]
-        admit(2 * current + 1)
+                attn_out = attention(w, current, resid, start_pos, kv)[0]
+            if w.arch.parallel:  # the MLP reads the same resid_pre as attention
+                resid = resid + attn_out + mlp_out_from_post(w, current, mlp_post(w, current, resid))
+                continue
+            resid = resid + attn_out
+            admit(2 * current + 1)
         if current == last and resid is not None and resid.shape[1] > 1:  # rows that entered at the last MLP
             resid = resid[:, -1:]
         if resid is not None:
@@ -352,7 +517,7 @@ def resume(
     w: Weights,
     resid: torch.Tensor,
     layer: int,
-    stage: str,
+    stage: Stage,
     start_pos: int,
     prefix: Trace,
 ) -> torch.Tensor:
@@ -363,6 +528,4 @@ def resume(
     are taken as unchanged from `prefix` (a Trace with batch 1), whose keys/values they contribute.
     Returns [B, d].
     """
-    if stage not in ("pre", "mid"):
-        raise ValueError(f"stage must be 'pre' or 'mid', got {stage!r}")
     return resume_joined(w, [Join(layer, stage, resid)], start_pos, prefix)

