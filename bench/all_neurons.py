@@ -23,28 +23,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core import attribution, patching, tokens  # noqa: E402
-from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED  # noqa: E402
-from core.model import load_model  # noqa: E402
+from core import attribution, patching, post, tokens  # noqa: E402
+from core.model import EMBEDDED, load_model  # noqa: E402
 
 PAIRS = [
-    ("post: apple→lemon", POST_CLEAN, POST_CORRUPTED, " an", " a"),
-    ("orange→banana", "My favourite fruit is the orange, so for lunch I ate", "My favourite fruit is the banana, "
-     "so for lunch I ate", " an", " a"),
+    ("post: apple→lemon", post.CLEAN, post.CORRUPTED, post.ANSWER, post.WRONG),
+    (
+        "orange→banana",
+        "My favourite fruit is the orange, so for lunch I ate",
+        "My favourite fruit is the banana, so for lunch I ate",
+        " an",
+        " a",
+    ),
     ("France→Italy", "The capital of France is the city of", "The capital of Italy is the city of", " Paris", " Rome"),
 ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=EMBEDDED)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     model = load_model(args.model, device=args.device)
     L = model.n_layers
     sample = sorted({0, L // 6, L // 3, L // 2, 2 * L // 3, 5 * L // 6, L - 1})
-    print(f"model={model.name} device={model.device} threads={torch.get_num_threads()} "
-          f"neurons={L * model.d_mlp} sampled layers={sample}")
+    print(
+        f"model={model.name} device={model.device} threads={torch.get_num_threads()} "
+        f"neurons={L * model.d_mlp} sampled layers={sample}"
+    )
     headline = None
     for name, clean, corrupted, answer, wrong in PAIRS:
         c, k = tokens.pair(model, clean, corrupted)
@@ -65,14 +71,22 @@ def main() -> None:
         rho_top = attribution.spearman(top.attribution.to_numpy(), top.exact.to_numpy())
         mlp0_attr = approx.layers_all_positions["mlp_out"][0]
         mlp0_exact = patching.patch_layers(setup).all_positions["mlp_out"][0]
-        print(f"\n[{name}] clean {setup.clean_logit_diff:.3f} corrupted {setup.corrupted_logit_diff:.3f}; "
-              f"recomputed from position {setup.start_pos} of {len(c.ids)}")
-        print(f"  attribution, all {L * model.d_mlp} neurons: {attr_s:.3f} s; exact all (estimated): "
-              f"{exact_all_s:.1f} s -> speedup {exact_all_s / attr_s:.0f}x")
-        print("  per-layer Spearman (all neurons of the layer): "
-              + ", ".join(f"L{l}: {r:.3f}" for l, r in per_layer.items()))
-        print(f"  top-50 Spearman {rho_top:.3f}; top-5: " + ", ".join(
-            f"{r.label} {r.attribution:.3f}/{r.exact:.3f}" for r in top.head(5).itertuples()))
+        print(
+            f"\n[{name}] clean {setup.clean_logit_diff:.3f} corrupted {setup.corrupted_logit_diff:.3f}; "
+            f"recomputed from position {setup.start_pos} of {len(c.ids)}"
+        )
+        print(
+            f"  attribution, all {L * model.d_mlp} neurons: {attr_s:.3f} s; exact all (estimated): "
+            f"{exact_all_s:.1f} s -> speedup {exact_all_s / attr_s:.0f}x"
+        )
+        print(
+            "  per-layer Spearman (all neurons of the layer): "
+            + ", ".join(f"L{l}: {r:.3f}" for l, r in per_layer.items())
+        )
+        print(
+            f"  top-50 Spearman {rho_top:.3f}; top-5: "
+            + ", ".join(f"{r.label} {r.attribution:.3f}/{r.exact:.3f}" for r in top.head(5).itertuples())
+        )
         print(f"  whole MLP 0 (all positions): attribution {mlp0_attr:.3f} vs exact {mlp0_exact:.3f}")
         if headline is None:
             headline = (exact_all_s / attr_s, rho_top)

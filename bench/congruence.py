@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from core import search  # noqa: E402
-from core.model import load_model  # noqa: E402
+from core.model import EMBEDDED, load_model  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -36,7 +36,7 @@ def rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=EMBEDDED)
     parser.add_argument("--matrix", default="W_U", choices=["W_U", "W_E"])
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -45,8 +45,10 @@ def main() -> None:
     N, d, V = w.n_layers * w.d_mlp, w.d_model, w.d_vocab
     rows = search.chunk_rows(model)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    print(f"model={model.name} device={model.device} threads={torch.get_num_threads()} "
-          f"neurons={N} tokens={V} d_model={d} rows_per_block={rows}")
+    print(
+        f"model={model.name} device={model.device} threads={torch.get_num_threads()} "
+        f"neurons={N} tokens={V} d_model={d} rows_per_block={rows}"
+    )
 
     a, b = w.W_out.flatten(0, 1)[:rows].contiguous(), w.W_U.contiguous()
     a @ b
@@ -68,9 +70,16 @@ def main() -> None:
     peak_extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
     achieved = 2.0 * N * d * V / seconds
     print(f"search: {seconds:.1f} s, {achieved / 1e9:.1f} GFLOP/s; plain matmul {matmul / 1e9:.1f} GFLOP/s")
-    print(search.mutual(model, tables, 10)[["rank", "label", "token", "congruence", "gap_token", "gap_neuron",
-                                            "score"]].to_string(index=False))
-    print(search.standout(model, tables, 10)[["rank", "label", "token", "congruence", "gap_neuron"]].to_string(index=False))
+    print(
+        search.mutual(model, tables, 10)[
+            ["rank", "label", "token", "congruence", "gap_token", "gap_neuron", "score"]
+        ].to_string(index=False)
+    )
+    print(
+        search.standout(model, tables, 10)[["rank", "label", "token", "congruence", "gap_neuron"]].to_string(
+            index=False
+        )
+    )
     print(f"matmul_efficiency={achieved / matmul:.2f} peak_extra_mb={peak_extra:.0f}")
 
 

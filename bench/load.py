@@ -35,8 +35,8 @@ from urllib.parse import quote, urlencode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED  # noqa: E402
-from core.model import cache_root  # noqa: E402
+from core import post  # noqa: E402
+from core.model import EMBEDDED, cache_root  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -60,12 +60,34 @@ class Server:
         self.cache = Path(tempfile.mkdtemp(prefix="tne-load-"))
         (self.cache / "models").symlink_to(cache_root() / "models")
         self.port = free_port()
-        env = {**os.environ, "TNE_HOSTED": "1", "TNE_CACHE_DIR": str(self.cache), "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MALLOC_ARENA_MAX": "2"}
+        env = {
+            **os.environ,
+            "TNE_HOSTED": "1",
+            "TNE_CACHE_DIR": str(self.cache),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "MALLOC_ARENA_MAX": "2",
+        }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.port",
+                str(self.port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.headless",
+                "true",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.peak_mb = 0.0
         self._stop = threading.Event()
@@ -101,13 +123,20 @@ class Server:
 def heavy_urls(session: int, budget: int) -> list[tuple[str, str, str]]:
     """(name, page path with query, button) of one session's heavy mix."""
     name = NAMES[session % len(NAMES)]
-    pair = {"clean": POST_CLEAN.replace("I climbed", f"{name} climbed"),
-            "corrupted": POST_CORRUPTED.replace("I climbed", f"{name} climbed"), "answer": " an", "wrong": " a"}
+    pair = {
+        "clean": post.CLEAN.replace("I climbed", f"{name} climbed"),
+        "corrupted": post.CORRUPTED.replace("I climbed", f"{name} climbed"),
+        "answer": post.ANSWER,
+        "wrong": post.WRONG,
+    }
     kind, matrix = SEARCHES[session % len(SEARCHES)]
-    corpus = {"neurons": f"L25.N{1527 + session}", "target": " an", "budget": str(budget)}
-    return [("patching", f"Patching?{urlencode(pair, quote_via=quote)}", "Run patching"),
-            ("search", f"Search?{urlencode({'kind': kind, 'matrix': matrix})}", "Run search"),
-            ("corpus", f"Corpus?{urlencode(corpus, quote_via=quote)}", "Scan")]
+    layer, neuron = post.KNOWN_NEURONS[EMBEDDED]
+    corpus = {"neurons": f"L{layer}.N{neuron + session}", "target": post.ANSWER, "budget": str(budget)}
+    return [
+        ("patching", f"Patching?{urlencode(pair, quote_via=quote)}", "Run patching"),
+        ("search", f"Search?{urlencode({'kind': kind, 'matrix': matrix})}", "Run search"),
+        ("corpus", f"Corpus?{urlencode(corpus, quote_via=quote)}", "Scan"),
+    ]
 
 
 async def heavy_session(browser, url: str, session: int, budget: int) -> dict:
@@ -178,8 +207,11 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=10_000, help="corpus tokens per scan")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the server (finally below)
-    print(f"torch threads per job: {os.environ.get('TNE_JOB_THREADS') or os.environ.get('OMP_NUM_THREADS') or 'auto'}"
-          f", heavy slots: {os.environ.get('TNE_HEAVY_JOBS') or 'auto'}, cores: {os.cpu_count()}", flush=True)
+    print(
+        f"torch threads per job: {os.environ.get('TNE_JOB_THREADS') or os.environ.get('OMP_NUM_THREADS') or 'auto'}"
+        f", heavy slots: {os.environ.get('TNE_HEAVY_JOBS') or 'auto'}, cores: {os.cpu_count()}",
+        flush=True,
+    )
 
     server = Server()
     try:
@@ -187,8 +219,11 @@ def main() -> None:
         solo_peak = server.peak_mb
     finally:
         server.stop()
-    print(f"solo: {solo_s:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in solo['seconds'].items())}), "
-          f"peak RSS {solo_peak:.0f} MB, errors {solo['errors']}", flush=True)
+    print(
+        f"solo: {solo_s:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in solo['seconds'].items())}), "
+        f"peak RSS {solo_peak:.0f} MB, errors {solo['errors']}",
+        flush=True,
+    )
 
     server = Server()
     try:
@@ -204,10 +239,14 @@ def main() -> None:
     for e in errors:
         print(f"error: {e}", flush=True)
     p95 = statistics.quantiles(light, n=20)[-1] if len(light) >= 2 else float("nan")
-    print(f"load: makespan {makespan:.1f} s vs {args.sessions} × solo {solo_s:.1f} s; {len(light)} light loads, "
-          f"median {statistics.median(light) if light else float('nan'):.2f} s, max {max(light, default=0):.2f} s")
-    print(f"sessions={args.sessions} errors={len(errors)} p95_light_s={p95:.2f} "
-          f"heavy_makespan_ratio={makespan / (args.sessions * solo_s):.2f} peak_rss_mb={peak:.0f}")
+    print(
+        f"load: makespan {makespan:.1f} s vs {args.sessions} × solo {solo_s:.1f} s; {len(light)} light loads, "
+        f"median {statistics.median(light) if light else float('nan'):.2f} s, max {max(light, default=0):.2f} s"
+    )
+    print(
+        f"sessions={args.sessions} errors={len(errors)} p95_light_s={p95:.2f} "
+        f"heavy_makespan_ratio={makespan / (args.sessions * solo_s):.2f} peak_rss_mb={peak:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core import patching, tokens  # noqa: E402
-from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED  # noqa: E402
-from core.model import load_model  # noqa: E402
+from core import patching, post, tokens  # noqa: E402
+from core.model import EMBEDDED, load_model  # noqa: E402
 
 
 def resumed_flops(w, n_rows: int, first_layer: int, S: int, P: int) -> float:
@@ -58,7 +57,7 @@ def matmul_rate(M: int, k: int, n: int, device: torch.device, seconds: float = 2
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=EMBEDDED)
     parser.add_argument("--layer", type=int, default=None, help="default: the standout late MLP layer")
     parser.add_argument("--loop-neurons", type=int, default=30)
     parser.add_argument("--device", default="auto")
@@ -66,14 +65,16 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model, device=args.device, keep_bridge=not args.no_loop)
-    clean, corrupted = tokens.pair(model, POST_CLEAN, POST_CORRUPTED)
-    an, a = tokens.single_token(model, " an"), tokens.single_token(model, " a")
+    clean, corrupted = tokens.pair(model, post.CLEAN, post.CORRUPTED)
+    an, a = tokens.single_token(model, post.ANSWER), tokens.single_token(model, post.WRONG)
     setup = patching.prepare(model, clean, corrupted, an, a)
     layer = args.layer if args.layer is not None else patching.standout_mlp_layer(patching.patch_layers(setup))
     w = model.weights
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    print(f"model={model.name} device={model.device} threads={torch.get_num_threads()} layer={layer} "
-          f"d_mlp={w.d_mlp} positions={len(clean.ids)} recomputed_from={setup.start_pos}")
+    print(
+        f"model={model.name} device={model.device} threads={torch.get_num_threads()} layer={layer} "
+        f"d_mlp={w.d_mlp} positions={len(clean.ids)} recomputed_from={setup.start_pos}"
+    )
 
     patching.patch_neurons(setup, layer, neurons=list(range(64)))  # warm-up
     sync()
@@ -82,16 +83,20 @@ def main() -> None:
     sync()
     batched_s = time.perf_counter() - start
     top = sweep.frame(1)
-    print(f"batched: {w.d_mlp} neurons in {batched_s:.3f} s; top {top.label[0]} score {top.score[0]:.4f} "
-          f"(layer {sweep.layer_score:.4f})")
+    print(
+        f"batched: {w.d_mlp} neurons in {batched_s:.3f} s; top {top.label[0]} score {top.score[0]:.4f} "
+        f"(layer {sweep.layer_score:.4f})"
+    )
 
     S, P = len(clean.ids) - setup.start_pos, len(clean.ids)
     flops = resumed_flops(w, w.d_mlp + 1, layer + 1, S, P)
     achieved = flops / batched_s
     rows = patching.default_batch_tokens(model)
     peak_matmul = matmul_rate(rows, w.d_model, w.d_mlp, model.device)
-    print(f"batched achieved {achieved / 1e9:.1f} GFLOP/s; plain matmul [{rows}x{w.d_model}]@[{w.d_model}x{w.d_mlp}] "
-          f"{peak_matmul / 1e9:.1f} GFLOP/s")
+    print(
+        f"batched achieved {achieved / 1e9:.1f} GFLOP/s; plain matmul [{rows}x{w.d_model}]@[{w.d_model}x{w.d_mlp}] "
+        f"{peak_matmul / 1e9:.1f} GFLOP/s"
+    )
 
     speedup = float("nan")
     if not args.no_loop:
@@ -101,10 +106,12 @@ def main() -> None:
         sync()
         start = time.perf_counter()
         for n in range(args.loop_neurons):
+
             def patch(t, hook, n=n):
                 t = t.clone()
                 t[..., n] = clean_post[..., n]
                 return t
+
             with torch.no_grad():
                 model.bridge.run_with_hooks(ids, fwd_hooks=[(hook_name, patch)])
         sync()

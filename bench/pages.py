@@ -94,30 +94,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from core.model import load_model
+    from core.model import EMBEDDED, load_model
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"matmul {patching.matmul_flops_per_s('cpu') / 1e9:.0f} GFLOP/s")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"matmul {patching.matmul_flops_per_s('cpu') / 1e9:.0f} GFLOP/s"
+    )
     page: dict[str, float] = {}
     first_chart: list[float] = []
     for i, (name, clean, corrupted, ablation) in enumerate(SCENARIOS):
         opened, ran = page_seconds(clean, corrupted, ablation)  # first: also loads the model (AppTest's process)
         page[name] = ran
-        model = load_model(post.EMBEDDED)  # the engine view reads the cached conversion (≈ 1 s + processing)
+        model = load_model(EMBEDDED)  # the engine view reads the cached conversion (≈ 1 s + processing)
         times = engine_phases(model, clean, corrupted, ablation)
         c, k = tokens.pair(model, clean, corrupted)
         start = tokens.first_difference(c, k) if ablation == "clean" else 0
-        work = patching.planned_work(model, len(c.ids), start,
-                                     sweeps=attribution.SWEEP_MAX_LAYERS if ablation == "clean" else 1)
+        work = patching.planned_work(
+            model, len(c.ids), start, sweeps=attribution.SWEEP_MAX_LAYERS if ablation == "clean" else 1
+        )
         work.pop("heads per position")
         estimate = patching.estimate_seconds(model, sum(work.values()))
         first_chart.append(times["both runs"] + times["layers whole"])
         phases = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
-        print(f"{name}: page {ran:.1f} s after Run (opened in {opened:.1f} s{' incl. the model load' if i == 0 else ''});"
-              f" engine {sum(times.values()):.1f} s = {phases}; the page's estimate {estimate:.1f} s", flush=True)
+        print(
+            f"{name}: page {ran:.1f} s after Run (opened in {opened:.1f} s{' incl. the model load' if i == 0 else ''});"
+            f" engine {sum(times.values()):.1f} s = {phases}; the page's estimate {estimate:.1f} s",
+            flush=True,
+        )
     clean_worst = max(v for k, v in page.items() if k.endswith("clean"))
     ablation_worst = max(v for k, v in page.items() if not k.endswith("clean"))
-    print(f"patching_page_s={clean_worst:.1f} ablation_page_s={ablation_worst:.1f} first_chart_s={max(first_chart):.1f}")
+    print(
+        f"patching_page_s={clean_worst:.1f} ablation_page_s={ablation_worst:.1f} first_chart_s={max(first_chart):.1f}"
+    )
 
 
 if __name__ == "__main__":

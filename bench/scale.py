@@ -22,10 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core import distributed, scan  # noqa: E402
-from core.model import load_model  # noqa: E402
-
-NEURONS = [(25, 1527)]
+from core import distributed, post, scan, tokens  # noqa: E402
+from core.model import EMBEDDED, load_model  # noqa: E402
 
 
 def timed(run) -> float:
@@ -38,14 +36,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-tokens", type=int, default=16_384)
     args = parser.parse_args()
-    model = load_model("smollm2-135m", device="cpu")
-    tokens = args.max_tokens
-    print(f"model={model.name} threads(single)={torch.get_num_threads()} cores={os.cpu_count()} tokens={tokens}")
+    model = load_model(EMBEDDED, device="cpu")
+    budget = args.max_tokens
+    print(f"model={model.name} threads(single)={torch.get_num_threads()} cores={os.cpu_count()} tokens={budget}")
     rates = {}
+    spec = scan.ScanSpec((post.KNOWN_NEURONS[EMBEDDED],), tokens.single_token(model, post.ANSWER), max_tokens=budget)
 
-    single_s = timed(lambda: scan.scan(model, None, NEURONS, 354, tokens, use_cache=False))
-    rates["single"] = tokens / single_s
-    print(f"single process: {single_s:.1f} s, {tokens / single_s:.0f} tok/s")
+    single_s = timed(lambda: scan.scan(model, spec, use_cache=False))
+    rates["single"] = budget / single_s
+    print(f"single process: {single_s:.1f} s, {budget / single_s:.0f} tok/s")
     for workers in (1, 2):
         distributed.connect(workers=workers)
         with tempfile.TemporaryDirectory() as scratch:
@@ -53,25 +52,29 @@ def main() -> None:
             original = scan._scan_dir
             scan._scan_dir = lambda *a, **k: Path(scratch)  # noqa: E731 - benchmark-only isolation
             try:
-                total_s = timed(lambda: distributed.ray_scan(model, None, NEURONS, 354, tokens, workers=workers))
+                total_s = timed(lambda n=workers: distributed.ray_scan(model, spec, workers=n))
             finally:
                 scan._scan_dir = original
         import ray
 
         ray.shutdown()
-        rates[f"ray{workers}"] = tokens / total_s
-        print(f"ray, {workers} worker(s): {total_s:.1f} s incl. actor start, {tokens / total_s:.0f} tok/s")
+        rates[f"ray{workers}"] = budget / total_s
+        print(f"ray, {workers} worker(s): {total_s:.1f} s incl. actor start, {budget / total_s:.0f} tok/s")
     efficiency = rates["ray2"] / (2 * rates["ray1"])
     print(f"scaling efficiency 1 -> 2 workers: {efficiency:.2f}")
     per_worker = rates["ray1"]
     pile = 10_000_000
-    print(f"paper estimate, pile-10k ({pile:,} tokens) with this model: {pile / per_worker / 3600:.1f} h on one "
-          f"CPU worker like these; N workers: that / (N x {efficiency:.2f}).")
+    print(
+        f"paper estimate, pile-10k ({pile:,} tokens) with this model: {pile / per_worker / 3600:.1f} h on one "
+        f"CPU worker like these; N workers: that / (N x {efficiency:.2f})."
+    )
     large_flops = 2 * 774e6 + 2 * 1280 * 50257  # GPT-2 large forward + unembedding, per token
     gpu_rate = 0.4 * 60e12 / large_flops  # H100 fp32 non-tensor ~60 TFLOP/s at an assumed 40 % utilisation
-    print(f"paper estimate, GPT-2 large on pile-10k: ~{gpu_rate:,.0f} tok/s per H100-class GPU (40 % of fp32 peak) "
-          f"-> {pile / gpu_rate / 60:.0f} min on 1 GPU, {pile / gpu_rate / 60 / 8:.1f} min on 8 (not measured: "
-          "no GPU here)")
+    print(
+        f"paper estimate, GPT-2 large on pile-10k: ~{gpu_rate:,.0f} tok/s per H100-class GPU (40 % of fp32 peak) "
+        f"-> {pile / gpu_rate / 60:.0f} min on 1 GPU, {pile / gpu_rate / 60 / 8:.1f} min on 8 (not measured: "
+        "no GPU here)"
+    )
     print(f"ray_2w_vs_single={rates['ray2'] / rates['single']:.2f}")
 
 

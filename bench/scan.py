@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from core import forward as fw  # noqa: E402
-from core import scan  # noqa: E402
+from core import post, scan, tokens  # noqa: E402
 from core.corpus import load_corpus  # noqa: E402
-from core.model import load_model  # noqa: E402
+from core.model import EMBEDDED, load_model  # noqa: E402
 
 
 @torch.no_grad()
@@ -34,36 +34,41 @@ def plain_forward(model, contexts, batch_size: int) -> None:
     for i in range(0, len(contexts), batch_size):
         batch = contexts[i : i + batch_size]
         width = max(len(ids) for _, ids in batch)
-        tokens = torch.zeros(len(batch), width, dtype=torch.long)
+        padded = torch.zeros(len(batch), width, dtype=torch.long)
         for row, (_, ids) in enumerate(batch):
-            tokens[row, : len(ids)] = torch.tensor(ids)
-        trace = fw.run(w, tokens.to(model.device), record=frozenset())
+            padded[row, : len(ids)] = torch.tensor(ids)
+        trace = fw.run(w, padded.to(model.device), record=frozenset())
         for row, (_, ids) in enumerate(batch):
             fw.unembed(w, trace.resid_final[row, : len(ids)]).argmax(-1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=EMBEDDED)
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     model = load_model(args.model, device=args.device)
-    neurons = [(25, 1527), (27, 554)] if model.name == "smollm2-135m" else [(model.n_layers - 1, 0)]
+    neurons = post.EMBEDDED_SCAN_NEURONS if model.name == EMBEDDED else [(model.n_layers - 1, 0)]
     ctx = min(scan.DEFAULT_CTX, model.n_ctx)
     contexts = scan.chunks(model, load_corpus().texts, ctx, args.max_tokens)
     positions = sum(len(ids) for _, ids in contexts)
-    print(f"model={model.name} device={model.device} threads={torch.get_num_threads()} contexts={len(contexts)} "
-          f"ctx={ctx} tokens={positions}")
+    print(
+        f"model={model.name} device={model.device} threads={torch.get_num_threads()} contexts={len(contexts)} "
+        f"ctx={ctx} tokens={positions}"
+    )
     plain_forward(model, contexts[:8], 8)  # warm-up
     start = time.perf_counter()
     plain_forward(model, contexts, 8)
     plain_s = time.perf_counter() - start
     start = time.perf_counter()
-    result = scan.scan(model, None, neurons, 354, max_tokens=args.max_tokens, ctx=ctx, use_cache=False)
+    spec = scan.ScanSpec(tuple(neurons), tokens.single_token(model, post.ANSWER), max_tokens=args.max_tokens, ctx=ctx)
+    result = scan.scan(model, spec, use_cache=False)
     scan_s = time.perf_counter() - start
-    print(f"plain forward {plain_s:.1f} s ({positions / plain_s:.0f} tok/s); scan {scan_s:.1f} s "
-          f"({positions / scan_s:.0f} tok/s), {result.positions} positions counted (BOS excluded)")
+    print(
+        f"plain forward {plain_s:.1f} s ({positions / plain_s:.0f} tok/s); scan {scan_s:.1f} s "
+        f"({positions / scan_s:.0f} tok/s), {result.positions} positions counted (BOS excluded)"
+    )
     print(f"hook_overhead={scan_s / plain_s - 1:.3f} tokens_per_s={positions / scan_s:.0f}")
 
 

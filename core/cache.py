@@ -1,8 +1,8 @@
 """Disk cache for analysis results: keyed by (model fingerprint, analysis, params); atomic; self-healing.
 
 Entries are numpy .npz files (no pickle: allow_pickle=False on read). The cache is bounded: after each write the
-least recently used entries are deleted until it fits TNE_CACHE_MAX_MB (core.hosting). A write goes to a temp file in the same
-folder and is renamed into place, so a reader never sees half an entry; an entry that fails to load (truncated,
+least recently used entries are deleted until it fits TNE_CACHE_MAX_MB (core.hosting). A write goes to a temp file in
+the same folder and is renamed into place, so a reader never sees half an entry; an entry that fails to load (truncated,
 corrupt) is deleted and reported as a miss, so it is recomputed.
 """
 
@@ -46,7 +46,7 @@ def save(path: Path, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

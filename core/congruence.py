@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal, cast, get_args
 
 import numpy as np
 import pandas as pd
@@ -17,22 +18,27 @@ import torch
 
 from core.errors import UserError
 from core.hosting import check_top_k
+from core.jsonable import to_jsonable
 from core.model import Model
 
-MATRICES = ("W_U", "W_E")
+Matrix = Literal["W_U", "W_E"]
+MATRICES: tuple[Matrix, ...] = get_args(Matrix)
 MATRIX_HELP = {
     "W_U": "unembedding column W_U[:, t] (what the neuron writes towards predicting t)",
     "W_E": "embedding row W_E[t] (what the post's code used)",
 }
 
 
+def check_matrix(matrix: str) -> Matrix:
+    """The boundary check of a matrix name typed by a user (CLI, URL, caller)."""
+    if matrix not in MATRICES:
+        raise UserError(f"matrix {matrix!r} unknown; use {' or '.join(MATRICES)}")
+    return cast(Matrix, matrix)
+
+
 def token_vectors(model: Model, matrix: str) -> torch.Tensor:
     """[d, V]: one column per token."""
-    if matrix == "W_U":
-        return model.weights.W_U
-    if matrix == "W_E":
-        return model.weights.W_E.T
-    raise UserError(f"matrix {matrix!r} unknown; use W_U or W_E")
+    return model.weights.W_U if check_matrix(matrix) == "W_U" else model.weights.W_E.T
 
 
 def neuron_vectors(model: Model) -> torch.Tensor:
@@ -41,8 +47,13 @@ def neuron_vectors(model: Model) -> torch.Tensor:
 
 
 def describe(model: Model, matrix: str) -> dict:
-    return {"matrix": matrix, "matrix_meaning": MATRIX_HELP[matrix], "processing": model.processing,
-            "congruence": f"W_out[L, n] · {'W_U[:, t]' if matrix == 'W_U' else 'W_E[t]'}"}
+    matrix = check_matrix(matrix)
+    return {
+        "matrix": matrix,
+        "matrix_meaning": MATRIX_HELP[matrix],
+        "processing": model.processing,
+        "congruence": f"W_out[L, n] · {'W_U[:, t]' if matrix == 'W_U' else 'W_E[t]'}",
+    }
 
 
 def parse_neuron(model: Model, text: str) -> tuple[int, int]:
@@ -75,6 +86,20 @@ class NeuronTokens:
     bottom: pd.DataFrame  # least congruent first
     top_token_rank_among_neurons: int  # 1 = no neuron is more congruent with this neuron's top token
 
+    def to_json(self) -> dict:
+        layer, neuron = self.layer, self.neuron
+        return to_jsonable(
+            {
+                "neuron": {"layer": layer, "neuron": neuron, "label": label(layer, neuron)},
+                "results": [
+                    {"layer": layer, "neuron": neuron, "token": r.token, "id": r.id, "congruence": r.congruence}
+                    for r in self.top.itertuples()
+                ],
+                "least": self.bottom[["token", "id", "congruence"]],
+                "top_token_rank_among_neurons": self.top_token_rank_among_neurons,
+            }
+        )
+
 
 @torch.no_grad()
 def neuron_to_tokens(model: Model, layer: int, neuron: int, matrix: str = "W_U", top_k: int = 20) -> NeuronTokens:
@@ -88,15 +113,26 @@ def neuron_to_tokens(model: Model, layer: int, neuron: int, matrix: str = "W_U",
     column = (neuron_vectors(model) @ vectors[:, best]).float()
     rank = int((column > column[layer * model.d_mlp + neuron]).sum()) + 1
     return NeuronTokens(
-        layer, neuron, matrix, values.cpu().numpy(),
-        _token_frame(model, top_ids, top_vals), _token_frame(model, low_ids, -low_vals), rank,
+        layer,
+        neuron,
+        matrix,
+        values.cpu().numpy(),
+        _token_frame(model, top_ids, top_vals),
+        _token_frame(model, low_ids, -low_vals),
+        rank,
     )
 
 
 def _token_frame(model: Model, ids: torch.Tensor, values: torch.Tensor) -> pd.DataFrame:
     ids_list = ids.tolist()
-    return pd.DataFrame({"rank": range(1, len(ids_list) + 1), "token": [model.token_str(i) for i in ids_list],
-                         "id": ids_list, "congruence": values.float().cpu().tolist()})
+    return pd.DataFrame(
+        {
+            "rank": range(1, len(ids_list) + 1),
+            "token": [model.token_str(i) for i in ids_list],
+            "id": ids_list,
+            "congruence": values.float().cpu().tolist(),
+        }
+    )
 
 
 @dataclass
@@ -107,6 +143,26 @@ class TokenNeurons:
     top: pd.DataFrame  # rank, layer, neuron, label, congruence
     per_layer: pd.DataFrame  # layer, neuron (argmax), congruence (max)
     token_rank_for_top_neuron: int  # 1 = the top neuron likes no token more than this one
+    token: str = ""  # the token's text
+
+    def to_json(self) -> dict:
+        return to_jsonable(
+            {
+                "token": {"token": self.token, "id": self.token_id},
+                "results": [
+                    {
+                        "layer": r.layer,
+                        "neuron": r.neuron,
+                        "token": self.token,
+                        "id": self.token_id,
+                        "congruence": r.congruence,
+                    }
+                    for r in self.top.itertuples()
+                ],
+                "per_layer": self.per_layer,
+                "token_rank_for_top_neuron": self.token_rank_for_top_neuron,
+            }
+        )
 
 
 @torch.no_grad()
@@ -119,12 +175,20 @@ def token_to_neurons(model: Model, token_id: int, matrix: str = "W_U", top_k: in
     values = (neuron_vectors(model) @ vectors[:, token_id]).float()  # [N]
     top_vals, top_ids = values.topk(top_k)
     layers, neurons = (top_ids // model.d_mlp).tolist(), (top_ids % model.d_mlp).tolist()
-    top = pd.DataFrame({"rank": range(1, top_k + 1), "layer": layers, "neuron": neurons,
-                        "label": [label(l, n) for l, n in zip(layers, neurons)], "congruence": top_vals.tolist()})
+    top = pd.DataFrame(
+        {
+            "rank": range(1, top_k + 1),
+            "layer": layers,
+            "neuron": neurons,
+            "label": [label(l, n) for l, n in zip(layers, neurons)],
+            "congruence": top_vals.tolist(),
+        }
+    )
     grid = values.view(model.n_layers, model.d_mlp)
     best_vals, best_ids = grid.max(dim=1)
-    per_layer = pd.DataFrame({"layer": range(model.n_layers), "neuron": best_ids.tolist(),
-                              "congruence": best_vals.tolist()})
+    per_layer = pd.DataFrame(
+        {"layer": range(model.n_layers), "neuron": best_ids.tolist(), "congruence": best_vals.tolist()}
+    )
     row = (model.weights.W_out[layers[0], neurons[0]] @ vectors).float()
     rank = int((row > row[token_id]).sum()) + 1
-    return TokenNeurons(token_id, matrix, grid.cpu().numpy(), top, per_layer, rank)
+    return TokenNeurons(token_id, matrix, grid.cpu().numpy(), top, per_layer, rank, model.token_str(token_id))

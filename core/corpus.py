@@ -43,7 +43,9 @@ def _check_text_file(path: Path) -> None:
             head.decode("utf-8")
         except UnicodeDecodeError as err:
             if err.start < len(head) - 4:  # not just a character cut at the 64 KiB boundary
-                raise UserError(f"corpus file {str(path)!r} is not UTF-8 text (byte {err.start}); re-encode it as UTF-8") from err
+                raise UserError(
+                    f"corpus file {str(path)!r} is not UTF-8 text (byte {err.start}); re-encode it as UTF-8"
+                ) from err
 
 
 def _files(path: Path) -> list[Path]:
@@ -99,8 +101,9 @@ def load_corpus(spec: str | None = None, max_docs: int | None = None) -> Corpus:
                 raise UserError(f"corpus file {str(f)!r} is empty")
             _check_text_file(f)
         try:
-            dataset = datasets.load_dataset(BUILDERS[files[0].suffix], data_files=[str(f) for f in files],
-                                            split="train")
+            dataset = datasets.load_dataset(
+                BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train"
+            )
         except Exception as err:  # datasets raises many kinds for malformed files
             raise UserError(f"could not read corpus {spec!r}: {type(err).__name__}: {str(err)[:200]}") from err
         texts = _texts(dataset, f"corpus {spec!r}")
@@ -109,11 +112,15 @@ def load_corpus(spec: str | None = None, max_docs: int | None = None) -> Corpus:
         if Path(spec).suffix in BUILDERS or spec.startswith((".", "/", "~")):
             raise UserError(f"corpus file {spec!r} does not exist")
         if "/" not in spec:
-            raise UserError(f"corpus {spec!r} is not a file, folder or hub dataset name (owner/name); "
-                            f"use '{BUNDLED}', a path, or e.g. NeelNanda/pile-10k")
+            raise UserError(
+                f"corpus {spec!r} is not a file, folder or hub dataset name (owner/name); "
+                f"use '{BUNDLED}', a path, or e.g. NeelNanda/pile-10k"
+            )
         if hub_offline():
-            raise UserError(f"dataset {spec!r} would come from the Hugging Face hub, which is offline "
-                            "(HF_HUB_OFFLINE=1); download it where there is network and pass its local files")
+            raise UserError(
+                f"dataset {spec!r} would come from the Hugging Face hub, which is offline "
+                "(HF_HUB_OFFLINE=1); download it where there is network and pass its local files"
+            )
         try:
             dataset = datasets.load_dataset(spec, split="train")
         except Exception as err:

@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,14 @@ import numpy as np
 
 from core import cache, scan, search
 from core.errors import UserError
-from core.model import Model
+from core.model import Model, Processing
+from core.progress import Progress
+
+# Called in a worker after each batch it ran, with how many it has run (a test passes one that kills the worker).
+AfterBatch = Callable[[int], None]
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
-FORWARDED_ENV = ("TNE_CACHE_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TNE_HOSTED", "TNE_MODELS",
-                 "TNE_TEST_KILL_AFTER")
+FORWARDED_ENV = ("TNE_CACHE_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TNE_HOSTED", "TNE_MODELS")
 
 
 def _ray():
@@ -59,7 +63,7 @@ def connect(address: str | None = None, workers: int = 2) -> Any:
 
 def _pack(part: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **part)
+    np.savez(buffer, **part)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return buffer.getvalue()
 
 
@@ -71,8 +75,16 @@ def _unpack(blob: bytes) -> dict[str, np.ndarray]:
 class ScanWorker:
     """A Ray Data actor: loads the model once, runs scan batches (the single-process `scan._run_batch`)."""
 
-    def __init__(self, model_name: str, processing: str, neurons: list, target: int, batch_size: int,
-                 gpu: bool) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        processing: Processing,
+        neurons: list,
+        target: int,
+        batch_size: int,
+        gpu: bool,
+        after_batch: AfterBatch | None = None,
+    ) -> None:
         import torch
 
         from core.model import load_model
@@ -81,6 +93,7 @@ class ScanWorker:
         self.model = load_model(model_name, device="cuda" if gpu else "cpu", processing=processing)
         self.neurons = [tuple(n) for n in neurons]
         self.target, self.batch_size = target, batch_size
+        self.after_batch = after_batch
         self.done = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -89,39 +102,26 @@ class ScanWorker:
             contexts = [(doc, ids) for doc, ids in json.loads(payload)]
             part = scan._run_batch(self.model, contexts, int(index) * self.batch_size, self.neurons, self.target)
             parts.append(_pack(part))
-            self._maybe_die()
+            self.done += 1
+            if self.after_batch is not None:
+                self.after_batch(self.done)
         return {"index": batch["index"], "part": np.array(parts, dtype=object)}
-
-    def _maybe_die(self) -> None:
-        """Test hook: TNE_TEST_KILL_AFTER=N:FLAG kills this worker process once, after N batches."""
-        spec = os.environ.get("TNE_TEST_KILL_AFTER")
-        self.done += 1
-        if spec:
-            count, flag = spec.split(":", 1)
-            if self.done >= int(count) and not os.path.exists(flag):
-                Path(flag).touch()
-                os._exit(1)
 
 
 def ray_scan(
     model: Model,
-    dataset: str | None = None,
-    neurons=((25, 1527),),
-    target: int = 354,
-    max_tokens: int = 20_000,
-    bin_width: float = 0.5,
-    top_examples: int = 20,
-    window: int = 12,
-    ctx: int | None = None,
-    batch_size: int = 8,
+    spec: scan.ScanSpec,
     workers: int = 2,
     address: str | None = None,
     gpus_per_worker: float = 0,
-    progress: scan.Progress | None = None,
+    progress: Progress | None = None,
+    after_batch: AfterBatch | None = None,
 ) -> scan.ScanResult:
-    """`scan.scan` with the batches run by a Ray Data pipeline of model actors. Same cache parts, same result."""
-    scan.check_view(bin_width, top_examples, window)
-    work = scan.plan(model, dataset, neurons, target, max_tokens, ctx, batch_size)
+    """`scan.scan` with the batches run by a Ray Data pipeline of model actors. Same cache parts, same result.
+
+    after_batch: called in each worker after each batch (tests inject a worker's death here)."""
+    scan.check_view(spec)
+    work = scan.plan(model, spec)
     parts = {i: part for i in range(len(work.batches)) if (part := work.cached_part(i)) is not None}  # resume
     todo = [i for i in range(len(work.batches)) if i not in parts]
     done = sum(len(p["token"]) for p in parts.values())
@@ -130,9 +130,15 @@ def ray_scan(
         items = [{"index": i, "contexts": json.dumps(work.batches[i])} for i in todo]
         pipeline = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             ScanWorker,
-            fn_constructor_kwargs={"model_name": model.name, "processing": model.processing["name"],
-                                   "neurons": work.neurons, "target": target, "batch_size": batch_size,
-                                   "gpu": gpus_per_worker > 0},
+            fn_constructor_kwargs={
+                "model_name": model.name,
+                "processing": model.processing["name"],
+                "neurons": list(work.spec.neurons),
+                "target": work.spec.target,
+                "batch_size": work.spec.batch_size,
+                "gpu": gpus_per_worker > 0,
+                "after_batch": after_batch,
+            },
             batch_size=1,
             concurrency=workers,
             num_cpus=1,
@@ -148,14 +154,13 @@ def ray_scan(
             if progress:
                 progress(done, work.total)
     seen = work.records([parts[i] for i in range(len(work.batches))])
-    return scan.summarise(model, seen, target, max_tokens, work.ctx, bin_width, top_examples, window,
-                          engine=f"ray ({workers} workers)")
+    return scan.summarise(model, seen, work.spec, engine=f"ray ({workers} workers)")
 
 
 class TablesWorker:
     """A Ray actor computing the search's running top-2s for a block of layers."""
 
-    def __init__(self, model_name: str, processing: str, gpu: bool) -> None:
+    def __init__(self, model_name: str, processing: Processing, gpu: bool) -> None:
         import torch
 
         from core.model import load_model
@@ -169,9 +174,15 @@ class TablesWorker:
         return search.compute_tables(sub, matrix).arrays()
 
 
-def ray_tables(model: Model, matrix: str = "W_U", workers: int = 2, address: str | None = None,
-               layers_per_block: int | None = None, gpus_per_worker: float = 0,
-               progress: search.Progress | None = None) -> search.Tables:
+def ray_tables(
+    model: Model,
+    matrix: str = "W_U",
+    workers: int = 2,
+    address: str | None = None,
+    layers_per_block: int | None = None,
+    gpus_per_worker: float = 0,
+    progress: Progress | None = None,
+) -> search.Tables:
     """`search.compute_tables` split by layer blocks across Ray actors, merged to the same top-2s."""
     ray = connect(address, workers)
     from ray.util import ActorPool
@@ -180,8 +191,7 @@ def ray_tables(model: Model, matrix: str = "W_U", workers: int = 2, address: str
     per = layers_per_block or max(1, L // (2 * workers))
     blocks = [(first, min(first + per, L)) for first in range(0, L, per)]
     actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=-1)(TablesWorker)
-    pool = ActorPool([actor.remote(model.name, model.processing["name"], gpus_per_worker > 0)
-                      for _ in range(workers)])
+    pool = ActorPool([actor.remote(model.name, model.processing["name"], gpus_per_worker > 0) for _ in range(workers)])
     results = list(pool.map(lambda a, b: a.block.remote(matrix, *b), blocks))
     import torch
 
@@ -191,8 +201,11 @@ def ray_tables(model: Model, matrix: str = "W_U", workers: int = 2, address: str
     token_ids = torch.zeros(2, model.d_vocab, dtype=torch.long)
     for i, ((first, _), r) in enumerate(zip(blocks, results)):
         token_vals, token_ids = search.merge_top2(
-            token_vals, token_ids, torch.from_numpy(r["token_top_vals"].T.copy()),
-            torch.from_numpy(r["token_top_ids"].T.astype(np.int64) + first * m))
+            token_vals,
+            token_ids,
+            torch.from_numpy(r["token_top_vals"].T.copy()),
+            torch.from_numpy(r["token_top_ids"].T.astype(np.int64) + first * m),
+        )
         if progress:
             progress(i + 1, len(blocks))
     return search.Tables(neuron_ids, neuron_vals, token_ids.T.int().numpy().copy(), token_vals.T.numpy().copy())

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from core.errors import UserError
 
-
 CHARS_PER_TOKEN = 32  # text longer than this many characters per allowed token is refused before tokenizing
 
 
@@ -39,7 +38,7 @@ class Limits:
     max_block_mb: int | None = None  # one block of the neuron × token search; None: from free memory
 
 
-def _int(name: str, default: int | None) -> int | None:
+def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -56,8 +55,16 @@ def limits() -> Limits:
     """Read the limits from the environment (cheap; read at every check so tests and the app can change them)."""
     hosted = os.environ.get("TNE_HOSTED", "").lower() in ("1", "true", "yes", "on")
     if not hosted:
-        return Limits(hosted=False, models=None, max_prompt_tokens=None, max_top_k=None, max_scan_tokens=50_000_000,
-                      max_batch_tokens=None, custom_corpora=True, cache_max_mb=_int("TNE_CACHE_MAX_MB", 10_240))
+        return Limits(
+            hosted=False,
+            models=None,
+            max_prompt_tokens=None,
+            max_top_k=None,
+            max_scan_tokens=50_000_000,
+            max_batch_tokens=None,
+            custom_corpora=True,
+            cache_max_mb=_int("TNE_CACHE_MAX_MB", 10_240),
+        )
     # Default allow-list = what the image ships: a hub name would cost a download (or ~25 s of retries offline).
     models = tuple(m.strip() for m in os.environ.get("TNE_MODELS", "smollm2-135m").split(",") if m.strip())
     return Limits(
@@ -69,8 +76,10 @@ def limits() -> Limits:
         max_batch_tokens=_int("TNE_MAX_BATCH_TOKENS", 4096),
         custom_corpora=False,
         cache_max_mb=_int("TNE_CACHE_MAX_MB", 1024),
-        fixed_settings={"device": os.environ.get("TNE_DEVICE", "auto"),
-                        "processing": os.environ.get("TNE_PROCESSING", "tl-default")},
+        fixed_settings={
+            "device": os.environ.get("TNE_DEVICE", "auto"),
+            "processing": os.environ.get("TNE_PROCESSING", "tl-default"),
+        },
         max_text_chars=_int("TNE_MAX_TEXT_CHARS", 2000),
         max_scan_neurons=_int("TNE_MAX_SCAN_NEURONS", 8),
         max_scan_examples=_int("TNE_MAX_SCAN_EXAMPLES", 20),
@@ -81,8 +90,10 @@ def limits() -> Limits:
 def check_model(name: str) -> None:
     allowed = limits().models
     if allowed is not None and name not in allowed:
-        raise UserError(f"this hosted demo serves only {', '.join(allowed)}; {name!r} is not one of them "
-                        "(run the tool locally for other models or local folders)")
+        raise UserError(
+            f"this hosted demo serves only {', '.join(allowed)}; {name!r} is not one of them "
+            "(run the tool locally for other models or local folders)"
+        )
 
 
 def check_text_length(text: str, what: str, n_ctx: int) -> None:

@@ -1,9 +1,13 @@
 """The post's facts in one place: "We Found An Neuron in GPT-2" (Miller & Neo, 2023), and what this project measured.
 
-The CLI's defaults, the pages' defaults, reproduce, the benchmarks and the tests read them from here.
+The CLI's defaults, the pages' defaults, reproduce, the benchmarks and the tests read them from here. Engine
+functions take none of these as defaults: their callers pass them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from core.model import EMBEDDED
 
@@ -19,3 +23,44 @@ EARLY_CORRUPTED = "I ate a banana for breakfast and a pear for lunch. For dinner
 
 # The an-neuron each model is known for: the post's for GPT-2 large, measured here for the embedded model.
 KNOWN_NEURONS = {EMBEDDED: (25, 1527), "gpt2-large": (31, 892)}
+# Other neurons of the embedded model the project's scans look at besides the an-neuron.
+EMBEDDED_SCAN_NEURONS = [(25, 1527), (27, 554)]
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A published (or previously measured) number and the tolerance a reproduction must meet."""
+
+    value: Any
+    tolerance: float | None  # None: must be equal
+    why: str
+
+
+# The post (Miller & Neo 2023) on GPT-2 large, TransformerLens default processing. Tolerances: probabilities
+# are quoted to 0.1 %, but the post's exact TransformerLens version and fp precision are unknown, so ±2 points;
+# the neuron score is quoted as "~0.49", so ±0.05; congruences are quoted to 2 decimals, so ±0.05.
+POST_GPT2_LARGE = {
+    "clean_p_answer": Expected(0.649, 0.02, "post: P(' an') = 64.9 %"),
+    "clean_p_wrong": Expected(0.242, 0.02, "post: P(' a') = 24.2 %"),
+    "corrupted_p_wrong": Expected(0.851, 0.02, "post: lemon, P(' a') = 85.1 %"),
+    "corrupted_p_answer": Expected(0.032, 0.02, "post: lemon, P(' an') = 3.2 %"),
+    "lens_jump_layer": Expected(31, None, "post: the logit diff jumps after MLP 31"),
+    "standout_layer": Expected(31, None, "post: MLP 31 stands out in layer patching (MLP 0 aside)"),
+    "an_neuron": Expected("L31.N892", None, "post: L31.N892"),
+    "an_neuron_score": Expected(0.49, 0.05, "post: N892 restores ~0.49 of the logit diff"),
+    "congruence_W_E_answer": Expected(2.75, 0.05, "original notebook: W_E[' an'] · W_out[31, 892] = 2.75"),
+    "congruence_W_E_wrong": Expected(0.17, 0.05, "original notebook: W_E[' a'] · W_out[31, 892] = 0.17"),
+}
+# This project's own measurement on the embedded model (Nov 2026, tests/test_embedded.py asserts the same).
+PROJECT_SMOLLM2 = {
+    "clean_p_answer": Expected(0.607, 0.01, "measured here"),
+    "clean_p_wrong": Expected(0.297, 0.01, "measured here"),
+    "corrupted_p_wrong": Expected(0.889, 0.01, "measured here"),
+    "corrupted_p_answer": Expected(0.028, 0.01, "measured here"),
+    "standout_layer": Expected(25, None, "measured here"),
+    "an_neuron": Expected("L25.N1527", None, "measured here"),
+    "an_neuron_score": Expected(0.613, 0.02, "measured here"),
+    "an_neuron_rank_among_neurons_W_U": Expected(1, None, "measured here"),
+}
+# Reference numbers per model name: reproduce writes a verdict for each.
+EXPECTED = {"gpt2-large": POST_GPT2_LARGE, "openai-community/gpt2-large": POST_GPT2_LARGE, EMBEDDED: PROJECT_SMOLLM2}

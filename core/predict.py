@@ -14,8 +14,9 @@ from core.tokens import Prompt
 @torch.no_grad()
 def last_logits(model: Model, prompt: Prompt) -> torch.Tensor:
     """Logits at the last position: [V]."""
-    trace = fw.run(model.weights, prompt.tensor(model.device))
-    return fw.unembed(model.weights, trace.resid_final[0, -1]).float()
+    final = fw.run(model.weights, prompt.tensor(model.device)).resid_final
+    assert final is not None  # a full run records it
+    return fw.unembed(model.weights, final[0, -1]).float()
 
 
 def top_k(model: Model, logits: torch.Tensor, k: int = 10) -> pd.DataFrame:

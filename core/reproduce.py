@@ -1,10 +1,10 @@
 """`python -m core reproduce`: the post's whole story on one model, as a self-contained report.
 
-Steps (GUIDE §1): predictions, logit lens, layer × position patching, the neuron sweep of the standout late MLP
-layer, the an-neuron's congruence, the corpus check, the two searches, and negating the neuron. Writes
+Steps, in the post's order: predictions, logit lens, layer × position patching, the neuron sweep of the standout
+late MLP layer, the an-neuron's congruence, the corpus check, the two searches, and negating the neuron. Writes
 report.md, report.html (figures inline), figures/*.png (matplotlib: installs from PyPI, renders offline) and
 results.json. For GPT-2 large the post's published numbers stand next to the measured ones with a verdict each;
-for the embedded model the reference is this project's own measurement.
+for the embedded model the reference is this project's own measurement (both in core.post).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import html
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +24,13 @@ from core import attribution, congruence, lens, patching, predict, scan, search,
 from core import forward as fw
 from core.jsonable import to_jsonable
 from core.model import Model
-from core.post import ANSWER, CLEAN, CORRUPTED, WRONG
+from core.post import ANSWER, CLEAN, CORRUPTED, EXPECTED, WRONG, Expected
 
 STEPS = ("predictions", "logit_lens", "layer_patching", "neuron_sweep", "congruence", "corpus", "searches", "negation")
 
-
-@dataclass(frozen=True)
-class Expected:
-    """A published (or previously measured) number and the tolerance a reproduction must meet."""
-
-    value: Any
-    tolerance: float | None  # None: must be equal
-    why: str
-
-
-# The post (Miller & Neo 2023) on GPT-2 large, TransformerLens default processing. Tolerances: probabilities
-# are quoted to 0.1 %, but the post's exact TransformerLens version and fp precision are unknown, so ±2 points;
-# the neuron score is quoted as "~0.49", so ±0.05; congruences are quoted to 2 decimals, so ±0.05.
-POST_GPT2_LARGE = {
-    "clean_p_answer": Expected(0.649, 0.02, "post: P(' an') = 64.9 %"),
-    "clean_p_wrong": Expected(0.242, 0.02, "post: P(' a') = 24.2 %"),
-    "corrupted_p_wrong": Expected(0.851, 0.02, "post: lemon, P(' a') = 85.1 %"),
-    "corrupted_p_answer": Expected(0.032, 0.02, "post: lemon, P(' an') = 3.2 %"),
-    "lens_jump_layer": Expected(31, None, "post: the logit diff jumps after MLP 31"),
-    "standout_layer": Expected(31, None, "post: MLP 31 stands out in layer patching (MLP 0 aside)"),
-    "an_neuron": Expected("L31.N892", None, "post: L31.N892"),
-    "an_neuron_score": Expected(0.49, 0.05, "post: N892 restores ~0.49 of the logit diff"),
-    "congruence_W_E_answer": Expected(2.75, 0.05, "original notebook: W_E[' an'] · W_out[31, 892] = 2.75"),
-    "congruence_W_E_wrong": Expected(0.17, 0.05, "original notebook: W_E[' a'] · W_out[31, 892] = 0.17"),
-}
-# This project's own measurement on the embedded model (Nov 2026, tests/test_embedded.py asserts the same).
-PROJECT_SMOLLM2 = {
-    "clean_p_answer": Expected(0.607, 0.01, "measured here"),
-    "clean_p_wrong": Expected(0.297, 0.01, "measured here"),
-    "corrupted_p_wrong": Expected(0.889, 0.01, "measured here"),
-    "corrupted_p_answer": Expected(0.028, 0.01, "measured here"),
-    "standout_layer": Expected(25, None, "measured here"),
-    "an_neuron": Expected("L25.N1527", None, "measured here"),
-    "an_neuron_score": Expected(0.613, 0.02, "measured here"),
-    "an_neuron_rank_among_neurons_W_U": Expected(1, None, "measured here"),
-}
-EXPECTED = {"gpt2-large": POST_GPT2_LARGE, "openai-community/gpt2-large": POST_GPT2_LARGE,
-            "smollm2-135m": PROJECT_SMOLLM2}
-
-Progress = Callable[[int, int, str], None]
+# progress(step done, steps in all, name of the step just started): reproduce's steps are named, unlike the
+# engine's `core.progress.Progress`.
+StepProgress = Callable[[int, int, str], None]
 
 
 def verdict(measured: Any, expected: Expected) -> str:
@@ -84,21 +46,32 @@ def _negate(setup: patching.Setup, layer: int, neuron: int) -> dict:
     """Negate the neuron at every position of the clean run (as the post did); probabilities before and after."""
     w, model = setup.model.weights, setup.model
     post = setup.clean_trace.mlp_post[layer][0, :, neuron]  # [P]
-    resid_after = setup.clean_trace.resid_pre[layer + 1] if layer + 1 < w.n_layers else setup.clean_trace.resid_final
+    resid_after, clean_final = setup.clean_trace.resid_after(layer), setup.clean_trace.resid_final
+    assert resid_after is not None and clean_final is not None  # the clean run recorded every layer
     patched = resid_after + (-2 * post)[None, :, None] * w.W_out[layer, neuron]
     final = fw.resume(w, patched, layer + 1, "pre", 0, setup.clean_trace)
-    before = fw.unembed(w, setup.clean_trace.resid_final[0, -1]).float().softmax(-1)
+    before = fw.unembed(w, clean_final[0, -1]).float().softmax(-1)
     after = fw.unembed(w, final[0]).float().softmax(-1)
     a, b = setup.metric.answer, setup.metric.wrong
     top_after = int(after.argmax())
-    return {"p_answer_before": float(before[a]), "p_wrong_before": float(before[b]),
-            "p_answer_after": float(after[a]), "p_wrong_after": float(after[b]),
-            "top1_after": model.token_str(top_after)}
+    return {
+        "p_answer_before": float(before[a]),
+        "p_wrong_before": float(before[b]),
+        "p_answer_after": float(after[a]),
+        "p_wrong_after": float(after[b]),
+        "top1_after": model.token_str(top_after),
+    }
 
 
-def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, progress: Progress | None = None,
-        search_top: int = 10) -> dict:
+def run(
+    model: Model,
+    corpus: str | None = None,
+    corpus_tokens: int = 20_000,
+    progress: StepProgress | None = None,
+    search_top: int = 10,
+) -> dict:
     """Every step of the story; returns the results dict (what results.json holds)."""
+
     def step(i: int) -> None:
         if progress:
             progress(i, len(STEPS), STEPS[i - 1] if i else "start")
@@ -106,9 +79,18 @@ def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, pr
     step(0)
     clean, corrupted = tokens.pair(model, CLEAN, CORRUPTED)
     answer, wrong = tokens.single_token(model, ANSWER, "answer"), tokens.single_token(model, WRONG, "wrong")
-    out: dict[str, Any] = {"model": model.facts(), "prompts": {"clean": CLEAN, "corrupted": CORRUPTED,
-                           "answer": ANSWER, "wrong": WRONG, "clean_token_ids": clean.ids,
-                           "corrupted_token_ids": corrupted.ids, "tokens": clean.pieces}}
+    out: dict[str, Any] = {
+        "model": model.facts(),
+        "prompts": {
+            "clean": CLEAN,
+            "corrupted": CORRUPTED,
+            "answer": ANSWER,
+            "wrong": WRONG,
+            "clean_token_ids": clean.ids,
+            "corrupted_token_ids": corrupted.ids,
+            "tokens": clean.pieces,
+        },
+    }
     clean_logits, corrupted_logits = predict.last_logits(model, clean), predict.last_logits(model, corrupted)
     out["predictions"] = {
         "clean_top": predict.top_k(model, clean_logits, 5).to_dict("records"),
@@ -123,8 +105,13 @@ def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, pr
     lensed = lens.logit_lens(model, clean, answer, wrong)
     after_mlp = lensed.layers[lensed.layers.stage.isin(["embed", "mlp"])].logit_diff.to_numpy()
     jumps = np.diff(after_mlp)  # jumps[l] = change across block l
-    out["logit_lens"] = {"layers": lensed.layers.to_dict("records"), "lens_jump_layer": int(np.argmax(jumps)),
-                         "largest_jump": float(jumps.max()), "components": lensed.components.to_dict("records")}
+    lens_json = lensed.to_json()
+    out["logit_lens"] = {
+        "layers": lens_json["layers"],
+        "lens_jump_layer": int(np.argmax(jumps)),
+        "largest_jump": float(jumps.max()),
+        "components": lens_json["components"],
+    }
     step(2)
 
     setup = patching.prepare(model, clean, corrupted, answer, wrong)
@@ -132,24 +119,31 @@ def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, pr
     mlp_scores = layers.all_positions["mlp_out"]
     standout = patching.standout_mlp_layer(layers)
     out["layer_patching"] = {
-        "clean_logit_diff": setup.clean_logit_diff, "corrupted_logit_diff": setup.corrupted_logit_diff,
-        "scores": {k: v.tolist() for k, v in layers.scores.items()},
-        "all_positions": {k: v.tolist() for k, v in layers.all_positions.items()},
+        "clean_logit_diff": setup.clean_logit_diff,
+        "corrupted_logit_diff": setup.corrupted_logit_diff,
+        **layers.to_json(),  # scores, all_positions
         "top_mlp_layers": [{"layer": int(l), "score": float(mlp_scores[l])} for l in np.argsort(-mlp_scores)[:4]],
         "standout_layer": standout,
     }
     step(3)
 
     # the top neuron anywhere by exact score (attribution top-50 + sweeps of the large layers), sharing the sweep
-    found = attribution.find_top_neurons(setup, attribution.attribute(setup), 50, layer_totals=mlp_scores,
-                                         extra_sweeps=(standout,))
+    found = attribution.find_top_neurons(
+        setup, attribution.attribute(setup), 50, layer_totals=mlp_scores, extra_sweeps=(standout,)
+    )
     sweep = found.sweeps[standout]
     top = sweep.frame(10)
     an_layer, an_neuron = standout, int(top.neuron[0])
-    out["neuron_sweep"] = {"layer": standout, "layer_score": sweep.layer_score, "an_neuron": top.label[0],
-                           "an_neuron_score": float(top.score[0]), "share_of_layer": float(top.score[0]) / sweep.layer_score,
-                           "top": top.to_dict("records"), "scores": sweep.scores.tolist(),
-                           "top_neuron_anywhere": found.to_json()}
+    out["neuron_sweep"] = {
+        "layer": standout,
+        "layer_score": sweep.layer_score,
+        "an_neuron": top.label[0],
+        "an_neuron_score": float(top.score[0]),
+        "share_of_layer": float(top.score[0]) / sweep.layer_score,
+        "top": top.to_dict("records"),
+        "scores": sweep.scores.tolist(),
+        "top_neuron_anywhere": found.to_json(),
+    }
     step(4)
 
     cong: dict[str, Any] = {}
@@ -159,10 +153,12 @@ def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, pr
         flat = t2n.values.ravel()
         own = t2n.values[an_layer, an_neuron]
         cong[matrix] = {
-            "answer": float(n2t.values[answer]), "wrong": float(n2t.values[wrong]),
+            "answer": float(n2t.values[answer]),
+            "wrong": float(n2t.values[wrong]),
             "rank_among_neurons": int((flat > own).sum()) + 1,
             "rank_among_tokens": int((n2t.values > n2t.values[answer]).sum()) + 1,
-            "top_tokens": n2t.top.to_dict("records"), "top_neurons": t2n.top.to_dict("records"),
+            "top_tokens": n2t.top.to_dict("records"),
+            "top_neurons": t2n.top.to_dict("records"),
             "histogram": np.histogram(n2t.values, bins=60)[0].tolist(),
             "histogram_edges": np.histogram(n2t.values, bins=60)[1].tolist(),
         }
@@ -172,16 +168,24 @@ def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, pr
     out["congruence_W_E_wrong"] = cong["W_E"]["wrong"]
     step(5)
 
-    scanned = scan.scan(model, corpus, [(an_layer, an_neuron)], answer, max_tokens=corpus_tokens, top_examples=5)
-    neuron_scan = scanned.neurons[congruence.label(an_layer, an_neuron)]
-    out["corpus"] = {"corpus": scanned.corpus, "positions": scanned.positions, "bins": neuron_scan.bins.to_dict("records"),
-                     "totals": neuron_scan.totals, "correlation": neuron_scan.correlation,
-                     "examples": neuron_scan.examples.to_dict("records")}
+    spec = scan.ScanSpec(
+        neurons=((an_layer, an_neuron),), target=answer, dataset=corpus, max_tokens=corpus_tokens, top_examples=5
+    )
+    scanned = scan.scan(model, spec).to_json()
+    neuron_scan = scanned["neurons"][congruence.label(an_layer, an_neuron)]
+    out["corpus"] = {
+        "corpus": scanned["corpus"],
+        "positions": scanned["positions"],
+        **{k: neuron_scan[k] for k in ("bins", "totals", "correlation", "examples")},
+    }
     step(6)
 
     tables = search.tables(model, "W_U")
-    out["searches"] = {"matrix": "W_U", "standout": search.standout(model, tables, search_top).to_dict("records"),
-                       "mutual": search.mutual(model, tables, search_top).to_dict("records")}
+    out["searches"] = {
+        "matrix": "W_U",
+        "standout": search.standout(model, tables, search_top).to_dict("records"),
+        "mutual": search.mutual(model, tables, search_top).to_dict("records"),
+    }
     step(7)
 
     negate_setup = patching.prepare(model, clean, corrupted, answer, wrong, ablation="negate")
@@ -196,8 +200,14 @@ def run(model: Model, corpus: str | None = None, corpus_tokens: int = 20_000, pr
     out["an_neuron_score"] = out["neuron_sweep"]["an_neuron_score"]
     expected = EXPECTED.get(model.name, {})
     out["verdicts"] = [
-        {"quantity": key, "measured": out.get(key), "expected": exp.value, "tolerance": exp.tolerance,
-         "source": exp.why, "verdict": verdict(out.get(key), exp)}
+        {
+            "quantity": key,
+            "measured": out.get(key),
+            "expected": exp.value,
+            "tolerance": exp.tolerance,
+            "source": exp.why,
+            "verdict": verdict(out.get(key), exp),
+        }
         for key, exp in expected.items()
     ]
     return out
@@ -283,6 +293,7 @@ def _md_table(rows: list[dict], columns: list[str]) -> str:
     def cell(v: Any) -> str:
         text = f"{v:.4g}" if isinstance(v, float) else str(v)
         return text.replace("|", "\\|").replace("\n", "⏎")
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
@@ -300,28 +311,41 @@ def markdown(results: dict, figure_paths: dict[str, Path]) -> str:
         "(clean − corrupted).",
         "## Verdicts",
         _md_table(results["verdicts"], ["quantity", "measured", "expected", "tolerance", "verdict", "source"])
-        if results["verdicts"] else "No reference numbers for this model.",
+        if results["verdicts"]
+        else "No reference numbers for this model.",
         "## 1. Predictions",
         f"Clean: P(' an') = {p['clean_p_answer']:.3f}, P(' a') = {p['clean_p_wrong']:.3f}. "
         f"Corrupted (lemon): P(' a') = {p['corrupted_p_wrong']:.3f}, P(' an') = {p['corrupted_p_answer']:.3f}.",
         _md_table(p["clean_top"], ["rank", "token", "id", "prob", "logit"]),
         "## 2. Logit lens",
         f"Largest jump across block {results['logit_lens']['lens_jump_layer']} "
-        f"(+{results['logit_lens']['largest_jump']:.2f}).", "![logit lens](figures/logit_lens.png)",
+        f"(+{results['logit_lens']['largest_jump']:.2f}).",
+        "![logit lens](figures/logit_lens.png)",
         "## 3. Layer × position patching",
-        "MLP layers that stand out (all positions): " + ", ".join(
-            f"MLP {r['layer']} ({r['score']:.3f})" for r in results["layer_patching"]["top_mlp_layers"]),
+        "MLP layers that stand out (all positions): "
+        + ", ".join(f"MLP {r['layer']} ({r['score']:.3f})" for r in results["layer_patching"]["top_mlp_layers"]),
         "![layer patching](figures/layer_patching.png)",
         f"## 4. Neuron sweep of MLP {sweep['layer']}",
         f"The an-neuron: **{sweep['an_neuron']}**, score {sweep['an_neuron_score']:.3f} vs the whole layer "
         f"{sweep['layer_score']:.3f} ({100 * sweep['share_of_layer']:.0f} %).",
-        _md_table(sweep["top"][:5], ["label", "score"]), "![neuron sweep](figures/neuron_sweep.png)",
+        _md_table(sweep["top"][:5], ["label", "score"]),
+        "![neuron sweep](figures/neuron_sweep.png)",
         "## 5. Congruence with ' an'",
-        _md_table([{"matrix": k, "' an'": v["answer"], "' a'": v["wrong"], "rank among neurons": v["rank_among_neurons"],
+        _md_table(
+            [
+                {
+                    "matrix": k,
+                    "' an'": v["answer"],
+                    "' a'": v["wrong"],
+                    "rank among neurons": v["rank_among_neurons"],
                     "rank among tokens": v["rank_among_tokens"],
-                    "top tokens": ", ".join(repr(t["token"]) for t in v["top_tokens"][:6])}
-                   for k, v in cong.items() if k in congruence.MATRICES],
-                  ["matrix", "' an'", "' a'", "rank among neurons", "rank among tokens", "top tokens"]),
+                    "top tokens": ", ".join(repr(t["token"]) for t in v["top_tokens"][:6]),
+                }
+                for k, v in cong.items()
+                if k in congruence.MATRICES
+            ],
+            ["matrix", "' an'", "' a'", "rank among neurons", "rank among tokens", "top tokens"],
+        ),
         "![congruence](figures/congruence.png)",
         "## 6. Corpus check",
         f"{corpus['positions']:,} positions of {corpus['corpus']}: ' an' is the true next token "
@@ -334,8 +358,9 @@ def markdown(results: dict, figure_paths: dict[str, Path]) -> str:
         "Stand-out (token's gap between its top-2 neurons):",
         _md_table(results["searches"]["standout"], ["rank", "label", "token", "congruence", "gap_neuron"]),
         "Mutual-exclusive (neuron's top-2 token gap × token's top-2 neuron gap):",
-        _md_table(results["searches"]["mutual"], ["rank", "label", "token", "congruence", "gap_token", "gap_neuron",
-                                                  "score"]),
+        _md_table(
+            results["searches"]["mutual"], ["rank", "label", "token", "congruence", "gap_token", "gap_neuron", "score"]
+        ),
         f"## 8. Negating {sweep['an_neuron']}",
         f"P(' an') {neg['p_answer_before']:.3f} → {neg['p_answer_after']:.3f}; P(' a') {neg['p_wrong_before']:.3f} → "
         f"{neg['p_wrong_after']:.3f}; top-1 after: {neg['top1_after']!r}.",
@@ -351,9 +376,13 @@ def html_report(markdown_text: str, figure_paths: dict[str, Path]) -> str:
         if lines[0].startswith("|"):
             rows = [line.strip("|").split(" | ") for line in lines if not line.startswith("|---")]
             head, *rest = rows
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
-                                  for r in rest) + "</table>")
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rest)
+                + "</table>"
+            )
         elif lines[0].startswith("!["):
             name = lines[0].split("figures/")[1].rstrip(")").removesuffix(".png")
             data = base64.b64encode(figure_paths[name].read_bytes()).decode()
@@ -364,10 +393,14 @@ def html_report(markdown_text: str, figure_paths: dict[str, Path]) -> str:
         else:
             text = html.escape(" ".join(lines))
             body.append("<p>" + text.replace("**", "") + "</p>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
-             "img{max-width:100%}")
-    return f"<!doctype html><meta charset='utf-8'><title>Reproduction report</title><style>{style}</style>" + "".join(body)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "img{max-width:100%}"
+    )
+    return f"<!doctype html><meta charset='utf-8'><title>Reproduction report</title><style>{style}</style>" + "".join(
+        body
+    )
 
 
 def write(results: dict, out_dir: Path) -> dict[str, Path]:
@@ -376,7 +409,12 @@ def write(results: dict, out_dir: Path) -> dict[str, Path]:
     text = markdown(results, figure_paths)
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     (out_dir / "report.html").write_text(html_report(text, figure_paths), encoding="utf-8")
-    (out_dir / "results.json").write_text(json.dumps(to_jsonable(results), ensure_ascii=False, indent=1),
-                                          encoding="utf-8")
-    return {"report.md": out_dir / "report.md", "report.html": out_dir / "report.html",
-            "results.json": out_dir / "results.json", **{f"figures/{k}.png": v for k, v in figure_paths.items()}}
+    (out_dir / "results.json").write_text(
+        json.dumps(to_jsonable(results), ensure_ascii=False, indent=1), encoding="utf-8"
+    )
+    return {
+        "report.md": out_dir / "report.md",
+        "report.html": out_dir / "report.html",
+        "results.json": out_dir / "results.json",
+        **{f"figures/{k}.png": v for k, v in figure_paths.items()},
+    }

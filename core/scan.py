@@ -13,9 +13,9 @@ finished one is read back instead of recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +30,8 @@ from core.corpus import Corpus, load_corpus
 from core.errors import UserError
 from core.hosting import limits
 from core.model import Model, cache_root
+from core.progress import Progress
 
-Progress = Callable[[int, int], None]
 DEFAULT_CTX = 256
 # Positions unembedded at once: a scan needs only the target's logit and probability and the top-1 at each position,
 # so it never holds a whole context's fp32 logits over the vocabulary (256 × 49,152 × 4 B = 50 MB per context,
@@ -39,6 +39,29 @@ DEFAULT_CTX = 256
 LOGIT_ROWS = 32
 MAX_BINS = 1000
 PART_FIELDS = ("chunk", "doc", "position", "token", "next", "top1", "logit", "prob", "act")
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """What a corpus scan reads and how it is summarised: the one set of inputs of `scan`, `records` and
+    `core.distributed.ray_scan` (the CLI, the pages and reproduce build it).
+
+    neurons: (layer, neuron) pairs; target: the token id whose top-1 share is binned; dataset: None = the bundled
+    corpus, else a file, folder or hub dataset name (core.corpus); ctx: None = min(256, the model's context).
+    """
+
+    neurons: tuple[tuple[int, int], ...]
+    target: int
+    dataset: str | None = None
+    max_tokens: int = 20_000
+    bin_width: float = 0.5
+    top_examples: int = 20
+    window: int = 12
+    ctx: int | None = None
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "neurons", tuple((int(l), int(n)) for l, n in self.neurons))
 
 
 @dataclass
@@ -72,8 +95,12 @@ class ScanResult:
             "settings": self.settings,
             "neurons": {
                 name: {
-                    "layer": s.layer, "neuron": s.neuron, "bins": s.bins.to_dict("records"), "totals": s.totals,
-                    "correlation": s.correlation, "examples": s.examples.to_dict("records"),
+                    "layer": s.layer,
+                    "neuron": s.neuron,
+                    "bins": s.bins.to_dict("records"),
+                    "totals": s.totals,
+                    "correlation": s.correlation,
+                    "examples": s.examples.to_dict("records"),
                 }
                 for name, s in self.neurons.items()
             },
@@ -82,7 +109,7 @@ class ScanResult:
 
 def chunks(model: Model, texts: list[str], ctx: int, max_tokens: int) -> list[tuple[int, list[int]]]:
     """(doc index, token ids with the BOS convention applied) contexts, up to max_tokens counted positions."""
-    bos = [model.bos_id] if model.prepend_bos else []
+    bos = [model.bos_id] if model.prepend_bos and model.bos_id is not None else []
     body = ctx - len(bos)
     out, budget = [], max_tokens
     for doc, text in enumerate(texts):
@@ -98,17 +125,26 @@ def chunks(model: Model, texts: list[str], ctx: int, max_tokens: int) -> list[tu
     return out
 
 
-def _scan_dir(model: Model, corpus: Corpus, neurons: list[tuple[int, int]], target: int, ctx: int,
-              max_tokens: int, batch_size: int) -> Path:
-    params = {"model": model.fingerprint, "corpus": corpus.identity, "neurons": neurons, "target": target,
-              "ctx": ctx, "max_tokens": max_tokens, "batch": batch_size, "version": 1}
+def _scan_dir(model: Model, corpus: Corpus, spec: ScanSpec) -> Path:
+    """The scan's parts folder: keyed by what changes the records (not by the summary's bin width or examples)."""
+    params = {
+        "model": model.fingerprint,
+        "corpus": corpus.identity,
+        "neurons": spec.neurons,
+        "target": spec.target,
+        "ctx": spec.ctx,
+        "max_tokens": spec.max_tokens,
+        "batch": spec.batch_size,
+        "version": 1,
+    }
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
     return cache_root() / "scans" / digest
 
 
 @torch.no_grad()
-def _run_batch(model: Model, batch: list[tuple[int, list[int]]], first_chunk: int,
-               neurons: list[tuple[int, int]], target: int) -> dict[str, np.ndarray]:
+def _run_batch(
+    model: Model, batch: list[tuple[int, list[int]]], first_chunk: int, neurons: list[tuple[int, int]], target: int
+) -> dict[str, np.ndarray]:
     """Per counted position: chunk, doc, position, token, next token (-1 at a context's end), top-1 prediction,
     target logit and probability, and each neuron's activation."""
     w = model.weights
@@ -121,6 +157,8 @@ def _run_batch(model: Model, batch: list[tuple[int, list[int]]], first_chunk: in
     layers = sorted({layer for layer, _ in neurons})
     trace = fw.run(w, tokens, record={"mlp_post"}, layers=range(layers[0], layers[-1] + 1))
     by_layer = {layer: trace.mlp_post[layer - layers[0]] for layer in layers}
+    final = trace.resid_final
+    assert final is not None  # a run over all layers records it
     parts: dict[str, list] = {name: [] for name in PART_FIELDS}
     for row, (doc, ids) in enumerate(batch):
         n = len(ids)
@@ -129,7 +167,7 @@ def _run_batch(model: Model, batch: list[tuple[int, list[int]]], first_chunk: in
         parts["position"].append(np.arange(skip, n))
         parts["token"].append(np.asarray(ids[skip:]))
         parts["next"].append(np.asarray(ids[skip + 1 :] + [-1]))
-        resid = trace.resid_final[row, skip:n]
+        resid = final[row, skip:n]
         for start in range(0, n - skip, LOGIT_ROWS):
             logits = fw.unembed(w, resid[start : start + LOGIT_ROWS]).float()  # [≤ LOGIT_ROWS, V]
             target_logit = logits[:, target]
@@ -144,15 +182,18 @@ def _bins(act: np.ndarray, top1: np.ndarray, true_next: np.ndarray, width: float
     lo_edge = np.floor(act.min() / width) * width
     hi_edge = np.ceil(act.max() / width) * width
     if (hi_edge - lo_edge) / width > MAX_BINS:
-        raise UserError(f"bin width {width:g} cuts the activations ({act.min():.2f}..{act.max():.2f}) into more than "
-                        f"{MAX_BINS} bins; use a width of at least {(hi_edge - lo_edge) / MAX_BINS:.3g}")
+        raise UserError(
+            f"bin width {width:g} cuts the activations ({act.min():.2f}..{act.max():.2f}) into more than "
+            f"{MAX_BINS} bins; use a width of at least {(hi_edge - lo_edge) / MAX_BINS:.3g}"
+        )
     edges = np.arange(lo_edge, hi_edge + width * 0.5, width)
     if len(edges) < 2:
         edges = np.array([lo_edge, lo_edge + width])
     index = np.clip(np.digitize(act, edges[1:-1]), 0, len(edges) - 2)
     frame = pd.DataFrame({"bin": index, "top1": top1, "true_next": true_next})
-    grouped = frame.groupby("bin").agg(count=("top1", "size"), top1_share=("top1", "mean"),
-                                       true_next_share=("true_next", "mean"))
+    grouped = frame.groupby("bin").agg(
+        count=("top1", "size"), top1_share=("top1", "mean"), true_next_share=("true_next", "mean")
+    )
     grouped = grouped.reindex(range(len(edges) - 1), fill_value=0)
     grouped.insert(0, "hi", edges[1:])
     grouped.insert(0, "lo", edges[:-1])
@@ -178,12 +219,16 @@ def _examples(model: Model, data: dict[str, np.ndarray], column: int, top: int, 
         hi = r + window
         while hi > r and (hi >= len(act) or not same[hi]):
             hi -= 1
-        rows.append({
-            "activation": float(act[r]), "doc": int(data["doc"][r]), "position": int(data["position"][r]),
-            "tokens": [model.token_str(int(t)) for t in data["token"][lo : hi + 1]],
-            "token_activations": [float(a) for a in act[lo : hi + 1]],
-            "focus": int(r - lo),
-        })
+        rows.append(
+            {
+                "activation": float(act[r]),
+                "doc": int(data["doc"][r]),
+                "position": int(data["position"][r]),
+                "tokens": [model.token_str(int(t)) for t in data["token"][lo : hi + 1]],
+                "token_activations": [float(a) for a in act[lo : hi + 1]],
+                "focus": int(r - lo),
+            }
+        )
     return pd.DataFrame(rows, columns=["activation", "doc", "position", "tokens", "token_activations", "focus"])
 
 
@@ -196,29 +241,28 @@ class Records:
     data: dict[str, np.ndarray]
 
 
-def _validate(model: Model, neurons, target: int, max_tokens: int, ctx: int) -> list[tuple[int, int]]:
-    neurons = list(neurons)
-    check_neuron_count(len(neurons))
-    checked = [check_neuron(model, int(l), int(n)) for l, n in neurons]
-    if not 0 <= target < model.d_vocab:
-        raise UserError(f"target id {target} is out of range; {model.name} has ids 0..{model.d_vocab - 1}")
+def _validate(model: Model, spec: ScanSpec) -> ScanSpec:
+    """The spec checked against the model, with its context length resolved."""
+    ctx = spec.ctx or min(DEFAULT_CTX, model.n_ctx)
+    check_neuron_count(len(spec.neurons))
+    for layer, neuron in spec.neurons:
+        check_neuron(model, layer, neuron)
+    if not 0 <= spec.target < model.d_vocab:
+        raise UserError(f"target id {spec.target} is out of range; {model.name} has ids 0..{model.d_vocab - 1}")
     cap = limits().max_scan_tokens
-    if not 1 <= max_tokens <= cap:
-        raise UserError(f"token budget {max_tokens:,} is out of range; use 1..{cap:,}")
+    if not 1 <= spec.max_tokens <= cap:
+        raise UserError(f"token budget {spec.max_tokens:,} is out of range; use 1..{cap:,}")
     if not 8 <= ctx <= model.n_ctx:
         raise UserError(f"context length {ctx} is out of range; use 8..{model.n_ctx}")
-    return checked
+    return dataclasses.replace(spec, ctx=ctx)
 
 
 @dataclass
 class Plan:
     """What a scan will read, batch by batch, and where its finished batches live on disk."""
 
+    spec: ScanSpec  # validated, ctx resolved
     corpus: Corpus
-    neurons: list[tuple[int, int]]
-    target: int
-    ctx: int
-    batch_size: int
     batches: list[list[tuple[int, list[int]]]]
     folder: Path
     total: int  # positions counted (BOS excluded)
@@ -231,44 +275,35 @@ class Plan:
         return part if part is not None and set(part) == set(PART_FIELDS) else None
 
     def records(self, parts: list[dict[str, np.ndarray]]) -> Records:
-        return Records(self.corpus, self.neurons, {k: np.concatenate([p[k] for p in parts]) for k in PART_FIELDS})
+        data = {k: np.concatenate([p[k] for p in parts]) for k in PART_FIELDS}
+        return Records(self.corpus, list(self.spec.neurons), data)
 
 
-def plan(model: Model, dataset: str | None, neurons, target: int, max_tokens: int, ctx: int | None,
-         batch_size: int) -> Plan:
+def plan(model: Model, spec: ScanSpec) -> Plan:
     """Validate the inputs, read the corpus and cut it into batches of contexts."""
-    ctx = ctx or min(DEFAULT_CTX, model.n_ctx)
-    neurons = _validate(model, neurons, target, max_tokens, ctx)
-    corpus = load_corpus(dataset)
-    contexts = chunks(model, corpus.texts, ctx, max_tokens)
+    spec = _validate(model, spec)
+    assert spec.ctx is not None
+    corpus = load_corpus(spec.dataset)
+    contexts = chunks(model, corpus.texts, spec.ctx, spec.max_tokens)
     if not contexts:
         raise UserError(f"corpus {corpus.name!r} has no document of 2 tokens or more")
+    size = spec.batch_size
     return Plan(
-        corpus, neurons, target, ctx, batch_size,
-        batches=[contexts[i : i + batch_size] for i in range(0, len(contexts), batch_size)],
-        folder=_scan_dir(model, corpus, neurons, target, ctx, max_tokens, batch_size),
+        spec,
+        corpus,
+        batches=[contexts[i : i + size] for i in range(0, len(contexts), size)],
+        folder=_scan_dir(model, corpus, spec),
         total=sum(len(ids) - (1 if model.prepend_bos else 0) for _, ids in contexts),
     )
 
 
-def records(
-    model: Model,
-    dataset: str | None = None,
-    neurons=((25, 1527),),
-    target: int = 354,
-    max_tokens: int = 20_000,
-    ctx: int | None = None,
-    batch_size: int = 8,
-    progress: Progress | None = None,
-    use_cache: bool = True,
-) -> Records:
-    """Run the model over up to `max_tokens` positions of a corpus, batch by batch, resuming from disk."""
-    work = plan(model, dataset, neurons, target, max_tokens, ctx, batch_size)
+def _read(model: Model, work: Plan, progress: Progress | None, use_cache: bool) -> Records:
+    """Run the model over the plan's batches, resuming from the parts on disk."""
     done, pieces = 0, []
     for index, batch in enumerate(work.batches):
         part = work.cached_part(index) if use_cache else None
         if part is None:
-            part = _run_batch(model, batch, index * batch_size, work.neurons, target)
+            part = _run_batch(model, batch, index * work.spec.batch_size, list(work.spec.neurons), work.spec.target)
             if use_cache:
                 cache.save(work.part_path(index), part)
         pieces.append(part)
@@ -276,6 +311,11 @@ def records(
         if progress:
             progress(done, work.total)  # may raise to interrupt: finished parts are on disk already
     return work.records(pieces)
+
+
+def records(model: Model, spec: ScanSpec, progress: Progress | None = None, use_cache: bool = True) -> Records:
+    """Run the model over up to `spec.max_tokens` positions of a corpus, batch by batch, resuming from disk."""
+    return _read(model, plan(model, spec), progress, use_cache)
 
 
 def check_neuron_count(count: int) -> None:
@@ -287,57 +327,55 @@ def check_neuron_count(count: int) -> None:
         raise UserError(f"{count} neurons given; this demo scans at most {cap} at once")
 
 
-def check_view(bin_width: float, top_examples: int, window: int) -> None:
-    if not bin_width > 0:
-        raise UserError(f"bin width {bin_width} must be positive")
+def check_view(spec: ScanSpec) -> None:
+    """The summary's settings (bin width, examples, their context window), checked before any work."""
+    if not spec.bin_width > 0:
+        raise UserError(f"bin width {spec.bin_width} must be positive")
     cap = limits().max_scan_examples
-    if not 1 <= top_examples <= cap or not 0 <= window <= 100:
+    if not 1 <= spec.top_examples <= cap or not 0 <= spec.window <= 100:
         raise UserError(f"top examples must be 1..{cap} and the context window 0..100 tokens")
 
 
-def summarise(model: Model, seen: Records, target: int, max_tokens: int, ctx: int, bin_width: float,
-              top_examples: int, window: int, **extra: str) -> ScanResult:
-    """Bins, totals, correlation and examples from the records, with the settings that produced them."""
-    settings = {"max_tokens": max_tokens, "ctx": ctx, "bin_width": bin_width, "window": window,
-                "bos": model.bos_convention(), "neuron_activation": model.facts()["neuron_activation"], **extra}
-    return _aggregate(model, seen, target, bin_width, top_examples, window, settings)
+def summarise(model: Model, seen: Records, spec: ScanSpec, **extra: str) -> ScanResult:
+    """Bins, totals, correlation and examples from the records, with the settings that produced them.
+
+    spec: as `plan` returns it (ctx resolved)."""
+    settings = {
+        "max_tokens": spec.max_tokens,
+        "ctx": spec.ctx,
+        "bin_width": spec.bin_width,
+        "window": spec.window,
+        "bos": model.bos_convention(),
+        "neuron_activation": model.facts()["neuron_activation"],
+        **extra,
+    }
+    return _aggregate(model, seen, spec, settings)
 
 
-def scan(
-    model: Model,
-    dataset: str | None = None,
-    neurons=((25, 1527),),
-    target: int = 354,
-    max_tokens: int = 20_000,
-    bin_width: float = 0.5,
-    top_examples: int = 20,
-    window: int = 12,
-    ctx: int | None = None,
-    batch_size: int = 8,
-    progress: Progress | None = None,
-    use_cache: bool = True,
-) -> ScanResult:
-    """Scan `max_tokens` positions of a corpus (see core.corpus): bins, totals, correlation, examples."""
-    check_view(bin_width, top_examples, window)
-    seen = records(model, dataset, neurons, target, max_tokens, ctx, batch_size, progress, use_cache)
-    return summarise(model, seen, target, max_tokens, ctx or min(DEFAULT_CTX, model.n_ctx), bin_width, top_examples,
-                     window)
+def scan(model: Model, spec: ScanSpec, progress: Progress | None = None, use_cache: bool = True) -> ScanResult:
+    """Scan `spec.max_tokens` positions of a corpus (see core.corpus): bins, totals, correlation, examples."""
+    check_view(spec)
+    work = plan(model, spec)
+    return summarise(model, _read(model, work, progress, use_cache), work.spec)
 
 
-def _aggregate(model: Model, seen: Records, target: int, bin_width: float, top_examples: int, window: int,
-               settings: dict) -> ScanResult:
-    data, corpus, neurons = seen.data, seen.corpus, seen.neurons
+def _aggregate(model: Model, seen: Records, spec: ScanSpec, settings: dict) -> ScanResult:
+    data, corpus, neurons, target = seen.data, seen.corpus, seen.neurons, spec.target
     top1 = data["top1"] == target
     true_next = data["next"] == target
     result = ScanResult(target, model.token_str(target), corpus.description, int(len(top1)), settings)
     for column, (layer, neuron) in enumerate(neurons):
         act = data["act"][:, column]
         result.neurons[label(layer, neuron)] = NeuronScan(
-            layer, neuron,
-            bins=_bins(act, top1, true_next, bin_width),
-            totals={"positions": int(len(act)), "target_true_next": int(true_next.sum()),
-                    "target_top1": int(top1.sum())},
+            layer,
+            neuron,
+            bins=_bins(act, top1, true_next, spec.bin_width),
+            totals={
+                "positions": int(len(act)),
+                "target_true_next": int(true_next.sum()),
+                "target_top1": int(top1.sum()),
+            },
             correlation={"logit": _pearson(act, data["logit"]), "prob": _pearson(act, data["prob"])},
-            examples=_examples(model, data, column, top_examples, window),
+            examples=_examples(model, data, column, spec.top_examples, spec.window),
         )
     return result

@@ -11,9 +11,9 @@ computed in blocks of neurons, and each block updates running top-2s per neuron 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast, get_args
 
 import numpy as np
 import pandas as pd
@@ -23,10 +23,19 @@ from core import cache
 from core.congruence import label, neuron_vectors, token_vectors
 from core.errors import UserError
 from core.hosting import check_top_k, limits
+from core.jsonable import to_jsonable
 from core.model import Model
+from core.progress import Progress
 
-Progress = Callable[[int, int], None]
-KINDS = ("standout", "mutual")
+Kind = Literal["standout", "mutual"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+KIND_HELP: dict[Kind, str] = {
+    "standout": "for every token, its most congruent neuron; ranked by the gap to the token's second neuron "
+    "(score = gap_neuron)",
+    "mutual": "pairs where the neuron's top token is t AND t's top neuron is the neuron; score = the neuron's "
+    "top-2 token gap × the token's top-2 neuron gap",
+}
+RESULT_COLUMNS = ["layer", "neuron", "token", "id", "congruence", "score", "gap_token", "gap_neuron"]
 TOKEN_STRIP = 256
 
 
@@ -59,8 +68,9 @@ def chunk_rows(model: Model) -> int:
     """Neurons per block: the block's [rows, V] scores use at most 1/8 of free memory (capped at 512 MB on CPU,
     where bigger blocks gain nothing; a hosted demo's TNE_MAX_BLOCK_MB, since K searches may run at once)."""
     cap = (4 << 30) if model.device.type == "cuda" else (512 << 20)
-    if limits().max_block_mb is not None:
-        cap = min(cap, limits().max_block_mb << 20)
+    block_mb = limits().max_block_mb
+    if block_mb is not None:
+        cap = min(cap, block_mb << 20)
     budget = min(cap, _free_bytes(model.device) // 8)
     return int(max(64, min(8192, budget // (model.d_vocab * 4 * 2))))
 
@@ -81,8 +91,9 @@ def merge_top2(vals: torch.Tensor, ids: torch.Tensor, new_vals: torch.Tensor, ne
 
 
 @torch.no_grad()
-def compute_tables(model: Model, matrix: str = "W_U", progress: Progress | None = None,
-                   rows_per_block: int | None = None) -> Tables:
+def compute_tables(
+    model: Model, matrix: str = "W_U", progress: Progress | None = None, rows_per_block: int | None = None
+) -> Tables:
     """One streamed pass over the neuron × token congruence matrix."""
     vectors = token_vectors(model, matrix).contiguous()  # [d, V]
     neurons = neuron_vectors(model)  # [N, d]
@@ -109,8 +120,10 @@ def compute_tables(model: Model, matrix: str = "W_U", progress: Progress | None 
         if progress:
             progress(i + 1, len(blocks))
     return Tables(
-        neuron_ids.int().cpu().numpy(), neuron_vals.cpu().numpy(),
-        token_ids.T.int().cpu().numpy().copy(), token_vals.T.cpu().numpy().copy(),
+        neuron_ids.int().cpu().numpy(),
+        neuron_vals.cpu().numpy(),
+        token_ids.T.int().cpu().numpy().copy(),
+        token_vals.T.cpu().numpy().copy(),
     )
 
 
@@ -139,18 +152,32 @@ def tables(model: Model, matrix: str = "W_U", progress: Progress | None = None, 
     return result
 
 
-def _frame(model: Model, flat_neurons: np.ndarray, token_ids: np.ndarray, congruence: np.ndarray,
-           gap_token: np.ndarray, gap_neuron: np.ndarray, score: np.ndarray, top_k: int) -> pd.DataFrame:
+def _frame(
+    model: Model,
+    flat_neurons: np.ndarray,
+    token_ids: np.ndarray,
+    congruence: np.ndarray,
+    gap_token: np.ndarray,
+    gap_neuron: np.ndarray,
+    score: np.ndarray,
+    top_k: int,
+) -> pd.DataFrame:
     order = np.argsort(-score, kind="stable")[:top_k]
     layers, neurons = flat_neurons[order] // model.d_mlp, flat_neurons[order] % model.d_mlp
-    return pd.DataFrame({
-        "rank": np.arange(1, len(order) + 1),
-        "layer": layers.astype(int), "neuron": neurons.astype(int),
-        "label": [label(int(l), int(n)) for l, n in zip(layers, neurons)],
-        "token": [model.token_str(int(t)) for t in token_ids[order]], "id": token_ids[order].astype(int),
-        "congruence": congruence[order], "gap_token": gap_token[order], "gap_neuron": gap_neuron[order],
-        "score": score[order],
-    })
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(order) + 1),
+            "layer": layers.astype(int),
+            "neuron": neurons.astype(int),
+            "label": [label(int(l), int(n)) for l, n in zip(layers, neurons)],
+            "token": [model.token_str(int(t)) for t in token_ids[order]],
+            "id": token_ids[order].astype(int),
+            "congruence": congruence[order],
+            "gap_token": gap_token[order],
+            "gap_neuron": gap_neuron[order],
+            "score": score[order],
+        }
+    )
 
 
 def standout(model: Model, t: Tables, top_k: int = 50) -> pd.DataFrame:
@@ -169,18 +196,30 @@ def mutual(model: Model, t: Tables, top_k: int = 50) -> pd.DataFrame:
     flat, top_token = flat[chosen], top_token[chosen]
     gap_token = t.neuron_top_vals[flat, 0] - t.neuron_top_vals[flat, 1]
     gap_neuron = t.token_top_vals[top_token, 0] - t.token_top_vals[top_token, 1]
-    return _frame(model, flat, top_token, t.neuron_top_vals[flat, 0], gap_token, gap_neuron,
-                  gap_token * gap_neuron, top_k)
+    return _frame(
+        model, flat, top_token, t.neuron_top_vals[flat, 0], gap_token, gap_neuron, gap_token * gap_neuron, top_k
+    )
 
 
-def check_kind_and_top_k(model: Model, kind: str, top_k: int) -> None:
+def check_kind_and_top_k(model: Model, kind: str, top_k: int) -> Kind:
     if kind not in KINDS:
-        raise UserError(f"search kind {kind!r} unknown; use standout or mutual")
+        raise UserError(f"search kind {kind!r} unknown; use {' or '.join(KINDS)}")
     check_top_k(top_k, model.d_vocab)
+    return cast(Kind, kind)
 
 
-def search(model: Model, kind: str, matrix: str = "W_U", top_k: int = 50,
-           progress: Progress | None = None) -> pd.DataFrame:
-    check_kind_and_top_k(model, kind, top_k)
-    result = tables(model, matrix, progress)
-    return (standout if kind == "standout" else mutual)(model, result, top_k)
+def ranked(model: Model, kind: Kind, t: Tables, top_k: int) -> pd.DataFrame:
+    """The search of `kind` over tables computed here or on Ray."""
+    return (standout if kind == "standout" else mutual)(model, t, top_k)
+
+
+def search(
+    model: Model, kind: str, matrix: str = "W_U", top_k: int = 50, progress: Progress | None = None
+) -> pd.DataFrame:
+    checked = check_kind_and_top_k(model, kind, top_k)
+    return ranked(model, checked, tables(model, matrix, progress), top_k)
+
+
+def to_json(kind: Kind, frame: pd.DataFrame) -> dict:
+    """A search's JSON (the CLI's and the Search page's download): the kind, its score and the ranked pairs."""
+    return to_jsonable({"kind": kind, "score": KIND_HELP[kind], "results": frame[RESULT_COLUMNS]})

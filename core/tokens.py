@@ -11,7 +11,6 @@ from core.errors import UserError
 from core.hosting import check_text_length, limits
 from core.model import Model
 
-
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\xa0": "⍽"}
 
 
@@ -21,6 +20,7 @@ def shown(piece: str) -> str:
     Other invisible characters (control, format, unusual spaces) are written as \\uXXXX. The UI and the CLI's
     tables both show tokens this way.
     """
+
     def visible(char: str) -> str:
         if char in VISIBLE:
             return VISIBLE[char]
@@ -66,7 +66,8 @@ def prompt(model: Model, text: str, what: str = "prompt") -> Prompt:
     if not text.strip():
         raise UserError(f"{what} is only whitespace; type some text")
     ids = model.prompt_ids(text)
-    cap = model.n_ctx if limits().max_prompt_tokens is None else min(model.n_ctx, limits().max_prompt_tokens)
+    hosted_cap = limits().max_prompt_tokens
+    cap = model.n_ctx if hosted_cap is None else min(model.n_ctx, hosted_cap)
     if len(ids) > cap:
         raise UserError(f"{what} is {len(ids)} tokens; {model.name} reads at most {cap} here")
     return Prompt(text=text, ids=ids, pieces=[model.token_str(t) for t in ids])

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core import post
+from core.model import Model
 from ui import analyses, charts, common, params, text
-from ui.common import POST_ANSWER, POST_CLEAN, POST_WRONG
 from ui.export import jsonable
 
 PAGE = "lens"
-PARAMS = [params.Param("prompt", POST_CLEAN), params.Param("answer", POST_ANSWER), params.Param("wrong", POST_WRONG)]
+PARAMS = [params.Param("prompt", post.CLEAN), params.Param("answer", post.ANSWER), params.Param("wrong", post.WRONG)]
 
 
 def key(name: str) -> str:
@@ -21,18 +22,24 @@ def inputs() -> tuple[str, str, str]:
     params.bind(PAGE, PARAMS)
     left, right = st.columns([3, 1])
     left.text_area("Prompt", key=key("prompt"), height=100, persist_state="session")
-    right.text_input("Answer token", key=key("answer"), persist_state="session",
-                     help="One token, with its leading space: ' an' (spaces matter)")
+    right.text_input(
+        "Answer token",
+        key=key("answer"),
+        persist_state="session",
+        help="One token, with its leading space: ' an' (spaces matter)",
+    )
     right.text_input("Wrong token", key=key("wrong"), persist_state="session", help="The alternative, e.g. ' a'")
     params.publish(PAGE, PARAMS)
     return params.value(PAGE, "prompt"), params.value(PAGE, "answer"), params.value(PAGE, "wrong")
 
 
-def body() -> None:
+def body(model: Model) -> None:
     st.title("Logit lens")
-    st.markdown("Where in depth does the model come to prefer the answer? Each sublayer's residual stream is put "
-                "through the final norm and the unembedding; direct logit attribution splits the final logit diff "
-                "into one term per component.")
+    st.markdown(
+        "Where in depth does the model come to prefer the answer? Each sublayer's residual stream is put "
+        "through the final norm and the unembedding; direct logit attribution splits the final logit diff "
+        "into one term per component."
+    )
     prompt, answer, wrong = inputs()
     view = analyses.lens_view(model, model.fingerprint, prompt, answer, wrong)
     result = view.result
@@ -45,10 +52,14 @@ def body() -> None:
     left, right = st.columns([1, 1])  # at 2:3 the table's columns were cut off in a 1400 px window
     with left:
         st.subheader("Top predictions")
-        clicked = common.table(view.top, "top_predictions", key="lens:top", select=True,
-                               display=common.with_visible_tokens(view.top),
-                               column_config={"prob": st.column_config.ProgressColumn("prob", format="%.3f",
-                                                                                      min_value=0, max_value=1)})
+        clicked = common.table(
+            view.top,
+            "top_predictions",
+            key="lens:top",
+            select=True,
+            display=common.with_visible_tokens(view.top),
+            column_config={"prob": st.column_config.ProgressColumn("prob", format="%.3f", min_value=0, max_value=1)},
+        )
         if clicked:
             common.go_token(view.top.iloc[clicked["row"]]["token"])
         st.caption("Click a token to see which neurons write it.")
@@ -63,22 +74,21 @@ def body() -> None:
     st.subheader("Direct logit attribution")
     common.conventions(model, extra="final norm's scale frozen at its value on the real residual")
     st.plotly_chart(charts.dla_bar(result.components), key="lens:dla")
-    st.plotly_chart(charts.heads_heatmap(result.heads, "logit_diff", "Direct logit attribution per head",
-                                         "logit diff"), key="lens:heads")
+    st.plotly_chart(
+        charts.heads_heatmap(result.heads, "logit_diff", "Direct logit attribution per head", "logit diff"),
+        key="lens:heads",
+    )
 
     with st.expander("Tables"):
-        for name, frame in (("logit_lens_layers", result.layers), ("dla_components", result.components),
-                            ("dla_heads", result.heads)):
+        for name, frame in (
+            ("logit_lens_layers", result.layers),
+            ("dla_components", result.components),
+            ("dla_heads", result.heads),
+        ):
             st.markdown(f"**{name}**")
             common.table(frame, name, key=f"lens:{name}")
-    common.json_download(jsonable({
-        "model": model.facts(), "metric": f"logit({answer!r}) − logit({wrong!r}) at the last position",
-        "prompt": prompt, "tokens": view.prompt.to_json(), "answer": {"token": answer, "id": view.answer_id},
-        "wrong": {"token": wrong, "id": view.wrong_id}, "top": view.top, "logit_diff": result.logit_diff,
-        "layers": result.layers, "components": result.components, "heads": result.heads,
-    }), "logit_lens")
+    # the same JSON as `python -m core lens --json` (tests/test_app.py checks)
+    common.json_download({"model": model.facts(), **result.to_json(), "top": jsonable(view.top)}, "logit_lens")
 
 
-model = common.setup_page("Logit lens")
-if model is not None:
-    common.run_page(body)
+common.page("Logit lens", body)

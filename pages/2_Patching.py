@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import attribution, patching
+from core import attribution, patching, post
 from core.hosting import limits
 from core.model import Model
 from core.patching import ABLATION_HELP, ABLATIONS
 from ui import analyses, charts, common, params, text
 from ui.admission import admitted
-from ui.common import POST_ANSWER, POST_CLEAN, POST_CORRUPTED, POST_WRONG, Section
+from ui.common import Section
 from ui.export import jsonable
 
 PAGE = "patching"
@@ -35,8 +35,10 @@ def key(name: str) -> str:
 
 def page_params(model: Model) -> list[params.Param]:
     return [
-        params.Param("clean", POST_CLEAN), params.Param("corrupted", POST_CORRUPTED),
-        params.Param("answer", POST_ANSWER), params.Param("wrong", POST_WRONG),
+        params.Param("clean", post.CLEAN),
+        params.Param("corrupted", post.CORRUPTED),
+        params.Param("answer", post.ANSWER),
+        params.Param("wrong", post.WRONG),
         params.Param("ablation", "clean", params.choice("ablation", ABLATIONS)),
         params.Param("layer", None, params.whole_number("layer", 0, model.n_layers - 1)),
     ]
@@ -47,20 +49,30 @@ def inputs(model: Model) -> analyses.PatchInputs:
     params.bind(PAGE, spec)
     left, right = st.columns([3, 1])
     left.text_area("Clean prompt", key=key("clean"), height=80, persist_state="session")
-    left.text_area("Corrupted prompt (same number of tokens)", key=key("corrupted"), height=80,
-                   persist_state="session")
-    right.text_input("Answer token", key=key("answer"), persist_state="session",
-                     help="One token with its leading space, e.g. ' an'")
+    left.text_area("Corrupted prompt (same number of tokens)", key=key("corrupted"), height=80, persist_state="session")
+    right.text_input(
+        "Answer token", key=key("answer"), persist_state="session", help="One token with its leading space, e.g. ' an'"
+    )
     right.text_input("Wrong token", key=key("wrong"), persist_state="session")
-    right.selectbox("Ablation", ABLATIONS, key=key("ablation"), persist_state="session",
-                    format_func=lambda a: f"{a}: {ABLATION_HELP[a]}",
-                    help="clean = activation patching (the post); the others modify the clean run")
-    right.number_input("Neuron sweep layer", key=key("layer"), min_value=0, step=1, placeholder="standout MLP layer",
-                       persist_state="session",
-                       help="Empty = the MLP layer (MLP 0 aside) whose all-positions patch restores most")
+    right.selectbox(
+        "Ablation",
+        ABLATIONS,
+        key=key("ablation"),
+        persist_state="session",
+        format_func=lambda a: f"{a}: {ABLATION_HELP[a]}",
+        help="clean = activation patching (the post); the others modify the clean run",
+    )
+    right.number_input(
+        "Neuron sweep layer",
+        key=key("layer"),
+        min_value=0,
+        step=1,
+        placeholder="standout MLP layer",
+        persist_state="session",
+        help="Empty = the MLP layer (MLP 0 aside) whose all-positions patch restores most",
+    )
     params.publish(PAGE, spec)
-    return analyses.PatchInputs(*(params.value(PAGE, n) for n in ("clean", "corrupted", "answer", "wrong",
-                                                                  "ablation")))
+    return analyses.PatchInputs(*(params.value(PAGE, n) for n in ("clean", "corrupted", "answer", "wrong", "ablation")))
 
 
 def verify_cap() -> int:
@@ -76,31 +88,21 @@ def seconds(value: float) -> str:
 # ---------------------------------------------------------------- sections
 
 
-def summary_section(model: Model, summary: analyses.PatchSummary, inputs: analyses.PatchInputs) -> None:
+def summary_section(model: Model, summary: dict, inputs: analyses.PatchInputs) -> None:
+    """Both runs; summary is the setup's to_json() (the JSON download's head, as `python -m core patch --json`)."""
     answer, wrong = text.literal(charts.shown(inputs.answer)), text.literal(charts.shown(inputs.wrong))
     cols = st.columns(6)
-    cols[0].metric("clean logit diff", f"{summary.clean_logit_diff:.3f}")
-    cols[1].metric("corrupted logit diff", f"{summary.corrupted_logit_diff:.3f}")
-    cols[2].metric(f"clean P({answer})", f"{summary.clean_probs[0]:.3f}")
-    cols[3].metric(f"clean P({wrong})", f"{summary.clean_probs[1]:.3f}")
-    cols[4].metric(f"corrupted P({answer})", f"{summary.corrupted_probs[0]:.3f}")
-    cols[5].metric(f"corrupted P({wrong})", f"{summary.corrupted_probs[1]:.3f}")
-    common.conventions(model, extra=f"**Score:** {summary.describe['score']} ({summary.describe['ablation_meaning']}); "
-                                    "1 = this activation carries the whole difference")
-
-
-def summary_payload(model: Model, summary: analyses.PatchSummary, inputs: analyses.PatchInputs) -> dict:
-    """The JSON download's head: model facts, conventions, both runs (same keys as `python -m core patch --json`)."""
-    return {
-        "model": model.facts(), **summary.describe,
-        "answer": {"token": inputs.answer, "id": summary.answer_id},
-        "wrong": {"token": inputs.wrong, "id": summary.wrong_id},
-        "clean_token_ids": summary.clean_ids, "corrupted_token_ids": summary.corrupted_ids, "tokens": summary.pieces,
-        "corrupted_tokens": summary.corrupted_pieces,
-        "clean_logit_diff": summary.clean_logit_diff, "corrupted_logit_diff": summary.corrupted_logit_diff,
-        "clean_probs": dict(zip(("answer", "wrong"), summary.clean_probs)),
-        "corrupted_probs": dict(zip(("answer", "wrong"), summary.corrupted_probs)),
-    }
+    cols[0].metric("clean logit diff", f"{summary['clean_logit_diff']:.3f}")
+    cols[1].metric("corrupted logit diff", f"{summary['corrupted_logit_diff']:.3f}")
+    cols[2].metric(f"clean P({answer})", f"{summary['clean_probs']['answer']:.3f}")
+    cols[3].metric(f"clean P({wrong})", f"{summary['clean_probs']['wrong']:.3f}")
+    cols[4].metric(f"corrupted P({answer})", f"{summary['corrupted_probs']['answer']:.3f}")
+    cols[5].metric(f"corrupted P({wrong})", f"{summary['corrupted_probs']['wrong']:.3f}")
+    common.conventions(
+        model,
+        extra=f"**Score:** {summary['score']} ({summary['ablation_meaning']}); "
+        "1 = this activation carries the whole difference",
+    )
 
 
 def totals_section(totals: dict[str, np.ndarray], standout: int) -> None:
@@ -108,8 +110,11 @@ def totals_section(totals: dict[str, np.ndarray], standout: int) -> None:
     left, right = st.columns([3, 2])
     left.plotly_chart(charts.layer_totals(totals), key="patching:totals")
     mlp = totals["mlp_out"]
-    mlp0 = (f"MLP 0 scores {mlp[0]:.3f}: it acts as an extended embedding (the post's reading) and is left out"
-            if abs(mlp[0]) >= EXTENDED_EMBEDDING else f"MLP 0 scores {mlp[0]:.3f}")
+    mlp0 = (
+        f"MLP 0 scores {mlp[0]:.3f}: it acts as an extended embedding (the post's reading) and is left out"
+        if abs(mlp[0]) >= EXTENDED_EMBEDDING
+        else f"MLP 0 scores {mlp[0]:.3f}"
+    )
     right.markdown(f"**Standout late MLP layer: {standout}** (all-positions score {mlp[standout]:.3f}; {mlp0}).")
     frame = pd.DataFrame({"layer": range(len(mlp)), "attn_out": totals["attn_out"], "mlp_out": mlp})
     order = np.argsort(-np.maximum(np.abs(frame.attn_out), np.abs(frame.mlp_out)), kind="stable")
@@ -121,11 +126,13 @@ def effect_text(model: Model, effect: patching.Effect, what: str, ablation: str)
     """A sentence, computed from the numbers, of what the patch does in absolute terms."""
     verb = "patched into the corrupted run" if ablation == "clean" else f"{ablation}-ablated in the clean run"
     before, after = model.token_str(effect.base_top), model.token_str(effect.patched_top)
-    change = (f"the top-1 prediction changes from `{text.literal(charts.shown(before))}` to "
-              f"`{text.literal(charts.shown(after))}`" if effect.base_top != effect.patched_top
-              else f"the top-1 prediction stays `{text.literal(charts.shown(before))}`")
-    return (f"{what} {verb}: logit diff {effect.base_logit_diff:.3f} → **{effect.patched_logit_diff:.3f}**; "
-            f"{change}.")
+    change = (
+        f"the top-1 prediction changes from `{text.literal(charts.shown(before))}` to "
+        f"`{text.literal(charts.shown(after))}`"
+        if effect.base_top != effect.patched_top
+        else f"the top-1 prediction stays `{text.literal(charts.shown(before))}`"
+    )
+    return f"{what} {verb}: logit diff {effect.base_logit_diff:.3f} → **{effect.patched_logit_diff:.3f}**; {change}."
 
 
 def headline_section(model: Model, view: analyses.NeuronsView, inp: analyses.PatchInputs, top_k: int) -> dict:
@@ -133,11 +140,15 @@ def headline_section(model: Model, view: analyses.NeuronsView, inp: analyses.Pat
     st.subheader("The top neuron anywhere (every neuron of every layer)")
     found = view.top
     if found is None:
-        st.info("Attribution patching approximates clean patching only: for ablations the page sweeps one layer "
-                "(below). Choose the ablation 'clean' to rank every neuron of every layer.")
+        st.info(
+            "Attribution patching approximates clean patching only: for ablations the page sweeps one layer "
+            "(below). Choose the ablation 'clean' to rank every neuron of every layer."
+        )
         return {}
-    st.caption(f"**{attribution.CAVEAT}** Attribution = (clean − corrupted activation) × gradient of the logit diff, "
-               f"normalised like the exact score; 2 forwards + 1 backward for all neurons at once. {found.rule()}")
+    st.caption(
+        f"**{attribution.CAVEAT}** Attribution = (clean − corrupted activation) × gradient of the logit diff, "
+        f"normalised like the exact score; 2 forwards + 1 backward for all neurons at once. {found.rule()}"
+    )
     best = found.best
     a, b, c = st.columns(3)
     a.metric("top neuron anywhere", best.label, help="the highest *exact* score among the verified candidates")
@@ -145,21 +156,25 @@ def headline_section(model: Model, view: analyses.NeuronsView, inp: analyses.Pat
     c.metric(f"Spearman ρ, attribution vs exact (top {top_k})", f"{found.spearman:.3f}")
     flagged = int(found.table.disagree.sum())
     if flagged:
-        st.caption(f"{flagged} of {len(found.table)} candidates differ between attribution and exact by more than "
-                   f"{attribution.DISAGREE_RATIO:g}× (column 'disagree'); swept layers: "
-                   f"{', '.join(map(str, found.swept_layers)) or 'none'}.")
-    event = st.plotly_chart(
-        charts.neuron_grid(view.attribution, found.table.head(20), "attribution",
-                           "Attribution score of every neuron; red = the top verified candidates (click to open)"),
-        key="patching:all_layers", on_select="rerun", selection_mode="points")
-    clicked = common.neuron_from_point(event)
-    if clicked:
-        common.go_neuron(*clicked, prompt=params.value(PAGE, "clean"))
-    row = common.table(found.table, "all_neurons_exact_vs_attribution", key="patching:all_layers_table",
-                       select=True, height=300)
-    if row:
-        picked = found.table.iloc[row["row"]]
-        common.go_neuron(int(picked["layer"]), int(picked["neuron"]), prompt=params.value(PAGE, "clean"))
+        st.caption(
+            f"{flagged} of {len(found.table)} candidates differ between attribution and exact by more than "
+            f"{attribution.DISAGREE_RATIO:g}× (column 'disagree'); swept layers: "
+            f"{', '.join(map(str, found.swept_layers)) or 'none'}."
+        )
+    prompt = {"prompt": params.value(PAGE, "clean")}
+    common.neuron_chart(
+        charts.neuron_grid(
+            view.attribution,
+            found.table.head(20),
+            "attribution",
+            "Attribution score of every neuron; red = the top verified candidates (click to open)",
+        ),
+        "patching:all_layers",
+        **prompt,
+    )
+    common.neuron_table(
+        found.table, "all_neurons_exact_vs_attribution", key="patching:all_layers_table", query=prompt, height=300
+    )
     return found.to_json()
 
 
@@ -171,54 +186,71 @@ def sweep_section(model: Model, view: analyses.NeuronsView, ablation: str) -> No
     a, b, c = st.columns(3)
     a.metric("top neuron", best["label"], help="click its point or its row to open its page")
     b.metric("its score", f"{best['score']:.3f}")
-    c.metric(f"whole MLP {sweep.layer} (all neurons at once)", f"{sweep.layer_score:.3f}",
-             help="the neurons' deltas are exact and add up: this is mlp_out of the layer patched at all positions")
-    st.markdown(effect_text(model, view.effect, best["label"], ablation) + "  \n"
-                + effect_text(model, view.layer_effect, f"The whole MLP {sweep.layer}", ablation))
-    event = st.plotly_chart(charts.neuron_sweep(frame), key="patching:sweep", on_select="rerun",
-                            selection_mode="points")
-    clicked = common.neuron_from_point(event)
-    if clicked:
-        common.go_neuron(*clicked, prompt=params.value(PAGE, "clean"))
+    c.metric(
+        f"whole MLP {sweep.layer} (all neurons at once)",
+        f"{sweep.layer_score:.3f}",
+        help="the neurons' deltas are exact and add up: this is mlp_out of the layer patched at all positions",
+    )
+    st.markdown(
+        effect_text(model, view.effect, best["label"], ablation)
+        + "  \n"
+        + effect_text(model, view.layer_effect, f"The whole MLP {sweep.layer}", ablation)
+    )
+    prompt = {"prompt": params.value(PAGE, "clean")}
+    common.neuron_chart(charts.neuron_sweep(frame), "patching:sweep", **prompt)
     st.markdown(f"**Top {TOP_NEURONS} neurons by |score|** — click a row to open the neuron's page")
     by_size = frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")]
-    top = by_size.head(TOP_NEURONS)
-    row = common.table(top, f"neuron_sweep_L{sweep.layer}_top", key="patching:top_neurons", select=True)
-    if row:
-        picked = top.iloc[row["row"]]
-        common.go_neuron(int(picked["layer"]), int(picked["neuron"]), prompt=params.value(PAGE, "clean"))
+    common.neuron_table(
+        by_size.head(TOP_NEURONS), f"neuron_sweep_L{sweep.layer}_top", key="patching:top_neurons", query=prompt
+    )
     with st.expander(f"All {len(frame)} neurons"):
         common.table(by_size, f"neuron_sweep_L{sweep.layer}_all", key="patching:all_neurons", height=300)
 
 
-def grid_section(layers: patching.LayerPatching, summary: analyses.PatchSummary) -> None:
+def grid_section(layers: patching.LayerPatching, summary: dict) -> None:
     st.subheader("Layers × positions")
-    st.plotly_chart(charts.position_heatmaps(layers.scores, summary.pieces, summary.corrupted_pieces),
-                    key="patching:positions")
-    frame = layers.frame(charts.position_labels(summary.pieces, summary.corrupted_pieces))
+    pieces, corrupted_pieces = summary["tokens"], summary["corrupted_tokens"]
+    st.plotly_chart(charts.position_heatmaps(layers.scores, pieces, corrupted_pieces), key="patching:positions")
+    frame = layers.frame(charts.position_labels(pieces, corrupted_pieces))
     frame = frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")]
     common.table(frame, "patching_layers_positions", key="patching:layers_table", height=250)
 
 
-def heads_section(model: Model, heads: patching.HeadPatching, summary: analyses.PatchSummary,
-                  per_position_s: float) -> bool:
+def heads_section(heads: patching.HeadPatching, summary: dict, per_position_s: float) -> bool:
     """The heads at all positions; returns True when the per-position heads were asked for."""
     st.subheader("Attention heads (each head's output patched at all positions)")
-    frame = pd.DataFrame([(layer, head, float(heads.all_positions[layer, head]))
-                          for layer in range(heads.all_positions.shape[0])
-                          for head in range(heads.all_positions.shape[1])], columns=["layer", "head", "score"])
-    st.plotly_chart(charts.heads_heatmap(frame, "score", "Head patching score (all positions)", "score"),
-                    key="patching:heads")
-    common.table(frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")], "patching_heads",
-                 key="patching:heads_table", height=250)
+    frame = pd.DataFrame(
+        [
+            (layer, head, float(heads.all_positions[layer, head]))
+            for layer in range(heads.all_positions.shape[0])
+            for head in range(heads.all_positions.shape[1])
+        ],
+        columns=["layer", "head", "score"],
+    )
+    st.plotly_chart(
+        charts.heads_heatmap(frame, "score", "Head patching score (all positions)", "score"), key="patching:heads"
+    )
+    common.table(
+        frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")],
+        "patching_heads",
+        key="patching:heads_table",
+        height=250,
+    )
     if heads.per_position is None:
         return st.button(f"Heads at each position (≈ {seconds(per_position_s)} here)", key="patching:heads_pp")
     grid = heads.per_position.reshape(-1, heads.per_position.shape[-1])  # [L·H, P]
     labels = [f"L{l}H{h}" for l in range(heads.per_position.shape[0]) for h in range(heads.per_position.shape[1])]
-    st.plotly_chart(charts.grid_heatmap(grid, list(range(grid.shape[1])),
-                                        charts.position_labels(summary.pieces, summary.corrupted_pieces),
-                                        "Each head patched at one position", "score", y_labels=labels),
-                    key="patching:heads_pp_chart")
+    st.plotly_chart(
+        charts.grid_heatmap(
+            grid,
+            list(range(grid.shape[1])),
+            charts.position_labels(summary["tokens"], summary["corrupted_tokens"]),
+            "Each head patched at one position",
+            "score",
+            y_labels=labels,
+        ),
+        key="patching:heads_pp_chart",
+    )
     return False
 
 
@@ -229,40 +261,51 @@ def sections(model: Model, inp: analyses.PatchInputs, key_: tuple, per_position_
     """Every section of the page, cheapest first; True when all of them ran to the end."""
     summary = analyses.patch_summary(model, model.fingerprint, key_)
     summary_section(model, summary, inp)
-    payload = summary_payload(model, summary, inp)  # each section below adds what the engine returned to it
+    # The JSON download: the keys of `python -m core patch --json` (tests/test_app.py checks they are equal); each
+    # section below adds its results' to_json() to it.
+    payload: dict = {"model": model.facts(), **summary}
     finished = []  # the sections that ran to the end: only a complete page is reopened from the cache
     with Section():
         totals = analyses.patch_layer_totals(model, model.fingerprint, key_)
         standout = patching.standout_mlp_layer(totals["mlp_out"])
-        payload.update(all_positions=totals, standout_mlp_layer=standout)
+        payload.update(all_positions=jsonable(totals), standout_mlp_layer=standout)
         totals_section(totals, standout)
         finished.append("totals")
     with Section():
         chosen = params.value(PAGE, "layer")
         sweep_layer = standout if chosen is None else patching.check_layer(model, int(chosen))
-        top_k = st.slider("Candidates to verify exactly (attribution top-k)", 10, verify_cap(),
-                          min(VERIFY_DEFAULT, verify_cap()), step=10, key="patching:verify_k")
+        top_k = st.slider(
+            "Candidates to verify exactly (attribution top-k)",
+            10,
+            verify_cap(),
+            min(VERIFY_DEFAULT, verify_cap()),
+            step=10,
+            key="patching:verify_k",
+        )
         view = analyses.patch_top_neurons(model, model.fingerprint, key_, sweep_layer, top_k)
         payload.update(headline_section(model, view, inp, top_k))
         sweep_section(model, view, inp.ablation)
-        payload.update(layer=view.sweep.layer, layer_choice="user" if chosen is not None else "standout",
-                       layer_score=view.sweep.layer_score, neurons=view.sweep.frame()[["layer", "neuron", "score"]],
-                       effect=view.effect, layer_effect=view.layer_effect)
+        payload.update(
+            layer_choice="user" if chosen is not None else "standout",
+            **view.sweep.to_json(),
+            effect=view.effect.to_json(),
+            layer_effect=view.layer_effect.to_json(),
+        )
         finished.append("neurons")
     with Section():
         layers = analyses.patch_layers(model, model.fingerprint, key_)
-        payload.update(scores=layers.scores)
+        payload.update(layers.to_json())
         grid_section(layers, summary)
         finished.append("layers")
     with Section():
         wants = st.session_state.get("patching:heads_pp_on") == key_
         heads = analyses.patch_heads(model, model.fingerprint, key_, per_position=wants)
-        payload.update(heads_all_positions=heads.all_positions, heads_per_position=heads.per_position)
+        payload.update(heads.to_json())
         finished.append("heads")
-        if heads_section(model, heads, summary, per_position_s):
+        if heads_section(heads, summary, per_position_s):
             st.session_state["patching:heads_pp_on"] = key_
             st.rerun()
-    common.json_download(jsonable(payload), "patching")
+    common.json_download(payload, "patching")
     return len(finished) == 4
 
 
@@ -272,24 +315,27 @@ def disarm() -> None:
 
 def body(model: Model) -> None:
     st.title("Activation patching")
-    st.markdown("Run the corrupted prompt, put back one activation from the clean run, and see how much of the "
-                "answer comes back: each layer whole, every neuron, layers × positions, heads.")
+    st.markdown(
+        "Run the corrupted prompt, put back one activation from the clean run, and see how much of the "
+        "answer comes back: each layer whole, every neuron, layers × positions, heads."
+    )
     inp = inputs(model)
     key_ = inp.key()
     run, stop = st.columns([1, 5])
-    if run.button("Run patching", type="primary", key="patching:run"):
-        st.session_state["patching:armed"] = True
+    common.run_button("Run patching", "patching:run", armed_key="patching:armed", container=run)
     estimates = analyses.estimate_seconds(model, key_, per_position_heads=True)  # bad inputs: their message, here
     per_position_s = estimates.pop("heads per position")
-    if not st.session_state.get("patching:armed"):
-        if analyses.was_completed(model.fingerprint, key_):
-            st.session_state["patching:armed"] = True  # a reopened link whose results are cached: show them
-        else:
-            st.info(f"Not computed yet for these inputs. Press **Run patching**: ≈ {seconds(sum(estimates.values()))} "
-                    "on this machine (" + ", ".join(f"{k} {seconds(v)}" for k, v in estimates.items()) + "), "
-                    "estimated from the work's size and this machine's matmul rate. Afterwards changed inputs "
-                    "recompute by themselves and results are cached.")
-            return
+    waiting = (
+        f"Not computed yet for these inputs. Press **Run patching**: ≈ {seconds(sum(estimates.values()))} "
+        "on this machine (" + ", ".join(f"{k} {seconds(v)}" for k, v in estimates.items()) + "), "
+        "estimated from the work's size and this machine's matmul rate. Afterwards changed inputs "
+        "recompute by themselves and results are cached."
+    )
+    # a reopened link whose results are cached shows them without a press
+    if not common.armed(
+        "patching:armed", ready=lambda: analyses.was_completed(model.fingerprint, key_), waiting=waiting
+    ):
+        return
     stop.button("Stop", key="patching:stop", on_click=disarm, help="Stop the computation (finished parts stay cached)")
     # One admission for the whole page, not one per phase: with one slot, per-phase admission interleaved the
     # sessions' phases and every visitor's page finished last (bench/load.py). A reopened page is all cache hits.
@@ -300,6 +346,4 @@ def body(model: Model) -> None:
         analyses.mark_completed(model.fingerprint, key_)
 
 
-model = common.setup_page("Patching")
-if model is not None:
-    common.run_page(lambda: body(model))
+common.page("Patching", body)

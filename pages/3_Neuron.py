@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core import post
 from core.congruence import MATRICES, MATRIX_HELP, check_neuron, describe, label
+from core.model import Model
 from ui import analyses, charts, common, params, scan_view, text
-from ui.common import KNOWN_NEURONS, POST_CLEAN, Section
-from ui.export import jsonable
+from ui.common import Section
 
 PAGE = "neuron"
 TOP_K = 20
@@ -18,29 +19,36 @@ def key(name: str) -> str:
     return params.key(PAGE, name)
 
 
-def page_params() -> list[params.Param]:
+def page_params(model: Model) -> list[params.Param]:
     return [
         params.Param("layer", None, params.whole_number("layer", 0, model.n_layers - 1)),
         params.Param("neuron", None, params.whole_number("neuron", 0, model.d_mlp - 1)),
         params.Param("matrix", "W_U", params.choice("matrix", MATRICES)),
-        params.Param("prompt", POST_CLEAN),
+        params.Param("prompt", post.CLEAN),
     ]
 
 
-def chosen_neuron() -> tuple[int, int] | None:
-    spec = page_params()
+def chosen_neuron(model: Model) -> tuple[int, int] | None:
+    spec = page_params(model)
     params.bind(PAGE, spec)
     cols = st.columns([1, 1, 2])
-    cols[0].number_input("Layer", key=key("layer"), min_value=0, step=1, persist_state="session",
-                         placeholder=f"0..{model.n_layers - 1}")
-    cols[1].number_input("Neuron", key=key("neuron"), min_value=0, step=1, persist_state="session",
-                         placeholder=f"0..{model.d_mlp - 1}")
-    cols[2].selectbox("Token vectors", MATRICES, key=key("matrix"), persist_state="session",
-                      format_func=lambda m: f"{m}: {MATRIX_HELP[m]}")
+    cols[0].number_input(
+        "Layer", key=key("layer"), min_value=0, step=1, persist_state="session", placeholder=f"0..{model.n_layers - 1}"
+    )
+    cols[1].number_input(
+        "Neuron", key=key("neuron"), min_value=0, step=1, persist_state="session", placeholder=f"0..{model.d_mlp - 1}"
+    )
+    cols[2].selectbox(
+        "Token vectors",
+        MATRICES,
+        key=key("matrix"),
+        persist_state="session",
+        format_func=lambda m: f"{m}: {MATRIX_HELP[m]}",
+    )
     params.publish(PAGE, spec)
     layer, neuron = params.value(PAGE, "layer"), params.value(PAGE, "neuron")
     if layer is None and neuron is None:
-        known = KNOWN_NEURONS.get(model.name)
+        known = post.KNOWN_NEURONS.get(model.name)
         if known is None:
             st.info("Choose a layer and a neuron, or click a neuron on the Patching, Token or Search page.")
             return None
@@ -52,7 +60,8 @@ def chosen_neuron() -> tuple[int, int] | None:
     return check_neuron(model, int(layer), int(neuron))
 
 
-def congruence_section(layer: int, neuron: int, matrix: str) -> dict:
+def congruence_section(model: Model, layer: int, neuron: int, matrix: str) -> tuple[dict, str]:
+    """The congruence of the neuron with every token; returns its JSON and its top token."""
     result = analyses.neuron_tokens(model, model.fingerprint, layer, neuron, matrix, TOP_K)
     best = result.top.iloc[0]
     n_all = model.n_layers * model.d_mlp
@@ -60,79 +69,100 @@ def congruence_section(layer: int, neuron: int, matrix: str) -> dict:
     top_token = text.literal(charts.shown(best["token"]))
     cols[0].metric("top token", top_token, help=f"id {best['id']}")
     cols[1].metric("its congruence", f"{best['congruence']:.3f}")
-    cols[2].metric(f"rank among all {n_all:,} neurons for {top_token}",
-                   f"#{result.top_token_rank_among_neurons}",
-                   help="1 = no other neuron is more congruent with this neuron's top token")
+    cols[2].metric(
+        f"rank among all {n_all:,} neurons for {top_token}",
+        f"#{result.top_token_rank_among_neurons}",
+        help="1 = no other neuron is more congruent with this neuron's top token",
+    )
     common.conventions(model, metric=False, extra=f"**Congruence:** {describe(model, matrix)['congruence']}")
     left, right = st.columns(2)
-    for column, frame, title, name in ((left, result.top, "Most congruent tokens", "top"),
-                                       (right, result.bottom, "Least congruent tokens", "bottom")):
+    for column, frame, title, name in (
+        (left, result.top, "Most congruent tokens", "top"),
+        (right, result.bottom, "Least congruent tokens", "bottom"),
+    ):
         with column:
             st.markdown(f"**{title}** — click one to see every neuron's congruence with it")
-            clicked = common.table(frame, f"{label(layer, neuron)}_{matrix}_{name}_tokens", key=f"neuron:{name}",
-                                   select=True, display=common.with_visible_tokens(frame))
+            clicked = common.table(
+                frame,
+                f"{label(layer, neuron)}_{matrix}_{name}_tokens",
+                key=f"neuron:{name}",
+                select=True,
+                display=common.with_visible_tokens(frame),
+            )
             if clicked:
                 common.go_token(frame.iloc[clicked["row"]]["token"])
     st.plotly_chart(charts.congruence_histogram(result.values, result.top, result.bottom), key="neuron:histogram")
-    return {"top": result.top, "bottom": result.bottom,
-            "top_token_rank_among_neurons": result.top_token_rank_among_neurons, "target": best["token"]}
+    return result.to_json(), best["token"]
 
 
-def activation_section(layer: int, neuron: int) -> dict:
+def activation_section(model: Model, layer: int, neuron: int) -> dict:
     st.subheader("Activation on a prompt")
     st.text_area("Prompt", key=key("prompt"), height=80, persist_state="session")
     prompt = params.value(PAGE, "prompt")
     frame = analyses.neuron_activations(model, model.fingerprint, prompt, layer, neuron)
     peak = int(frame["activation"].idxmax())
-    st.markdown(text.activation_text(list(frame["token"]), list(frame["activation"]), highlight=peak),
-                unsafe_allow_html=True)
-    st.caption(f"Blue = positive, red = negative, hover for values; outlined: the maximum "
-               f"({frame['activation'].iloc[peak]:+.3f} on {text.literal(charts.shown(frame['token'].iloc[peak]))}). "
-               f"Activation = {model.facts()['neuron_activation']}. {model.bos_convention()}.")
+    st.markdown(
+        text.activation_text(list(frame["token"]), list(frame["activation"]), highlight=peak), unsafe_allow_html=True
+    )
+    st.caption(
+        f"Blue = positive, red = negative, hover for values; outlined: the maximum "
+        f"({frame['activation'].iloc[peak]:+.3f} on {text.literal(charts.shown(frame['token'].iloc[peak]))}). "
+        f"Activation = {model.facts()['neuron_activation']}. {model.bos_convention()}."
+    )
     with st.expander("Activation table"):
-        common.table(frame, f"{label(layer, neuron)}_activations", key="neuron:activations",
-                     display=common.with_visible_tokens(frame))
+        common.table(
+            frame,
+            f"{label(layer, neuron)}_activations",
+            key="neuron:activations",
+            display=common.with_visible_tokens(frame),
+        )
     return {"prompt": prompt, "activations": frame}
 
 
-def corpus_section(layer: int, neuron: int, target: str) -> dict:
+def corpus_section(model: Model, layer: int, neuron: int, target: str) -> dict:
     st.subheader("On a corpus")
     name = label(layer, neuron)
-    st.caption(f"Scans {SCAN_TOKENS:,} tokens of the bundled corpus: {name}'s activation, binned, against how often "
-               f"the model's top-1 prediction is its top token {text.literal(charts.shown(target))}. The Corpus page "
-               "has every option (corpus, several neurons, token budget).")
-    st.page_link(common.PAGES["corpus"], label=f"Corpus page for {name}", icon=":material/menu_book:",
-                 query_params=common.with_model({"neurons": name, "target": target}))
-    if st.button(f"Scan the corpus for {name}", key="neuron:scan"):
-        st.session_state["neuron:scan_armed"] = (layer, neuron, target)
-    if st.session_state.get("neuron:scan_armed") != (layer, neuron, target):
+    st.caption(
+        f"Scans {SCAN_TOKENS:,} tokens of the bundled corpus: {name}'s activation, binned, against how often "
+        f"the model's top-1 prediction is its top token {text.literal(charts.shown(target))}. The Corpus page "
+        "has every option (corpus, several neurons, token budget)."
+    )
+    st.page_link(
+        common.PAGES["corpus"],
+        label=f"Corpus page for {name}",
+        icon=":material/menu_book:",
+        query_params=common.with_model({"neurons": name, "target": target}),
+    )
+    if not common.run_gate(
+        f"Scan the corpus for {name}",
+        "neuron:scan",
+        armed_key="neuron:scan_armed",
+        token=(layer, neuron, target),
+        primary=False,
+    ):
         return {}
-    view = analyses.corpus_scan(model, model.fingerprint, None, ((layer, neuron),), target, SCAN_TOKENS, 0.5, 10,
-                                12)
+    view = analyses.corpus_scan(model, model.fingerprint, None, ((layer, neuron),), target, SCAN_TOKENS, 0.5, 10, 12)
     scan_view.neuron_scan(name, view.neurons[name], target, key="neuron:scan")
     return {"scan": view.payload}
 
 
-def body() -> None:
+def body(model: Model) -> None:
     title = st.empty()  # filled once the neuron is known: the inputs below decide it
     title.title("Neuron")
-    chosen = chosen_neuron()
+    chosen = chosen_neuron(model)
     if chosen is None:
         return
     layer, neuron = chosen
     matrix = params.value(PAGE, "matrix")
     title.title(f"Neuron {label(layer, neuron)}")
-    payload: dict = {"model": model.facts(), **describe(model, matrix),
-                     "neuron": {"layer": layer, "neuron": neuron, "label": label(layer, neuron)}}
-    congruence = congruence_section(layer, neuron, matrix)
-    payload.update({k: v for k, v in congruence.items() if k != "target"})
+    # the head is `python -m core congruence --neuron … --json`; the page adds the activations and the scan
+    congruence, target = congruence_section(model, layer, neuron, matrix)
+    payload: dict = {"model": model.facts(), **describe(model, matrix), **congruence}
     with Section():
-        payload.update(activation_section(layer, neuron))
+        payload.update(activation_section(model, layer, neuron))
     with Section():
-        payload.update(corpus_section(layer, neuron, congruence["target"]))
-    common.json_download(jsonable(payload), f"neuron_{label(layer, neuron)}_{matrix}")
+        payload.update(corpus_section(model, layer, neuron, target))
+    common.json_download(payload, f"neuron_{label(layer, neuron)}_{matrix}")
 
 
-model = common.setup_page("Neuron")
-if model is not None:
-    common.run_page(body)
+common.page("Neuron", body)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core import post
 from core.congruence import MATRICES, MATRIX_HELP, describe, label
+from core.model import Model
 from ui import analyses, charts, common, params, text
-from ui.common import POST_ANSWER
-from ui.export import jsonable
 
 PAGE = "token"
 TOP_K = 20
@@ -17,27 +17,30 @@ def key(name: str) -> str:
     return params.key(PAGE, name)
 
 
-PARAMS = [params.Param("token", POST_ANSWER), params.Param("matrix", "W_U", params.choice("matrix", MATRICES))]
+PARAMS = [params.Param("token", post.ANSWER), params.Param("matrix", "W_U", params.choice("matrix", MATRICES))]
 
 
 def inputs() -> tuple[str, str]:
     params.bind(PAGE, PARAMS)
     left, right = st.columns([1, 2])
-    left.text_input("Token", key=key("token"), persist_state="session",
-                    help="One token with its leading space, e.g. ' an' (spaces matter)")
-    right.selectbox("Token vectors", MATRICES, key=key("matrix"), persist_state="session",
-                    format_func=lambda m: f"{m}: {MATRIX_HELP[m]}")
+    left.text_input(
+        "Token",
+        key=key("token"),
+        persist_state="session",
+        help="One token with its leading space, e.g. ' an' (spaces matter)",
+    )
+    right.selectbox(
+        "Token vectors",
+        MATRICES,
+        key=key("matrix"),
+        persist_state="session",
+        format_func=lambda m: f"{m}: {MATRIX_HELP[m]}",
+    )
     params.publish(PAGE, PARAMS)
     return params.value(PAGE, "token"), params.value(PAGE, "matrix")
 
 
-def open_clicked(event) -> None:
-    clicked = common.neuron_from_point(event)
-    if clicked:
-        common.go_neuron(*clicked)
-
-
-def body() -> None:
+def body(model: Model) -> None:
     st.title("Token")
     st.markdown("Which neurons write this token? Congruence = a neuron's output weights · the token's vector.")
     token, matrix = inputs()
@@ -47,36 +50,28 @@ def body() -> None:
     cols = st.columns(3)
     cols[0].metric("most congruent neuron", best["label"])
     cols[1].metric("its congruence", f"{best['congruence']:.3f}")
-    cols[2].metric(f"rank of {text.literal(charts.shown(token))} among {best['label']}'s tokens",
-                   f"#{result.token_rank_for_top_neuron}",
-                   help="1 = the top neuron likes no token more than this one (a mutual pair)")
+    cols[2].metric(
+        f"rank of {text.literal(charts.shown(token))} among {best['label']}'s tokens",
+        f"#{result.token_rank_for_top_neuron}",
+        help="1 = the top neuron likes no token more than this one (a mutual pair)",
+    )
     common.conventions(model, metric=False, extra=f"**Congruence:** {describe(model, matrix)['congruence']}")
 
-    event = st.plotly_chart(charts.token_scatter(result.values, result.top), key="token:scatter", on_select="rerun",
-                            selection_mode="points")
-    open_clicked(event)
+    common.neuron_chart(charts.token_scatter(result.values, result.top), "token:scatter")
     left, right = st.columns([2, 3])
     with left:
         st.markdown(f"**Top {TOP_K} neurons** — click a row to open the neuron's page")
-        row = common.table(result.top, f"token_{token}_{matrix}_top_neurons", key="token:top", select=True)
-        if row:
-            picked = result.top.iloc[row["row"]]
-            common.go_neuron(int(picked["layer"]), int(picked["neuron"]))
+        common.neuron_table(result.top, f"token_{token}_{matrix}_top_neurons", key="token:top")
     with right:
-        event = st.plotly_chart(charts.per_layer_bar(result.per_layer), key="token:per_layer", on_select="rerun",
-                                selection_mode="points")
-        open_clicked(event)
-        per_layer = result.per_layer.assign(label=[label(layer, neuron) for layer, neuron in
-                                                   zip(result.per_layer["layer"], result.per_layer["neuron"])])
-        common.table(per_layer,
-                     f"token_{token}_{matrix}_per_layer", key="token:per_layer_table", height=200)
-    common.json_download(jsonable({
-        "model": model.facts(), **describe(model, matrix), "token": {"token": token, "id": result.token_id},
-        "results": result.top, "per_layer": result.per_layer,
-        "token_rank_for_top_neuron": result.token_rank_for_top_neuron,
-    }), f"token_{token}_{matrix}")
+        common.neuron_chart(charts.per_layer_bar(result.per_layer), "token:per_layer")
+        per_layer = result.per_layer.assign(
+            label=[label(layer, neuron) for layer, neuron in zip(result.per_layer["layer"], result.per_layer["neuron"])]
+        )
+        common.table(per_layer, f"token_{token}_{matrix}_per_layer", key="token:per_layer_table", height=200)
+    # the same JSON as `python -m core congruence --token … --json`
+    common.json_download(
+        {"model": model.facts(), **describe(model, matrix), **result.to_json()}, f"token_{token}_{matrix}"
+    )
 
 
-model = common.setup_page("Token")
-if model is not None:
-    common.run_page(body)
+common.page("Token", body)

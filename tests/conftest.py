@@ -31,7 +31,7 @@ def save_random(folder: Path, config, seed: int) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # random init is tiny; scale weights up so activations and patching effects are not ~0
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.dim() >= 2:
                 param.mul_(4.0)
     model.save_pretrained(folder)
@@ -52,9 +52,17 @@ def llama_folder(tmp_path_factory) -> Path:
     from transformers import LlamaConfig
 
     config = LlamaConfig(
-        num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
-        vocab_size=50257, max_position_embeddings=128, rope_theta=50000.0, tie_word_embeddings=True,
-        bos_token_id=50256, eos_token_id=50256,
+        num_hidden_layers=3,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        vocab_size=50257,
+        max_position_embeddings=128,
+        rope_theta=50000.0,
+        tie_word_embeddings=True,
+        bos_token_id=50256,
+        eos_token_id=50256,
     )
     return save_random(tmp_path_factory.mktemp("llama-random"), config, seed=1)
 

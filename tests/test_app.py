@@ -2,6 +2,7 @@
 runs its main action on the embedded model, shows the post's numbers, and answers bad input — typed or in the URL —
 with an error element, never an exception."""
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED
+from core.post import CLEAN as POST_CLEAN
+from core.post import CORRUPTED as POST_CORRUPTED
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAIR = {"clean": POST_CLEAN, "corrupted": POST_CORRUPTED, "answer": " an", "wrong": " a"}
@@ -43,6 +45,31 @@ def assert_clean(at: AppTest) -> None:
     assert not errors(at), errors(at)
 
 
+def downloaded_json(at: AppTest, monkeypatch) -> dict:
+    """Rerun the page and read back its JSON download from AppTest's in-memory media store."""
+    from streamlit.testing.v1 import app_test
+
+    stores = []
+
+    class Recording(app_test.MemoryMediaFileStorage):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+    at.run()
+    button = next(b for b in at.get("download_button") if b.proto.label.startswith("⬇ JSON"))
+    return json.loads(stores[-1].get_file(button.proto.url.rsplit("/", 1)[1]).content)
+
+
+def cli_json(capsys, *argv: str) -> dict:
+    from core.cli import main
+
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def texts(at: AppTest) -> str:
     return "\n".join(str(e.value) for kind in (at.title, at.markdown, at.caption, at.subheader) for e in kind)
 
@@ -69,8 +96,13 @@ def test_home_tells_the_story_with_links():
     at = open_page(None)
     assert_clean(at)
     body = texts(at)
-    for step in ("1. The model says", "2. Find the layer", "3. Find the neuron", "4. What does it write?",
-                 "5. More token neurons"):
+    for step in (
+        "1. The model says",
+        "2. Find the layer",
+        "3. Find the neuron",
+        "4. What does it write?",
+        "5. More token neurons",
+    ):
         assert step in body
     assert at.sidebar.selectbox[0].value == "smollm2-135m"
     assert "layers **30**" in body and "d_mlp **1536**" in body  # the model facts in the sidebar
@@ -84,10 +116,13 @@ def test_unknown_model_in_url_falls_back_to_embedded():
     assert "model" not in at.query_params
 
 
-@pytest.mark.parametrize("widget, value, message", [
-    (0, "gpt2", "not in the local Hugging Face cache"),  # offline: says how to get the weights
-    (1, "cuda", "this machine has no CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "widget, value, message",
+    [
+        (0, "gpt2", "not in the local Hugging Face cache"),  # offline: says how to get the weights
+        (1, "cuda", "this machine has no CUDA GPU"),
+    ],
+)
 def test_sidebar_model_errors_fall_back_to_the_embedded_model(widget, value, message):
     if value == "cuda":
         import torch
@@ -133,6 +168,11 @@ def test_logit_lens_bad_input_gives_errors_not_exceptions():
     assert any("prompt is empty" in e for e in errors(at)), errors(at)
 
 
+def test_logit_lens_download_equals_the_cli_json(monkeypatch, capsys):
+    page = downloaded_json(open_page("1_Logit_Lens.py"), monkeypatch)
+    assert page == cli_json(capsys, "lens")
+
+
 def test_inputs_are_mirrored_in_the_url():
     at = open_page("1_Logit_Lens.py")
     at.text_input(key="lens:answer").set_value(" the").run()
@@ -163,6 +203,17 @@ def test_patching_reproduces_the_post(patched):
     assert got["top neuron anywhere"] == "L25.N1527"
     assert float(got["Spearman ρ, attribution vs exact (top 50)"]) > 0.9
     assert any("poor on MLP 0" in c.value for c in patched.caption)
+
+
+def test_patching_download_equals_the_cli_json(patched, monkeypatch, capsys):
+    page = downloaded_json(patched, monkeypatch)
+    layers = cli_json(capsys, "patch", "--level", "layers")  # both runs, conventions, layers × positions
+    assert {k: page.get(k) for k in layers} == layers
+    # the page sweeps MLP 25 in one batch with the other candidates' layers: equal up to float rounding
+    sweep = cli_json(capsys, "patch", "--level", "neurons", "--layer", "25")
+    assert page["layer"] == sweep["layer"] and page["layer_score"] == pytest.approx(sweep["layer_score"], abs=1e-5)
+    by_neuron = {r["neuron"]: r["score"] for r in sweep["neurons"]}
+    assert {r["neuron"]: r["score"] for r in page["neurons"]} == pytest.approx(by_neuron, abs=1e-5)
 
 
 def test_patching_headline_is_the_best_exact_score_of_its_table(patched):
@@ -211,11 +262,14 @@ def test_patching_mismatched_lengths_is_an_error():
     assert any("same number of tokens" in e for e in errors(at)), errors(at)
 
 
-@pytest.mark.parametrize("query, message", [
-    ({"layer": "abc"}, "layer 'abc' is not a whole number; valid: 0..29"),
-    ({"layer": "99"}, "layer 99 is out of range; valid: 0..29"),
-    ({"ablation": "explode"}, "ablation 'explode' is unknown; valid: clean, zero, mean, negate"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"layer": "abc"}, "layer 'abc' is not a whole number; valid: 0..29"),
+        ({"layer": "99"}, "layer 99 is out of range; valid: 0..29"),
+        ({"ablation": "explode"}, "ablation 'explode' is unknown; valid: clean, zero, mean, negate"),
+    ],
+)
 def test_patching_bad_url_params_are_reported(query, message):
     at = open_page("2_Patching.py", **query)
     assert not at.exception
@@ -245,11 +299,14 @@ def test_neuron_token_click_opens_the_token_page():
     assert metrics(at)["most congruent neuron"] == "L25.N1527"
 
 
-@pytest.mark.parametrize("query, message", [
-    ({"layer": "abc", "neuron": "1527"}, "layer 'abc' is not a whole number"),
-    ({"layer": "25", "neuron": "99999"}, "neuron 99999 is out of range; valid: 0..1535"),
-    ({"layer": "25", "neuron": "1527", "matrix": "W_Q"}, "matrix 'W_Q' is unknown; valid: W_U, W_E"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"layer": "abc", "neuron": "1527"}, "layer 'abc' is not a whole number"),
+        ({"layer": "25", "neuron": "99999"}, "neuron 99999 is out of range; valid: 0..1535"),
+        ({"layer": "25", "neuron": "1527", "matrix": "W_Q"}, "matrix 'W_Q' is unknown; valid: W_U, W_E"),
+    ],
+)
 def test_neuron_bad_url_params_are_reported(query, message):
     at = open_page("3_Neuron.py", **query)
     assert not at.exception
@@ -362,7 +419,7 @@ def test_corpus_scan_on_ray_equals_the_local_scan(embedded):
     ray.shutdown()
     assert_clean(at)
     assert any("Ran on:** Ray (local)" in c.value for c in at.caption)
-    local = scan.scan(embedded, None, [(25, 1527)], 354, budget, use_cache=False).neurons["L25.N1527"]
+    local = scan.scan(embedded, scan.ScanSpec([(25, 1527)], 354, None, budget), use_cache=False).neurons["L25.N1527"]
     got = metrics(at)
     assert got["positions scanned"] == f"{local.totals['positions']:,}"
     assert got["true next token = ␣an"] == f"{local.totals['target_true_next']:,}"

@@ -25,11 +25,16 @@ def files(tmp: Path) -> dict[str, str]:
     (tmp / "noconfig" / "model.safetensors").write_bytes(b"\0" * 16)
     corrupt = tmp / "corrupt"
     corrupt.mkdir()
-    (corrupt / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
-                                                     "vocab_size": 50257, "n_positions": 16}))
+    (corrupt / "config.json").write_text(
+        json.dumps(
+            {"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2, "vocab_size": 50257, "n_positions": 16}
+        )
+    )
     (corrupt / "model.safetensors").write_bytes(b"not a safetensors file at all")
-    return {name: str(tmp / name) for name in ("empty.txt", "binary.txt", "latin1.txt", "notext.jsonl", "noconfig",
-                                                "corrupt")}
+    return {
+        name: str(tmp / name)
+        for name in ("empty.txt", "binary.txt", "latin1.txt", "notext.jsonl", "noconfig", "corrupt")
+    }
 
 
 CLI = [  # (case, argv, expected exit code, text the one-line message must contain)
@@ -67,8 +72,11 @@ FILES = [  # (case, argv with {file} placeholders, text)
     ("corpus file empty", ["scan", "--neurons", "L25.N1527", "--dataset", "{empty.txt}"], "is empty"),
     ("corpus file binary", ["scan", "--neurons", "L25.N1527", "--dataset", "{binary.txt}"], "looks binary"),
     ("corpus not UTF-8", ["scan", "--neurons", "L25.N1527", "--dataset", "{latin1.txt}"], "not UTF-8"),
-    ("corpus without text column", ["scan", "--neurons", "L25.N1527", "--dataset", "{notext.jsonl}"],
-     "found columns: body, title"),
+    (
+        "corpus without text column",
+        ["scan", "--neurons", "L25.N1527", "--dataset", "{notext.jsonl}"],
+        "found columns: body, title",
+    ),
 ]
 URL = [  # (case, page, query, text of the st.error)
     ("layer not a number", "2_Patching.py", {"layer": "abc"}, "layer 'abc' is not a whole number; valid: 0..29"),
@@ -113,15 +121,27 @@ def test_url(case, page, query, needle):
     assert any(needle in e for e in errors(at)), errors(at)
 
 
-@pytest.mark.parametrize("case, page, widget, value, button, needle", [
-    ("empty prompt typed", "1_Logit_Lens.py", "lens:prompt", "", None, "prompt is empty"),
-    ("identical prompts typed", "2_Patching.py", "patching:corrupted", GOOD, "patching:run", "same tokens"),
-    ("malformed neuron list typed", "6_Corpus.py", "corpus:neurons", "banana", "corpus:run", "write it as L31.N892"),
-], ids=lambda v: v if isinstance(v, str) and " " in v else "")
+@pytest.mark.parametrize(
+    "case, page, widget, value, button, needle",
+    [
+        ("empty prompt typed", "1_Logit_Lens.py", "lens:prompt", "", None, "prompt is empty"),
+        ("identical prompts typed", "2_Patching.py", "patching:corrupted", GOOD, "patching:run", "same tokens"),
+        (
+            "malformed neuron list typed",
+            "6_Corpus.py",
+            "corpus:neurons",
+            "banana",
+            "corpus:run",
+            "write it as L31.N892",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " in v else "",
+)
 def test_widgets(case, page, widget, value, button, needle):
     at = open_page(page)
-    at.text_area(key=widget).input(value).run() if widget.endswith(("prompt", "corrupted")) else \
-        at.text_input(key=widget).input(value).run()
+    at.text_area(key=widget).input(value).run() if widget.endswith(("prompt", "corrupted")) else at.text_input(
+        key=widget
+    ).input(value).run()
     if button and any(b.key == button for b in at.button):  # a page may refuse before offering its button
         at.button(key=button).click().run()
     assert not at.exception, [e.message for e in at.exception]
@@ -203,8 +223,9 @@ def assert_text_only(at, payload: str, echoed: bool) -> None:
             assert {t for t, _ in tags} <= OWN_TAGS, tags
             assert not [a for _, attrs in tags for a in attrs if a in ("href", "src") or a.startswith("on")], tags
             continue
-        assert [t for t, _ in tags if t not in ("p", "strong", "em", "code", "br", "ul", "li", "h1", "h2", "h3")] \
-            == [], (source, tags)
+        assert [
+            t for t, _ in tags if t not in ("p", "strong", "em", "code", "br", "ul", "li", "h1", "h2", "h3")
+        ] == [], (source, tags)
         assert not re.search(r"(?<!\\)\$", source), source  # maths
         assert not re.search(r"(?i)https?://|www\.|\w@\w|(?<!\\):[a-z][a-z0-9_-]*\[", source), source
         assert not any(c in source for c in "\u202e\u2066\u2069\u200b\ufeff"), source
@@ -224,14 +245,29 @@ def test_literal_shows_every_family_as_typed():
 
 
 URL_INJECTION = [  # (page, parameter, the page echoes it in text)
-    ("1_Logit_Lens.py", "prompt", False), ("1_Logit_Lens.py", "answer", True), ("1_Logit_Lens.py", "wrong", True),
-    ("1_Logit_Lens.py", "model", True), ("1_Logit_Lens.py", "processing", True),
-    ("2_Patching.py", "clean", False), ("2_Patching.py", "corrupted", False), ("2_Patching.py", "answer", False),
-    ("2_Patching.py", "wrong", False), ("2_Patching.py", "ablation", True), ("2_Patching.py", "layer", True),
-    ("3_Neuron.py", "layer", True), ("3_Neuron.py", "neuron", True), ("3_Neuron.py", "matrix", True),
-    ("3_Neuron.py", "prompt", False), ("4_Token.py", "token", True), ("4_Token.py", "matrix", True),
-    ("5_Search.py", "kind", True), ("5_Search.py", "matrix", True), ("6_Corpus.py", "corpus", False),
-    ("6_Corpus.py", "neurons", False), ("6_Corpus.py", "target", False), ("6_Corpus.py", "budget", True),
+    ("1_Logit_Lens.py", "prompt", False),
+    ("1_Logit_Lens.py", "answer", True),
+    ("1_Logit_Lens.py", "wrong", True),
+    ("1_Logit_Lens.py", "model", True),
+    ("1_Logit_Lens.py", "processing", True),
+    ("2_Patching.py", "clean", False),
+    ("2_Patching.py", "corrupted", False),
+    ("2_Patching.py", "answer", False),
+    ("2_Patching.py", "wrong", False),
+    ("2_Patching.py", "ablation", True),
+    ("2_Patching.py", "layer", True),
+    ("3_Neuron.py", "layer", True),
+    ("3_Neuron.py", "neuron", True),
+    ("3_Neuron.py", "matrix", True),
+    ("3_Neuron.py", "prompt", False),
+    ("4_Token.py", "token", True),
+    ("4_Token.py", "matrix", True),
+    ("5_Search.py", "kind", True),
+    ("5_Search.py", "matrix", True),
+    ("6_Corpus.py", "corpus", False),
+    ("6_Corpus.py", "neurons", False),
+    ("6_Corpus.py", "target", False),
+    ("6_Corpus.py", "budget", True),
     (None, "model", True),
 ]
 
@@ -247,11 +283,18 @@ def test_each_injection_family_in_the_token_url_is_shown_as_text(family):
     assert_text_only(open_page("4_Token.py", token=payload), payload, echoed=True)
 
 
-@pytest.mark.parametrize("page, widget, button", [
-    ("1_Logit_Lens.py", "lens:answer", None), ("2_Patching.py", "patching:wrong", "patching:run"),
-    ("4_Token.py", "token:token", None), ("6_Corpus.py", "corpus:neurons", "corpus:run"),
-    ("6_Corpus.py", "corpus:target", "corpus:run"), ("6_Corpus.py", "corpus:corpus", "corpus:run"),
-], ids=lambda v: v if isinstance(v, str) and ":" in v and not v.endswith("run") else "")
+@pytest.mark.parametrize(
+    "page, widget, button",
+    [
+        ("1_Logit_Lens.py", "lens:answer", None),
+        ("2_Patching.py", "patching:wrong", "patching:run"),
+        ("4_Token.py", "token:token", None),
+        ("6_Corpus.py", "corpus:neurons", "corpus:run"),
+        ("6_Corpus.py", "corpus:target", "corpus:run"),
+        ("6_Corpus.py", "corpus:corpus", "corpus:run"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and ":" in v and not v.endswith("run") else "",
+)
 def test_typed_injection_is_shown_as_text(page, widget, button):
     at = open_page(page)
     at.text_input(key=widget).input(ALL).run()
@@ -267,16 +310,21 @@ def test_hosted_model_in_the_url_is_shown_as_text(monkeypatch):
     assert any("runs with processing 'tl-default', set by its host" in e for e in errors(at)), errors(at)
 
 
-@pytest.mark.parametrize("page, query, needle", [
-    ("1_Logit_Lens.py", {"prompt": "x" * 3000}, "prompt is 3,000 characters; at most 2,000 are read here"),
-    ("4_Token.py", {"token": "y" * 400_000}, "token is 400,000 characters; at most 2,000 are read here"),
-    ("6_Corpus.py", {"neurons": ", ".join(f"L25.N{i}" for i in range(9))}, "at most 8 at once"),
-    ("6_Corpus.py", {"budget": "60000"}, "token budget 60000 is out of range; valid: 100..50000"),
-])
+@pytest.mark.parametrize(
+    "page, query, needle",
+    [
+        ("1_Logit_Lens.py", {"prompt": "x" * 3000}, "prompt is 3,000 characters; at most 2,000 are read here"),
+        ("4_Token.py", {"token": "y" * 400_000}, "token is 400,000 characters; at most 2,000 are read here"),
+        ("6_Corpus.py", {"neurons": ", ".join(f"L25.N{i}" for i in range(9))}, "at most 8 at once"),
+        ("6_Corpus.py", {"budget": "60000"}, "token budget 60000 is out of range; valid: 100..50000"),
+    ],
+)
 def test_hosted_caps_refuse_before_the_work(monkeypatch, page, query, needle):
     monkeypatch.setenv("TNE_HOSTED", "1")
     started = time.monotonic()
     at = open_page(page, **query)
     assert not at.exception and any(needle in e for e in errors(at)), errors(at)
-    assert time.monotonic() - started < 20  # a 10M-character prompt took 31 s to refuse before (Streamlit drops query strings over 512 KiB)
+    assert (
+        time.monotonic() - started < 20
+    )  # a 10M-character prompt took 31 s to refuse before (Streamlit drops query strings over 512 KiB)
     assert all(len(e) < 400 for e in errors(at))  # the notice quotes a little of it, not all

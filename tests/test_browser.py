@@ -21,13 +21,21 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from core.post import CLEAN as POST_CLEAN, CORRUPTED as POST_CORRUPTED
+from core.post import CLEAN as POST_CLEAN
+from core.post import CORRUPTED as POST_CORRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SLOW = 240_000  # ms: patching runs on 2 CPU cores, possibly beside other tests
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -61,9 +69,26 @@ def app_url():
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -91,10 +116,12 @@ def page(app_url):
 
 def settled(page) -> None:
     """Wait until Streamlit has drawn everything: no loading skeletons, every Plotly chart has its SVG."""
-    page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stSkeleton']\").length === 0",
-                           timeout=SLOW)
-    page.wait_for_function("""() => Array.from(document.querySelectorAll("[data-testid='stPlotlyChart']"))
-                                   .every(chart => chart.querySelector('.main-svg'))""", timeout=SLOW)
+    page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stSkeleton']\").length === 0", timeout=SLOW)
+    page.wait_for_function(
+        """() => Array.from(document.querySelectorAll("[data-testid='stPlotlyChart']"))
+                                   .every(chart => chart.querySelector('.main-svg'))""",
+        timeout=SLOW,
+    )
 
 
 def shot(page, name: str) -> Path:
@@ -104,8 +131,9 @@ def shot(page, name: str) -> Path:
 
 
 def test_patching_sweep_click_opens_the_an_neuron(app_url, page):
-    query = urlencode({"clean": POST_CLEAN, "corrupted": POST_CORRUPTED, "answer": " an", "wrong": " a"},
-                      quote_via=quote)  # spaces as %20: ' an' keeps its leading space
+    query = urlencode(
+        {"clean": POST_CLEAN, "corrupted": POST_CORRUPTED, "answer": " an", "wrong": " a"}, quote_via=quote
+    )  # spaces as %20: ' an' keeps its leading space
     page.goto(f"{app_url}/Patching?{query}")
     run = page.get_by_role("button", name="Run patching")
     run.wait_for(timeout=SLOW)
@@ -135,8 +163,13 @@ def test_patching_sweep_click_opens_the_an_neuron(app_url, page):
 
 
 def test_every_page_opens_without_error(app_url, page):
-    for path, heading in (("", "Token Neuron Explorer"), ("Logit_Lens", "Logit lens"), ("Token", "Token"),
-                          ("Search", "Search: token neurons across the whole model"), ("Corpus", "Corpus check")):
+    for path, heading in (
+        ("", "Token Neuron Explorer"),
+        ("Logit_Lens", "Logit lens"),
+        ("Token", "Token"),
+        ("Search", "Search: token neurons across the whole model"),
+        ("Corpus", "Corpus check"),
+    ):
         page.goto(f"{app_url}/{path}")
         page.get_by_role("heading", name=heading).first.wait_for(timeout=SLOW)
         settled(page)
@@ -169,8 +202,10 @@ def tracker():
 
 def test_user_text_in_urls_never_becomes_a_link_or_an_image(app_url, page, tracker):
     base, hits = tracker
-    payload = (f"[Log in again]({base}/login) ![t]({base}/md.png) <img src=\"{base}/html.png\"> $x^2$ "
-               f"{base}/bare \u202eevil https://evil.example/login www.evil.example mail@evil.example")
+    payload = (
+        f'[Log in again]({base}/login) ![t]({base}/md.png) <img src="{base}/html.png"> $x^2$ '
+        f"{base}/bare \u202eevil https://evil.example/login www.evil.example mail@evil.example"
+    )
     for path, query, shown in (
         ("Token", {"token": payload}, "[data-testid='stAlertContentError']"),
         ("Search", {"kind": payload}, "[data-testid='stAlertContentError']"),

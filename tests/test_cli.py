@@ -45,7 +45,10 @@ def test_patch_layers_json_shapes(capsys, gpt2_folder):
     P = len(data["clean_token_ids"])
     assert data["clean_token_ids"][0] == 50256  # GPT-2: BOS
     assert {k: (len(v), len(v[0])) for k, v in data["scores"].items()} == {
-        "resid_pre": (3, P), "attn_out": (3, P), "mlp_out": (3, P)}
+        "resid_pre": (3, P),
+        "attn_out": (3, P),
+        "mlp_out": (3, P),
+    }
     assert set(data["all_positions"]) == {"attn_out", "mlp_out"}
 
 
@@ -56,7 +59,14 @@ def test_patch_layers_json_shapes(capsys, gpt2_folder):
         (["patch", "--layer", "-1", "--level", "neurons"], "layer -1 is out of range"),
         (["patch", "--layer", "x"], "'x' is not a layer number"),
         (["patch", "--corrupted", "I climbed"], "same number of tokens"),
-        (["patch", "--corrupted", "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"], "same tokens"),
+        (
+            [
+                "patch",
+                "--corrupted",
+                "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked",
+            ],
+            "same tokens",
+        ),
         (["lens", "--answer", " antelope"], "a target must be exactly one token"),
         (["lens", "--wrong", ""], "wrong is empty"),
         (["predict", "--prompt", ""], "prompt is empty"),
@@ -87,11 +97,20 @@ def test_congruence_cli_both_directions(capsys):
     code, out, _ = run(capsys, "congruence", "--neuron", "L25.N1527", "--top-k", "3", "--json")
     data = json.loads(out)
     assert code == 0 and data["matrix"] == "W_U" and data["processing"]["fold_ln"] is True
-    assert data["results"][0] == {"layer": 25, "neuron": 1527, "token": " an", "id": 354,
-                                  "congruence": pytest.approx(12.406, abs=0.01)}
+    assert data["results"][0] == {
+        "layer": 25,
+        "neuron": 1527,
+        "token": " an",
+        "id": 354,
+        "congruence": pytest.approx(12.406, abs=0.01),
+    }
     code, out, _ = run(capsys, "congruence", "--token", " an", "--matrix", "W_E", "--json")
     data = json.loads(out)
-    assert code == 0 and data["matrix"] == "W_E" and (data["results"][0]["layer"], data["results"][0]["neuron"]) == (25, 1527)
+    assert (
+        code == 0
+        and data["matrix"] == "W_E"
+        and (data["results"][0]["layer"], data["results"][0]["neuron"]) == (25, 1527)
+    )
 
 
 def test_search_cli_on_a_small_model(capsys, gpt2_folder, tmp_path, monkeypatch):
@@ -99,7 +118,16 @@ def test_search_cli_on_a_small_model(capsys, gpt2_folder, tmp_path, monkeypatch)
     code, out, _ = run(capsys, "search", "--model", str(gpt2_folder), "--kind", "standout", "--top-k", "4", "--json")
     data = json.loads(out)
     assert code == 0 and len(data["results"]) == 4 and data["kind"] == "standout"
-    assert set(data["results"][0]) == {"layer", "neuron", "token", "id", "congruence", "score", "gap_token", "gap_neuron"}
+    assert set(data["results"][0]) == {
+        "layer",
+        "neuron",
+        "token",
+        "id",
+        "congruence",
+        "score",
+        "gap_token",
+        "gap_neuron",
+    }
     scores = [r["score"] for r in data["results"]]
     assert scores == sorted(scores, reverse=True)
     code, _, err = run(capsys, "congruence", "--neuron", "L3.N0", "--model", str(gpt2_folder))
@@ -110,16 +138,28 @@ def test_scan_cli(capsys, gpt2_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TNE_CACHE_DIR", str(tmp_path))
     corpus = tmp_path / "c.txt"
     corpus.write_text("An apple a day keeps an owl away.\nAn egg and a hen.\n")
-    code, out, _ = run(capsys, "scan", "--model", str(gpt2_folder), "--dataset", str(corpus),
-                       "--neurons", "L1.N3,2.7", "--max-tokens", "50", "--json")
+    code, out, _ = run(
+        capsys,
+        "scan",
+        "--model",
+        str(gpt2_folder),
+        "--dataset",
+        str(corpus),
+        "--neurons",
+        "L1.N3,2.7",
+        "--max-tokens",
+        "50",
+        "--json",
+    )
     data = json.loads(out)
     assert code == 0 and set(data["neurons"]) == {"L1.N3", "L2.N7"}
     one = data["neurons"]["L1.N3"]
     assert set(one) >= {"bins", "totals", "correlation", "examples"}
     assert one["totals"]["positions"] == sum(b["count"] for b in one["bins"]) == data["positions"]
     assert set(one["examples"][0]) >= {"activation", "doc", "position", "tokens", "token_activations"}
-    code, _, err = run(capsys, "scan", "--model", str(gpt2_folder), "--dataset", str(tmp_path / "nope.txt"),
-                       "--neurons", "L1.N3")
+    code, _, err = run(
+        capsys, "scan", "--model", str(gpt2_folder), "--dataset", str(tmp_path / "nope.txt"), "--neurons", "L1.N3"
+    )
     assert code == 2 and "does not exist" in err
     code, _, err = run(capsys, "scan", "--neurons", "L1.N3", "--max-tokens", "0")
     assert code == 2 and "0 must be at least 1" in err

@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from core import cache, congruence, search
 from core.errors import UserError

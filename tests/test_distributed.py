@@ -1,6 +1,9 @@
 """Ray scale-out (local instance, 2 workers): identical scans and search rankings, also after a worker is killed."""
 
+import functools
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +13,10 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra (requirements-
 from core import distributed, scan, search  # noqa: E402
 from core.model import load_model  # noqa: E402
 
-TEXTS = ["An owl is an animal that hunts at night, and a cat is a pet.",
-         "I ate an apple and a pear, then an orange, in an hour or so."] * 6
+TEXTS = [
+    "An owl is an animal that hunts at night, and a cat is a pet.",
+    "I ate an apple and a pear, then an orange, in an hour or so.",
+] * 6
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +26,6 @@ def setup(tmp_path_factory, gpt2_folder):
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     mp = pytest.MonkeyPatch()
     mp.setenv("TNE_CACHE_DIR", str(cache_dir))
-    mp.setenv("TNE_TEST_KILL_AFTER", f"2:{cache_dir / 'killed-once'}")
     model = load_model(str(gpt2_folder), device="cpu")
     distributed.connect(workers=2)
     yield model, corpus, cache_dir
@@ -32,17 +36,26 @@ def setup(tmp_path_factory, gpt2_folder):
 ARGS = dict(neurons=[(0, 3), (2, 17)], target=281, max_tokens=2000, ctx=16, batch_size=2, top_examples=5)
 
 
+def die_once(after: int, flag: str, done: int) -> None:
+    """A worker's `after_batch`: the first worker to finish `after` batches kills its own process (once)."""
+    if done >= after and not os.path.exists(flag):
+        Path(flag).touch()
+        os._exit(1)
+
+
 def test_ray_scan_equals_single_process_even_with_a_killed_worker(setup):
     model, corpus, cache_dir = setup
-    single = scan.scan(model, str(corpus), **ARGS, use_cache=False).to_json()
-    on_ray = distributed.ray_scan(model, str(corpus), workers=2, **ARGS)
-    assert (cache_dir / "killed-once").exists(), "the test hook should have killed one worker mid-scan"
+    spec = scan.ScanSpec(dataset=str(corpus), **ARGS)
+    single = scan.scan(model, spec, use_cache=False).to_json()
+    kill = functools.partial(die_once, 2, str(cache_dir / "killed-once"))
+    on_ray = distributed.ray_scan(model, spec, workers=2, after_batch=kill)
+    assert (cache_dir / "killed-once").exists(), "the injected fault should have killed one worker mid-scan"
     result = on_ray.to_json()
     assert result.pop("settings")["engine"] == "ray (2 workers)"
     single.pop("settings")
     assert result == single
     # a second run reads every batch back from the disk cache: no Ray work, same answer
-    again = distributed.ray_scan(model, str(corpus), workers=2, **ARGS).to_json()
+    again = distributed.ray_scan(model, spec, workers=2).to_json()
     again.pop("settings")
     assert again == single
 

@@ -8,7 +8,7 @@ import pytest
 from core import cache, congruence, patching, predict, scan, search, tokens
 from core.errors import UserError
 from core.model import load_model
-from tests.conftest import CLEAN, CORRUPTED
+from core.post import CLEAN, CORRUPTED
 
 
 def jobs(model):
@@ -50,10 +50,10 @@ def test_hosted_mode_limits(hosted, embedded, gpt2_folder, tmp_path):
     with pytest.raises(UserError, match=r"use 1\.\.100"):
         congruence.neuron_to_tokens(embedded, 25, 1527, top_k=500)
     with pytest.raises(UserError, match="token budget 100,000 is out of range; use 1..50,000"):
-        scan.scan(embedded, None, [(25, 1527)], 354, max_tokens=100_000)
+        scan.scan(embedded, scan.ScanSpec([(25, 1527)], 354, None, max_tokens=100_000))
     (tmp_path / "c.txt").write_text("some text\n")
     with pytest.raises(UserError, match="only the bundled corpus"):
-        scan.scan(embedded, str(tmp_path / "c.txt"), [(25, 1527)], 354, max_tokens=100)
+        scan.scan(embedded, scan.ScanSpec([(25, 1527)], 354, str(tmp_path / "c.txt"), max_tokens=100))
     assert patching.default_batch_tokens(embedded) == 4096
     with pytest.raises(UserError, match="top-k"):
         search.search(embedded, "mutual", top_k=1000)

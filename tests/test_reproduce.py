@@ -7,9 +7,21 @@ import pytest
 
 from core import reproduce
 from core.cli import main
+from core.post import POST_GPT2_LARGE, Expected
 
-SECTIONS = {"model", "prompts", "predictions", "logit_lens", "layer_patching", "neuron_sweep", "congruence", "corpus",
-            "searches", "negation", "verdicts"}
+SECTIONS = {
+    "model",
+    "prompts",
+    "predictions",
+    "logit_lens",
+    "layer_patching",
+    "neuron_sweep",
+    "congruence",
+    "corpus",
+    "searches",
+    "negation",
+    "verdicts",
+}
 
 
 def test_reproduce_on_the_embedded_model(capsys, tmp_path):
@@ -18,8 +30,16 @@ def test_reproduce_on_the_embedded_model(capsys, tmp_path):
     code = main(["reproduce", "--out", str(out), "--corpus-tokens", "2048", "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    for name in ("report.md", "report.html", "results.json", "figures/logit_lens.png", "figures/layer_patching.png",
-                 "figures/neuron_sweep.png", "figures/congruence.png", "figures/corpus.png"):
+    for name in (
+        "report.md",
+        "report.html",
+        "results.json",
+        "figures/logit_lens.png",
+        "figures/layer_patching.png",
+        "figures/neuron_sweep.png",
+        "figures/congruence.png",
+        "figures/corpus.png",
+    ):
         assert (out / name).stat().st_size > 500, name
     results = json.loads((out / "results.json").read_text())
     assert SECTIONS <= set(results)
@@ -45,18 +65,21 @@ def test_gpt2_large_verdicts_plumbing_on_a_random_gpt2(tmp_path, gpt2_folder, mo
     model = dataclasses.replace(load_model(str(gpt2_folder), device="cpu"), name="gpt2-large")
     results = reproduce.run(model, corpus_tokens=300)
     rows = {r["quantity"]: r for r in results["verdicts"]}
-    assert set(rows) == set(reproduce.POST_GPT2_LARGE)
+    assert set(rows) == set(POST_GPT2_LARGE)
     assert rows["an_neuron"]["expected"] == "L31.N892" and rows["clean_p_answer"]["expected"] == 0.649
     assert all(r["verdict"] in ("reproduced", "differs") for r in rows.values())
     written = reproduce.write(results, tmp_path / "out")
     assert "post: P(' an') = 64.9 %" in written["report.md"].read_text()
 
 
-@pytest.mark.parametrize("measured,expected,verdict", [
-    (0.64, reproduce.Expected(0.649, 0.02, ""), "reproduced"),
-    (0.60, reproduce.Expected(0.649, 0.02, ""), "differs"),
-    ("L31.N892", reproduce.Expected("L31.N892", None, ""), "reproduced"),
-    (None, reproduce.Expected(1, None, ""), "not measured"),
-])
+@pytest.mark.parametrize(
+    "measured,expected,verdict",
+    [
+        (0.64, Expected(0.649, 0.02, ""), "reproduced"),
+        (0.60, Expected(0.649, 0.02, ""), "differs"),
+        ("L31.N892", Expected("L31.N892", None, ""), "reproduced"),
+        (None, Expected(1, None, ""), "not measured"),
+    ],
+)
 def test_verdicts(measured, expected, verdict):
     assert reproduce.verdict(measured, expected) == verdict

@@ -38,7 +38,7 @@ def logit_rows(request, monkeypatch):
 
 @torch.no_grad()
 def test_recorded_activations_equal_run_with_cache(tiny, corpus_file, logit_rows):
-    seen = scan.records(tiny, str(corpus_file), NEURONS, target=281, max_tokens=10_000, ctx=12, batch_size=3)
+    seen = scan.records(tiny, scan.ScanSpec(NEURONS, 281, str(corpus_file), max_tokens=10_000, ctx=12, batch_size=3))
     data = seen.data
     contexts = scan.chunks(tiny, load_corpus(str(corpus_file)).texts, 12, 10_000)
     skip = 1 if tiny.prepend_bos else 0
@@ -58,16 +58,32 @@ def test_recorded_activations_equal_run_with_cache(tiny, corpus_file, logit_rows
 
 def test_bins_totals_and_examples_equal_a_direct_computation(tiny, corpus_file):
     target = 281  # ' an'
-    result = scan.scan(tiny, str(corpus_file), NEURONS, target, max_tokens=10_000, bin_width=0.25,
-                       top_examples=5, window=3, ctx=12, batch_size=3)
-    data = scan.records(tiny, str(corpus_file), NEURONS, target, 10_000, ctx=12, batch_size=3).data
+    result = scan.scan(
+        tiny,
+        scan.ScanSpec(
+            NEURONS,
+            target,
+            str(corpus_file),
+            max_tokens=10_000,
+            bin_width=0.25,
+            top_examples=5,
+            window=3,
+            ctx=12,
+            batch_size=3,
+        ),
+    )
+    data = scan.records(tiny, scan.ScanSpec(NEURONS, target, str(corpus_file), 10_000, ctx=12, batch_size=3)).data
     for column, (layer, neuron) in enumerate(NEURONS):
         s = result.neurons[f"L{layer}.N{neuron}"]
-        frame = pd.DataFrame({"act": data["act"][:, column], "top1": data["top1"] == target,
-                              "next": data["next"] == target})
+        frame = pd.DataFrame(
+            {"act": data["act"][:, column], "top1": data["top1"] == target, "next": data["next"] == target}
+        )
         frame["lo"] = np.floor(frame.act / 0.25) * 0.25
-        expected = frame.groupby("lo").agg(count=("top1", "size"), top1_share=("top1", "mean"),
-                                           true_next_share=("next", "mean")).reset_index()
+        expected = (
+            frame.groupby("lo")
+            .agg(count=("top1", "size"), top1_share=("top1", "mean"), true_next_share=("next", "mean"))
+            .reset_index()
+        )
         np.testing.assert_allclose(s.bins.lo, expected.lo, atol=1e-9)
         np.testing.assert_array_equal(s.bins["count"], expected["count"])
         np.testing.assert_allclose(s.bins.top1_share, expected.top1_share)
@@ -85,8 +101,8 @@ def test_bins_totals_and_examples_equal_a_direct_computation(tiny, corpus_file):
 
 
 def test_interrupted_scan_resumes_to_identical_results(tiny, corpus_file):
-    args = dict(dataset=str(corpus_file), neurons=NEURONS, target=281, max_tokens=10_000, ctx=12, batch_size=2)
-    reference = scan.scan(tiny, **args, use_cache=False).to_json()
+    spec = scan.ScanSpec(dataset=str(corpus_file), neurons=NEURONS, target=281, max_tokens=10_000, ctx=12, batch_size=2)
+    reference = scan.scan(tiny, spec, use_cache=False).to_json()
     calls = []
 
     def stop_after_two(done, total):
@@ -95,9 +111,9 @@ def test_interrupted_scan_resumes_to_identical_results(tiny, corpus_file):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        scan.scan(tiny, **args, progress=stop_after_two)
+        scan.scan(tiny, spec, progress=stop_after_two)
     recomputed = []
-    resumed = scan.scan(tiny, **args, progress=lambda d, t: recomputed.append(d))
+    resumed = scan.scan(tiny, spec, progress=lambda d, t: recomputed.append(d))
     assert resumed.to_json() == reference
     assert recomputed[-1] == reference["positions"]
 
@@ -110,37 +126,48 @@ def test_interrupted_scan_resumes_to_identical_results(tiny, corpus_file):
         (lambda p: (p / "blank.txt").write_text("\n  \n") and p / "blank.txt", "is empty"),
         (lambda p: (p / "bin.txt").write_bytes(b"\x00\x01\x02" * 100) and p / "bin.txt", "looks binary"),
         (lambda p: (p / "latin.txt").write_bytes("caf\xe9 ".encode("latin-1") * 50) and p / "latin.txt", "not UTF-8"),
-        (lambda p: (p / "notext.jsonl").write_text('{"body": "x", "title": "y"}\n') and p / "notext.jsonl",
-         "found columns: body, title"),
+        (
+            lambda p: (p / "notext.jsonl").write_text('{"body": "x", "title": "y"}\n') and p / "notext.jsonl",
+            "found columns: body, title",
+        ),
         (lambda p: (p / "data.xml").write_text("<a/>") and p / "data.xml", "unknown type"),
     ],
 )
 def test_bad_corpora_are_refused(tiny, tmp_path, make, needle):
     path = make(tmp_path)
     with pytest.raises(UserError, match=needle):
-        scan.scan(tiny, str(path), [(0, 1)], 281, max_tokens=100)
+        scan.scan(tiny, scan.ScanSpec([(0, 1)], 281, str(path), max_tokens=100))
 
 
 def test_bad_scan_settings_are_refused(tiny, corpus_file):
-    for kwargs, needle in [({"max_tokens": 0}, "token budget 0"), ({"max_tokens": 10**12}, "out of range"),
-                           ({"neurons": [(9, 1)]}, "layer 9"), ({"neurons": []}, "no neurons"),
-                           ({"target": -1}, "target id"), ({"bin_width": 0}, "bin width"),
-                           ({"ctx": 4}, "context length")]:
+    for kwargs, needle in [
+        ({"max_tokens": 0}, "token budget 0"),
+        ({"max_tokens": 10**12}, "out of range"),
+        ({"neurons": [(9, 1)]}, "layer 9"),
+        ({"neurons": []}, "no neurons"),
+        ({"target": -1}, "target id"),
+        ({"bin_width": 0}, "bin width"),
+        ({"ctx": 4}, "context length"),
+    ]:
         args = dict(dataset=str(corpus_file), neurons=[(0, 1)], target=281, max_tokens=100) | kwargs
         with pytest.raises(UserError, match=needle):
-            scan.scan(tiny, **args)
+            scan.scan(tiny, scan.ScanSpec(**args))
 
 
 def test_hosted_scan_caps(tiny, corpus_file, monkeypatch):
     monkeypatch.setenv("TNE_HOSTED", "1")
     monkeypatch.setenv("TNE_MAX_SCAN_NEURONS", "2")
     with pytest.raises(UserError, match="3 neurons given; this demo scans at most 2 at once"):
-        scan.records(tiny, None, NEURONS, 281, 100, ctx=12)
+        scan.records(tiny, scan.ScanSpec(NEURONS, 281, None, 100, ctx=12))
     with pytest.raises(UserError, match="top examples must be 1..20"):
-        scan.check_view(0.5, 21, 3)
+        scan.check_view(scan.ScanSpec(NEURONS, 281, bin_width=0.5, top_examples=21, window=3))
     monkeypatch.delenv("TNE_HOSTED")
     with pytest.raises(UserError, match=r"more than 1000 bins; use a width of at least"):
-        scan.scan(tiny, str(corpus_file), NEURONS[:1], 281, max_tokens=200, bin_width=1e-6, ctx=12, use_cache=False)
+        scan.scan(
+            tiny,
+            scan.ScanSpec(NEURONS[:1], 281, str(corpus_file), max_tokens=200, bin_width=1e-6, ctx=12),
+            use_cache=False,
+        )
 
 
 def test_bundled_corpus_is_real_text():

@@ -23,8 +23,12 @@ ROUTES = [
     "Neuron?layer=25&neuron=1527",
     "Token?token=" + quote(" the"),
     "Neuron?layer=27&neuron=554&matrix=W_E",
-    "Logit_Lens?prompt=" + quote("The capital of France is the city of") + "&answer=" + quote(" Paris")
-    + "&wrong=" + quote(" Rome"),
+    "Logit_Lens?prompt="
+    + quote("The capital of France is the city of")
+    + "&answer="
+    + quote(" Paris")
+    + "&wrong="
+    + quote(" Rome"),
     "Neuron?layer=99&neuron=1",  # a bad URL: must give a message, not an exception
 ]
 
@@ -41,9 +45,26 @@ def test_many_sessions_for_a_while():
     seconds, sessions = float(os.environ.get("SOAK_SECONDS", 120)), int(os.environ.get("SOAK_SESSIONS", 4))
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                               "--server.headless", "true", "--server.address", "127.0.0.1"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     errors, samples, loads = [], [], 0
     try:
@@ -67,8 +88,10 @@ def test_many_sessions_for_a_while():
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"\nsoak: {sessions} sessions, {loads} page loads in {seconds:.0f} s, {len(errors)} errors; "
-          f"server RSS (s, MB): {samples}")
+    print(
+        f"\nsoak: {sessions} sessions, {loads} page loads in {seconds:.0f} s, {len(errors)} errors; "
+        f"server RSS (s, MB): {samples}"
+    )
     assert not errors, errors
     warm, last = samples[0][1], samples[-1][1]
     assert last < 1.25 * warm, f"RSS grew from {warm:.0f} MB to {last:.0f} MB"

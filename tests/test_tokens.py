@@ -2,7 +2,7 @@ import pytest
 
 from core import tokens
 from core.errors import UserError
-from tests.conftest import CLEAN
+from core.post import CLEAN
 
 
 def test_single_tokens_and_helpful_refusals(tiny):

@@ -43,9 +43,11 @@ def cancel() -> None:
 
 def queue_text(ticket: admission.Ticket) -> str:
     gate = ticket.gate
-    return (f"**Queued — position {ticket.position()}** for {ticket.label}: waited {ticket.waited_s():.0f} s. "
-            f"This server runs {gate.slots} heavy job{'s' if gate.slots > 1 else ''} at a time "
-            f"(now: {len(gate.running())}, waiting: {gate.queued()}); light pages are not held up.")
+    return (
+        f"**Queued — position {ticket.position()}** for {ticket.label}: waited {ticket.waited_s():.0f} s. "
+        f"This server runs {gate.slots} heavy job{'s' if gate.slots > 1 else ''} at a time "
+        f"(now: {len(gate.running())}, waiting: {gate.queued()}); light pages are not held up."
+    )
 
 
 def _wait_visibly(ticket: admission.Ticket) -> None:
@@ -55,8 +57,12 @@ def _wait_visibly(ticket: admission.Ticket) -> None:
         box = st.empty()
         with box.container():
             status = st.empty()
-            st.button("Cancel", key=f"admission:cancel:{ticket.id}", on_click=cancel,
-                      help="Leave the queue; nothing is computed")
+            st.button(
+                "Cancel",
+                key=f"admission:cancel:{ticket.id}",
+                on_click=cancel,
+                help="Leave the queue; nothing is computed",
+            )
         while not ticket.wait(REFRESH_S):
             status.info(queue_text(ticket), icon=":material/hourglass_top:")
         box.empty()

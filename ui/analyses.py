@@ -24,7 +24,6 @@ import torch
 
 from core import attribution, congruence, lens, patching, predict, scan, search, tokens
 from core import forward as fw
-from core.errors import UserError
 from core.model import Model
 from ui.admission import admitted
 
@@ -93,33 +92,10 @@ def _setup(model: Model, inputs: PatchInputs) -> patching.Setup:
     return _cached_setup(model, model.fingerprint, inputs.key())
 
 
-@dataclass
-class PatchSummary:
-    pieces: list[str]
-    corrupted_pieces: list[str]
-    clean_ids: list[int]
-    corrupted_ids: list[int]
-    answer_id: int
-    wrong_id: int
-    clean_logit_diff: float
-    corrupted_logit_diff: float
-    clean_probs: list[float]  # P(answer), P(wrong)
-    corrupted_probs: list[float]
-    describe: dict
-
-
 @st.cache_data(show_spinner="Running clean and corrupted prompts…", max_entries=32)
-def patch_summary(_model: Model, fingerprint: str, key: tuple) -> PatchSummary:
-    setup = _setup(_model, PatchInputs(*key))
-    ids = [setup.metric.answer, setup.metric.wrong]
-    return PatchSummary(
-        setup.clean.pieces, setup.corrupted.pieces, setup.clean.ids, setup.corrupted.ids, ids[0], ids[1],
-        setup.clean_logit_diff, setup.corrupted_logit_diff,
-        # the setup already ran both prompts: unembed their last positions instead of running them again
-        predict.token_probs(fw.unembed(_model.weights, setup.clean_trace.resid_final[0, -1]).float(), ids),
-        predict.token_probs(fw.unembed(_model.weights, setup.corrupted_trace.resid_final[0, -1]).float(), ids),
-        setup.describe(),
-    )
+def patch_summary(_model: Model, fingerprint: str, key: tuple) -> dict:
+    """Both runs and the conventions: the setup's to_json() (the head of `python -m core patch --json`)."""
+    return _setup(_model, PatchInputs(*key)).to_json()
 
 
 def estimate_seconds(model: Model, key: tuple, per_position_heads: bool = False) -> dict[str, float]:
@@ -127,8 +103,9 @@ def estimate_seconds(model: Model, key: tuple, per_position_heads: bool = False)
     inputs = PatchInputs(*key)
     clean, corrupted = tokens.pair(model, inputs.clean, inputs.corrupted)
     start = tokens.first_difference(clean, corrupted) if inputs.ablation == "clean" else 0
-    work = patching.planned_work(model, len(clean.ids), start,
-                                 sweeps=attribution.SWEEP_MAX_LAYERS if inputs.ablation == "clean" else 1)
+    work = patching.planned_work(
+        model, len(clean.ids), start, sweeps=attribution.SWEEP_MAX_LAYERS if inputs.ablation == "clean" else 1
+    )
     if not per_position_heads:
         work.pop("heads per position")
     return {phase: patching.estimate_seconds(model, amount) for phase, amount in work.items()}
@@ -171,15 +148,17 @@ def patch_top_neurons(_model: Model, fingerprint: str, key: tuple, layer: int, t
     with admitted("patching neurons"), progress_bar("patching neurons exactly (batches)") as progress:
         if setup.ablation == "clean":
             approx = attribution.attribute(setup)
-            found = attribution.find_top_neurons(setup, approx, top_k, layer_totals=totals, extra_sweeps=(layer,),
-                                                 progress=progress)
+            found = attribution.find_top_neurons(
+                setup, approx, top_k, layer_totals=totals, extra_sweeps=(layer,), progress=progress
+            )
             sweep, neurons = found.sweeps[layer], approx.neurons
         else:
             found, neurons = None, None
             sweep = patching.patch_neurons(setup, layer, progress=progress)
     best = int(sweep.frame(1).neuron.iloc[0])
-    return NeuronsView(sweep, found, neurons, patching.neuron_effect(setup, layer, best),
-                       patching.neuron_effect(setup, layer))
+    return NeuronsView(
+        sweep, found, neurons, patching.neuron_effect(setup, layer, best), patching.neuron_effect(setup, layer)
+    )
 
 
 @st.cache_resource
@@ -202,8 +181,9 @@ def was_completed(fingerprint: str, key: tuple) -> bool:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def neuron_tokens(_model: Model, fingerprint: str, layer: int, neuron: int, matrix: str,
-                  top_k: int) -> congruence.NeuronTokens:
+def neuron_tokens(
+    _model: Model, fingerprint: str, layer: int, neuron: int, matrix: str, top_k: int
+) -> congruence.NeuronTokens:
     return congruence.neuron_to_tokens(_model, layer, neuron, matrix, top_k)
 
 
@@ -223,8 +203,9 @@ def neuron_activations(_model: Model, fingerprint: str, text: str, layer: int, n
     with torch.no_grad():
         trace = fw.run(_model.weights, prompt.tensor(_model.device))
     values = trace.mlp_post[layer][0, :, neuron].float().cpu().tolist()
-    return pd.DataFrame({"position": range(len(prompt.ids)), "token": prompt.pieces, "id": prompt.ids,
-                         "activation": values})
+    return pd.DataFrame(
+        {"position": range(len(prompt.ids)), "token": prompt.pieces, "id": prompt.ids, "activation": values}
+    )
 
 
 # ---------------------------------------------------------------- search
@@ -248,19 +229,30 @@ class ScanView:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def corpus_scan(_model: Model, fingerprint: str, corpus: str | None, neurons: tuple[tuple[int, int], ...],
-                target: str, max_tokens: int, bin_width: float, top_examples: int, window: int,
-                ray_address: str | None = None) -> ScanView:
+def corpus_scan(
+    _model: Model,
+    fingerprint: str,
+    corpus: str | None,
+    neurons: tuple[tuple[int, int], ...],
+    target: str,
+    max_tokens: int,
+    bin_width: float,
+    top_examples: int,
+    window: int,
+    ray_address: str | None = None,
+) -> ScanView:
     """ray_address: None = this process; "local" = a local Ray instance; else a Ray cluster address."""
     target_id = tokens.single_token(_model, target, "target")
+    spec = scan.ScanSpec(
+        neurons, target_id, corpus, max_tokens=max_tokens, bin_width=bin_width, top_examples=top_examples, window=window
+    )
     with admitted("the corpus scan"), progress_bar("scanning the corpus (positions)") as progress:
         if ray_address is None:
-            result = scan.scan(_model, corpus, list(neurons), target_id, max_tokens=max_tokens, bin_width=bin_width,
-                               top_examples=top_examples, window=window, progress=progress)
+            result = scan.scan(_model, spec, progress=progress)
         else:
             from core import distributed
 
-            result = distributed.ray_scan(_model, corpus, list(neurons), target_id, max_tokens, bin_width,
-                                          top_examples, window, address=None if ray_address == "local" else ray_address,
-                                          progress=progress)
+            result = distributed.ray_scan(
+                _model, spec, address=None if ray_address == "local" else ray_address, progress=progress
+            )
     return ScanView(dict(result.neurons), result.to_json())

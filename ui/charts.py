@@ -18,8 +18,9 @@ KIND_COLOURS = {"embed": "#7f7f7f", "attn": "#e08e0b", "mlp": "#1f5fa8", "bias":
 
 
 def _layout(fig: go.Figure, title: str, height: int = 380, **kwargs) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), height=height,
-                      margin=dict(l=10, r=10, t=45, b=10), **kwargs)
+    fig.update_layout(
+        title=dict(text=title, x=0, font=dict(size=15)), height=height, margin=dict(l=10, r=10, t=45, b=10), **kwargs
+    )
     return fig
 
 
@@ -41,63 +42,112 @@ def _depth_ticks(labels: list[str], every: int = 5) -> dict:
 def lens_line(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
     """Logit diff after every sublayer (logit lens), in order of depth."""
     labels = list(layers["label"])
-    fig = go.Figure(go.Scatter(
-        x=list(range(len(labels))), y=layers["logit_diff"], mode="lines+markers", text=labels,
-        customdata=np.stack([layers["answer_prob"], layers["wrong_prob"]], axis=1),
-        hovertemplate="after %{text}<br>logit diff %{y:.3f}<br>P(answer) %{customdata[0]:.3f}"
-                      "<br>P(wrong) %{customdata[1]:.3f}<extra></extra>",
-        line=dict(color=ANSWER_COLOUR),
-    ))
+    fig = go.Figure(
+        go.Scatter(
+            x=list(range(len(labels))),
+            y=layers["logit_diff"],
+            mode="lines+markers",
+            text=labels,
+            customdata=np.stack([layers["answer_prob"], layers["wrong_prob"]], axis=1),
+            hovertemplate="after %{text}<br>logit diff %{y:.3f}<br>P(answer) %{customdata[0]:.3f}"
+            "<br>P(wrong) %{customdata[1]:.3f}<extra></extra>",
+            line=dict(color=ANSWER_COLOUR),
+        )
+    )
     fig.add_hline(y=0, line=dict(color="#999", width=1, dash="dot"))
     fig.update_xaxes(**_depth_ticks(labels), title="residual stream after the embedding, each attention and MLP")
-    return _layout(fig, f"Logit lens: logit({shown(answer)}) − logit({shown(wrong)}) after each sublayer",
-                   yaxis_title="logit diff")
+    return _layout(
+        fig, f"Logit lens: logit({shown(answer)}) − logit({shown(wrong)}) after each sublayer", yaxis_title="logit diff"
+    )
 
 
 def lens_probs(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
     labels = list(layers["label"])
     fig = go.Figure()
     for column, name, colour in (("answer_prob", answer, ANSWER_COLOUR), ("wrong_prob", wrong, WRONG_COLOUR)):
-        fig.add_trace(go.Scatter(x=list(range(len(labels))), y=layers[column], mode="lines", name=f"P({shown(name)})",
-                                 text=labels, hovertemplate="after %{text}: %{y:.3f}<extra></extra>",
-                                 line=dict(color=colour)))
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(len(labels))),
+                y=layers[column],
+                mode="lines",
+                name=f"P({shown(name)})",
+                text=labels,
+                hovertemplate="after %{text}: %{y:.3f}<extra></extra>",
+                line=dict(color=colour),
+            )
+        )
     fig.update_xaxes(**_depth_ticks(labels))
-    return _layout(fig, "Logit lens: probabilities of the two tokens", height=300, yaxis_title="probability",
-                   legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+    return _layout(
+        fig,
+        "Logit lens: probabilities of the two tokens",
+        height=300,
+        yaxis_title="probability",
+        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+    )
 
 
 def dla_bar(components: pd.DataFrame) -> go.Figure:
     """Direct logit attribution per component; the bars sum to the final logit diff."""
     colours = [KIND_COLOURS.get(k, "#888") for k in components["kind"]]
     labels = list(components["component"])
-    fig = go.Figure(go.Bar(x=list(range(len(labels))), y=components["logit_diff"], marker_color=colours, text=labels,
-                           textposition="none", hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=list(range(len(labels))),
+            y=components["logit_diff"],
+            marker_color=colours,
+            text=labels,
+            textposition="none",
+            hovertemplate="%{text}: %{y:.3f}<extra></extra>",
+        )
+    )
     fig.update_xaxes(**_depth_ticks(labels), title="component (orange: attention, blue: MLP)")
-    return _layout(fig, "Direct logit attribution per component (sums to the logit diff)",
-                   yaxis_title="logit diff contribution")
+    return _layout(
+        fig, "Direct logit attribution per component (sums to the logit diff)", yaxis_title="logit diff contribution"
+    )
 
 
 def heads_heatmap(frame: pd.DataFrame, value: str, title: str, colorbar: str) -> go.Figure:
     """layer × head map of a per-head value (DLA or patching score)."""
     grid = frame.pivot(index="layer", columns="head", values=value)
-    return grid_heatmap(grid.to_numpy(), list(grid.columns), [str(h) for h in grid.columns], title, colorbar,
-                        x_title="head", height=max(320, 14 * len(grid) + 90))
+    return grid_heatmap(
+        grid.to_numpy(),
+        list(grid.columns),
+        [str(h) for h in grid.columns],
+        title,
+        colorbar,
+        x_title="head",
+        height=max(320, 14 * len(grid) + 90),
+    )
 
 
 # ---------------------------------------------------------------- patching
 
 
-def grid_heatmap(grid: np.ndarray, x: list, x_labels: list[str], title: str, colorbar: str,
-                 x_title: str = "position", height: int | None = None,
-                 y_labels: list[str] | None = None) -> go.Figure:
+def grid_heatmap(
+    grid: np.ndarray,
+    x: list,
+    x_labels: list[str],
+    title: str,
+    colorbar: str,
+    x_title: str = "position",
+    height: int | None = None,
+    y_labels: list[str] | None = None,
+) -> go.Figure:
     """A layer (rows; or the rows named by y_labels, e.g. heads) × something (columns) map, diverging around 0."""
     rows = list(range(grid.shape[0])) if y_labels is None else y_labels
     y_title = "layer" if y_labels is None else "row"
-    fig = go.Figure(go.Heatmap(
-        z=grid, x=x, y=rows, colorscale=DIVERGING, zmid=0, colorbar=dict(title=colorbar),
-        hovertemplate=f"{'layer ' if y_labels is None else ''}%{{y}}, {x_title} %{{x}}<br>{colorbar} %{{z:.3f}}"
-                      "<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid,
+            x=x,
+            y=rows,
+            colorscale=DIVERGING,
+            zmid=0,
+            colorbar=dict(title=colorbar),
+            hovertemplate=f"{'layer ' if y_labels is None else ''}%{{y}}, {x_title} %{{x}}<br>{colorbar} %{{z:.3f}}"
+            "<extra></extra>",
+        )
+    )
     fig.update_xaxes(tickmode="array", tickvals=x, ticktext=x_labels, title=x_title)
     fig.update_yaxes(title=y_title if y_labels is None else "head", autorange="reversed")
     return _layout(fig, title, height=height or max(320, 12 * grid.shape[0] + 110))
@@ -109,25 +159,36 @@ def position_labels(clean: list[str], corrupted: list[str] | None = None) -> lis
     return [shown(c) if c == k else f"{shown(c)}→{shown(k)}" for c, k in zip(clean, corrupted)]
 
 
-def position_heatmaps(scores: dict[str, np.ndarray], pieces: list[str],
-                      corrupted_pieces: list[str] | None = None) -> go.Figure:
+def position_heatmaps(
+    scores: dict[str, np.ndarray], pieces: list[str], corrupted_pieces: list[str] | None = None
+) -> go.Figure:
     """resid_pre, attn_out and mlp_out patching scores side by side: layer (rows) × position (both prompts' tokens)."""
     kinds = list(scores)
     fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=kinds, horizontal_spacing=0.02)
     positions = list(range(len(pieces)))
     ticks = position_labels(pieces, corrupted_pieces)
     for i, kind in enumerate(kinds, start=1):
-        fig.add_trace(go.Heatmap(
-            z=scores[kind], x=positions, y=list(range(scores[kind].shape[0])), coloraxis="coloraxis",
-            customdata=np.array([ticks] * scores[kind].shape[0]),
-            hovertemplate=f"{kind}<br>layer %{{y}}, position %{{x}} (%{{customdata}})"
-                          "<br>score %{z:.3f}<extra></extra>",
-        ), row=1, col=i)
+        fig.add_trace(
+            go.Heatmap(
+                z=scores[kind],
+                x=positions,
+                y=list(range(scores[kind].shape[0])),
+                coloraxis="coloraxis",
+                customdata=np.array([ticks] * scores[kind].shape[0]),
+                hovertemplate=f"{kind}<br>layer %{{y}}, position %{{x}} (%{{customdata}})"
+                "<br>score %{z:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=i,
+        )
         fig.update_xaxes(tickmode="array", tickvals=positions, ticktext=ticks, tickangle=-60, row=1, col=i)
     fig.update_yaxes(title="layer", autorange="reversed", row=1, col=1)
     fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmid=0, colorbar=dict(title="score")))
-    return _layout(fig, "Each activation patched at one (layer, position); x = clean token (→ corrupted where they differ)",
-                   height=max(420, 11 * scores[kinds[0]].shape[0] + 160))
+    return _layout(
+        fig,
+        "Each activation patched at one (layer, position); x = clean token (→ corrupted where they differ)",
+        height=max(420, 11 * scores[kinds[0]].shape[0] + 160),
+    )
 
 
 def layer_totals(all_positions: dict[str, np.ndarray]) -> go.Figure:
@@ -135,10 +196,24 @@ def layer_totals(all_positions: dict[str, np.ndarray]) -> go.Figure:
     fig = go.Figure()
     for kind, colour in (("attn_out", KIND_COLOURS["attn"]), ("mlp_out", KIND_COLOURS["mlp"])):
         scores = all_positions[kind]
-        fig.add_trace(go.Scatter(x=list(range(len(scores))), y=scores, mode="lines+markers", name=kind,
-                                 line=dict(color=colour), hovertemplate=f"{kind} L%{{x}}: %{{y:.3f}}<extra></extra>"))
-    return _layout(fig, "Per layer, all positions patched at once", height=320, xaxis_title="layer",
-                   yaxis_title="score", legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(len(scores))),
+                y=scores,
+                mode="lines+markers",
+                name=kind,
+                line=dict(color=colour),
+                hovertemplate=f"{kind} L%{{x}}: %{{y:.3f}}<extra></extra>",
+            )
+        )
+    return _layout(
+        fig,
+        "Per layer, all positions patched at once",
+        height=320,
+        xaxis_title="layer",
+        yaxis_title="score",
+        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+    )
 
 
 def neuron_sweep(frame: pd.DataFrame, highlight: int = 10, labelled: int = 3) -> go.Figure:
@@ -150,24 +225,43 @@ def neuron_sweep(frame: pd.DataFrame, highlight: int = 10, labelled: int = 3) ->
     by_neuron = frame.sort_values("neuron")
     top = frame.head(highlight)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=by_neuron["neuron"], y=by_neuron["score"], mode="markers", name="all neurons",
-        marker=dict(size=4, color="#9aa7b4"),
-        customdata=np.stack([by_neuron["layer"], by_neuron["neuron"]], axis=1),
-        hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{y:.4f}<extra></extra>",
-    ))
-    fig.add_trace(go.Scatter(
-        x=top["neuron"], y=top["score"], mode="markers+text", name=f"top {len(top)}",
-        marker=dict(size=11, color=ANSWER_COLOUR, line=dict(color="white", width=1)),
-        text=[name if i < labelled else "" for i, name in enumerate(top["label"])], textfont=dict(size=12),
-        # labels point inwards, so that a neuron near the right edge keeps its label inside the plot
-        textposition=["middle left" if n > by_neuron["neuron"].max() / 2 else "middle right" for n in top["neuron"]],
-        customdata=np.stack([top["layer"], top["neuron"]], axis=1),
-        hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{y:.4f}<br>click to open<extra></extra>",
-    ))
-    return _layout(fig, "Neuron sweep: each neuron's post-activation patched alone (all positions) — click a point",
-                   height=420, xaxis_title="neuron", yaxis_title="score", clickmode="event+select",
-                   legend=dict(orientation="h", y=1.1, x=1, xanchor="right"))
+    fig.add_trace(
+        go.Scatter(
+            x=by_neuron["neuron"],
+            y=by_neuron["score"],
+            mode="markers",
+            name="all neurons",
+            marker=dict(size=4, color="#9aa7b4"),
+            customdata=np.stack([by_neuron["layer"], by_neuron["neuron"]], axis=1),
+            hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=top["neuron"],
+            y=top["score"],
+            mode="markers+text",
+            name=f"top {len(top)}",
+            marker=dict(size=11, color=ANSWER_COLOUR, line=dict(color="white", width=1)),
+            text=[name if i < labelled else "" for i, name in enumerate(top["label"])],
+            textfont=dict(size=12),
+            # labels point inwards, so that a neuron near the right edge keeps its label inside the plot
+            textposition=[
+                "middle left" if n > by_neuron["neuron"].max() / 2 else "middle right" for n in top["neuron"]
+            ],
+            customdata=np.stack([top["layer"], top["neuron"]], axis=1),
+            hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{y:.4f}<br>click to open<extra></extra>",
+        )
+    )
+    return _layout(
+        fig,
+        "Neuron sweep: each neuron's post-activation patched alone (all positions) — click a point",
+        height=420,
+        xaxis_title="neuron",
+        yaxis_title="score",
+        clickmode="event+select",
+        legend=dict(orientation="h", y=1.1, x=1, xanchor="right"),
+    )
 
 
 # ---------------------------------------------------------------- congruence
@@ -177,23 +271,48 @@ def congruence_histogram(values: np.ndarray, top: pd.DataFrame, bottom: pd.DataF
     """Histogram of a neuron's congruence with every token (log count), its top/bottom tokens marked."""
     counts, edges = np.histogram(values, bins=120)
     centres = (edges[:-1] + edges[1:]) / 2
-    fig = go.Figure(go.Bar(x=centres, y=counts, width=edges[1] - edges[0], marker_color="#9aa7b4", name="tokens",
-                           hovertemplate="congruence ≈ %{x:.2f}: %{y} tokens<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=centres,
+            y=counts,
+            width=edges[1] - edges[0],
+            marker_color="#9aa7b4",
+            name="tokens",
+            hovertemplate="congruence ≈ %{x:.2f}: %{y} tokens<extra></extra>",
+        )
+    )
     for frame, colour in ((top.head(marked), ANSWER_COLOUR), (bottom.head(marked), WRONG_COLOUR)):
         for i, row in enumerate(frame.itertuples()):
             fig.add_vline(x=row.congruence, line=dict(color=colour, width=1, dash="dot"))
-            fig.add_annotation(x=row.congruence, y=1 - 0.07 * i, yref="paper", text=shown(row.token), showarrow=False,
-                               font=dict(color=colour, size=11), xanchor="left", yanchor="top")
+            fig.add_annotation(
+                x=row.congruence,
+                y=1 - 0.07 * i,
+                yref="paper",
+                text=shown(row.token),
+                showarrow=False,
+                font=dict(color=colour, size=11),
+                xanchor="left",
+                yanchor="top",
+            )
     fig.update_yaxes(type="log", title="tokens")
     fig.update_xaxes(title="congruence")
-    return _layout(fig, "Congruence with every token of the vocabulary (top and bottom tokens marked)", height=340,
-                   showlegend=False)
+    return _layout(
+        fig,
+        "Congruence with every token of the vocabulary (top and bottom tokens marked)",
+        height=340,
+        showlegend=False,
+    )
 
 
 def token_scatter(values: np.ndarray, top: pd.DataFrame, labelled: int = 5) -> go.Figure:
     """Every neuron's congruence with one token: x neuron, y layer, colour (and size) = congruence."""
-    return neuron_grid(values, top, "congruence",
-                       "Every neuron's congruence with the token — click a point to open its neuron", labelled)
+    return neuron_grid(
+        values,
+        top,
+        "congruence",
+        "Every neuron's congruence with the token — click a point to open its neuron",
+        labelled,
+    )
 
 
 def neuron_grid(values: np.ndarray, top: pd.DataFrame, value: str, title: str, labelled: int = 5) -> go.Figure:
@@ -210,38 +329,71 @@ def neuron_grid(values: np.ndarray, top: pd.DataFrame, value: str, title: str, l
     flat = values.reshape(-1)
     spread = float(np.abs(flat).max()) or 1.0
     notable = np.abs(flat) >= 0.05 * spread
-    fig = go.Figure(go.Scattergl(
-        x=neuron_ids, y=layer_ids, mode="markers", name="all neurons",
-        marker=dict(size=3, color="#b8c0c8", opacity=0.7),
-        hoverinfo="skip",  # at ~1 px per neuron a click would pick a neighbour: only the top ones react
-    ))
-    fig.add_trace(go.Scattergl(
-        x=neuron_ids[notable], y=layer_ids[notable], mode="markers", name=f"|{value}| ≥ 5 % of the max",
-        marker=dict(size=5 + 7 * np.abs(flat[notable]) / spread, color=flat[notable], colorscale=DIVERGING,
-                    cmin=-spread, cmax=spread, colorbar=dict(title=value), line=dict(width=0)),
-        hoverinfo="skip",
-    ))
-    fig.add_trace(go.Scattergl(
-        x=top["neuron"], y=top["layer"], mode="markers+text", name=f"top {len(top)}",
-        marker=dict(size=12, color=WRONG_COLOUR, line=dict(color="#111", width=1)),
-        text=[name if i < labelled else "" for i, name in enumerate(top["label"])], textposition="top center",
-        textfont=dict(size=11),
-        customdata=np.stack([top["layer"], top["neuron"], top[value]], axis=1),
-        hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{customdata[2]:.3f}<br>click to open<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Scattergl(
+            x=neuron_ids,
+            y=layer_ids,
+            mode="markers",
+            name="all neurons",
+            marker=dict(size=3, color="#b8c0c8", opacity=0.7),
+            hoverinfo="skip",  # at ~1 px per neuron a click would pick a neighbour: only the top ones react
+        )
+    )
+    fig.add_trace(
+        go.Scattergl(
+            x=neuron_ids[notable],
+            y=layer_ids[notable],
+            mode="markers",
+            name=f"|{value}| ≥ 5 % of the max",
+            marker=dict(
+                size=5 + 7 * np.abs(flat[notable]) / spread,
+                color=flat[notable],
+                colorscale=DIVERGING,
+                cmin=-spread,
+                cmax=spread,
+                colorbar=dict(title=value),
+                line=dict(width=0),
+            ),
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(
+        go.Scattergl(
+            x=top["neuron"],
+            y=top["layer"],
+            mode="markers+text",
+            name=f"top {len(top)}",
+            marker=dict(size=12, color=WRONG_COLOUR, line=dict(color="#111", width=1)),
+            text=[name if i < labelled else "" for i, name in enumerate(top["label"])],
+            textposition="top center",
+            textfont=dict(size=11),
+            customdata=np.stack([top["layer"], top["neuron"], top[value]], axis=1),
+            hovertemplate="L%{customdata[0]}.N%{customdata[1]}: %{customdata[2]:.3f}<br>click to open<extra></extra>",
+        )
+    )
     fig.update_yaxes(title="layer", autorange="reversed")
     fig.update_xaxes(title="neuron")
     return _layout(fig, title, height=520, showlegend=False, clickmode="event+select")
 
 
 def per_layer_bar(per_layer: pd.DataFrame) -> go.Figure:
-    fig = go.Figure(go.Bar(
-        x=per_layer["layer"], y=per_layer["congruence"], marker_color=ANSWER_COLOUR,
-        customdata=np.stack([per_layer["layer"], per_layer["neuron"]], axis=1),
-        hovertemplate="layer %{x}: L%{customdata[0]}.N%{customdata[1]} = %{y:.3f}<extra></extra>",
-    ))
-    return _layout(fig, "Most congruent neuron of each layer", height=300, xaxis_title="layer",
-                   yaxis_title="max congruence", clickmode="event+select")
+    fig = go.Figure(
+        go.Bar(
+            x=per_layer["layer"],
+            y=per_layer["congruence"],
+            marker_color=ANSWER_COLOUR,
+            customdata=np.stack([per_layer["layer"], per_layer["neuron"]], axis=1),
+            hovertemplate="layer %{x}: L%{customdata[0]}.N%{customdata[1]} = %{y:.3f}<extra></extra>",
+        )
+    )
+    return _layout(
+        fig,
+        "Most congruent neuron of each layer",
+        height=300,
+        xaxis_title="layer",
+        yaxis_title="max congruence",
+        clickmode="event+select",
+    )
 
 
 # ---------------------------------------------------------------- corpus scan
@@ -250,19 +402,36 @@ def per_layer_bar(per_layer: pd.DataFrame) -> go.Figure:
 def scan_bins(bins: pd.DataFrame, target: str, label: str) -> go.Figure:
     """The post's chart: activation bins vs the share of positions where the target is the model's top-1 prediction."""
     centres = (bins["lo"] + bins["hi"]) / 2
-    fig = go.Figure(go.Bar(
-        x=centres, y=bins["top1_share"], width=(bins["hi"] - bins["lo"]) * 0.9, marker_color=ANSWER_COLOUR,
-        text=[f"n={int(c):,}" for c in bins["count"]], textposition="outside",
-        customdata=np.stack([bins["lo"], bins["hi"], bins["count"]], axis=1),
-        hovertemplate="activation %{customdata[0]:.2f}…%{customdata[1]:.2f}<br>%{customdata[2]:,} positions"
-                      f"<br>top-1 = {shown(target)}: %{{y:.1%}}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Bar(
+            x=centres,
+            y=bins["top1_share"],
+            width=(bins["hi"] - bins["lo"]) * 0.9,
+            marker_color=ANSWER_COLOUR,
+            text=[f"n={int(c):,}" for c in bins["count"]],
+            textposition="outside",
+            customdata=np.stack([bins["lo"], bins["hi"], bins["count"]], axis=1),
+            hovertemplate="activation %{customdata[0]:.2f}…%{customdata[1]:.2f}<br>%{customdata[2]:,} positions"
+            f"<br>top-1 = {shown(target)}: %{{y:.1%}}<extra></extra>",
+        )
+    )
     fig.data[0].name = f"model's top-1 is {shown(target)}"
     if "true_next_share" in bins:  # context: how often the target really comes next in that bin
-        fig.add_trace(go.Scatter(x=centres, y=bins["true_next_share"], mode="lines+markers", name=f"true next token is "
-                                 f"{shown(target)}", line=dict(color=WRONG_COLOUR, dash="dot"),
-                                 hovertemplate="true next: %{y:.1%}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=centres,
+                y=bins["true_next_share"],
+                mode="lines+markers",
+                name=f"true next token is {shown(target)}",
+                line=dict(color=WRONG_COLOUR, dash="dot"),
+                hovertemplate="true next: %{y:.1%}<extra></extra>",
+            )
+        )
     fig.update_yaxes(title="share of the bin's positions", tickformat=".1%", rangemode="tozero")
     fig.update_xaxes(title=f"{label} activation (bin centre)")
-    return _layout(fig, f"{label}: activation vs how often the model predicts {shown(target)}", height=380,
-                   legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+    return _layout(
+        fig,
+        f"{label}: activation vs how often the model predicts {shown(target)}",
+        height=380,
+        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+    )

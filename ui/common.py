@@ -10,11 +10,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.post import ANSWER as POST_ANSWER  # noqa: F401 - the pages take the post's facts from here
-from core.post import CLEAN as POST_CLEAN  # noqa: F401
-from core.post import CORRUPTED as POST_CORRUPTED  # noqa: F401
-from core.post import KNOWN_NEURONS  # noqa: F401
-from core.post import WRONG as POST_WRONG  # noqa: F401
 from core.errors import UserError
 from core.hosting import limits
 from core.metric import DESCRIPTION as METRIC_DESCRIPTION
@@ -72,8 +67,9 @@ def setup_page(title: str) -> Model | None:
     return model_sidebar(facts_open=title == "Home")
 
 
-@st.cache_resource(max_entries=1, show_spinner="Loading the model (the first load converts the embedded model: ~20 s)…",
-                   show_time=True)
+@st.cache_resource(
+    max_entries=1, show_spinner="Loading the model (the first load converts the embedded model: ~20 s)…", show_time=True
+)
 def _load(name: str, device: str, processing: str) -> Model:
     # max_entries=1: one model in memory at a time (GPT-2 XL alone is 6 GB in fp32).
     return load_model(name, device=device, processing=processing)
@@ -120,31 +116,47 @@ def model_sidebar(facts_open: bool = False) -> Model | None:
     st.session_state.setdefault(params.key("app", "device"), "auto")
     allowed, fixed = limits().models, limits().fixed_settings
     if allowed is not None and params.value("app", "model") not in allowed:  # hosted: a URL asked for another model
-        refused.append(f"this demo serves only {', '.join(allowed)}; {params.value('app', 'model')!r} is not one "
-                       "of them")
+        refused.append(
+            f"this demo serves only {', '.join(allowed)}; {params.value('app', 'model')!r} is not one of them"
+        )
         st.session_state[params.key("app", "model")] = allowed[0]
     for name, value in (fixed or {}).items():  # hosted: one shared model, loaded the way the host chose
         if st.session_state.get(params.key("app", name)) != value:
             if name in st.query_params:
-                refused.append(f"this demo runs with {name} {value!r}, set by its host; "
-                               f"{st.session_state.get(params.key('app', name))!r} is not available here")
+                refused.append(
+                    f"this demo runs with {name} {value!r}, set by its host; "
+                    f"{st.session_state.get(params.key('app', name))!r} is not available here"
+                )
             st.session_state[params.key("app", name)] = value
     with st.sidebar:
         current = params.value("app", "model")
         st.selectbox(
-            "Model", model_options(current), key=params.key("app", "model"),
+            "Model",
+            model_options(current),
+            key=params.key("app", "model"),
             accept_new_options=limits().models is None,  # hosted demos take no typed names or folders
             persist_state="session",
             help=f"{EMBEDDED} is embedded (offline, SmolLM2-135M); GPT-2 sizes come from the Hugging Face cache; "
-                 "or type the path of a local folder with config.json + *.safetensors + tokenizer files.",
+            "or type the path of a local folder with config.json + *.safetensors + tokenizer files.",
         )
-        st.selectbox("Device", DEVICES, key=params.key("app", "device"), persist_state="session",
-                     disabled=fixed is not None, help="auto = CUDA when this machine has a GPU, else CPU")
-        st.selectbox("Weight processing", PROCESSINGS, key=params.key("app", "processing"), persist_state="session",
-                     disabled=fixed is not None,
-                     help="tl-default: fold_ln + centring, TransformerLens's defaults as the post used; none: raw "
-                          "weights. Probabilities do not depend on it; congruence values do."
-                          + (" Fixed by this demo's host." if fixed is not None else ""))
+        st.selectbox(
+            "Device",
+            DEVICES,
+            key=params.key("app", "device"),
+            persist_state="session",
+            disabled=fixed is not None,
+            help="auto = CUDA when this machine has a GPU, else CPU",
+        )
+        st.selectbox(
+            "Weight processing",
+            PROCESSINGS,
+            key=params.key("app", "processing"),
+            persist_state="session",
+            disabled=fixed is not None,
+            help="tl-default: fold_ln + centring, TransformerLens's defaults as the post used; none: raw "
+            "weights. Probabilities do not depend on it; congruence values do."
+            + (" Fixed by this demo's host." if fixed is not None else ""),
+        )
         for message in refused:
             show_error(message)
     params.publish("app", APP_PARAMS)
@@ -174,16 +186,18 @@ def _load_failed(message: str) -> Model | None:
 
 def facts_markdown(model: Model) -> str:
     f = model.facts()
-    return "\n".join([
-        f"- **{text.literal(f['model'])}** ({f['architecture']}), {f['device']}",
-        f"- layers **{f['n_layers']}**, heads {f['n_heads']}, d_model {f['d_model']}",
-        f"- d_mlp **{f['d_mlp']}** neurons per layer ({f['n_layers'] * f['d_mlp']:,} in all)",
-        f"- vocabulary **{f['d_vocab']:,}** tokens, context {f['n_ctx']:,}",
-        f"- neuron = {f['neuron_activation']}",
-        f"- processing: **{f['processing']['name']}** ({f['processing']['note']})",
-        f"- {f['bos']}",
-        f"- fingerprint `{f['fingerprint']}`",
-    ])
+    return "\n".join(
+        [
+            f"- **{text.literal(f['model'])}** ({f['architecture']}), {f['device']}",
+            f"- layers **{f['n_layers']}**, heads {f['n_heads']}, d_model {f['d_model']}",
+            f"- d_mlp **{f['d_mlp']}** neurons per layer ({f['n_layers'] * f['d_mlp']:,} in all)",
+            f"- vocabulary **{f['d_vocab']:,}** tokens, context {f['n_ctx']:,}",
+            f"- neuron = {f['neuron_activation']}",
+            f"- processing: **{f['processing']['name']}** ({f['processing']['note']})",
+            f"- {f['bos']}",
+            f"- fingerprint `{f['fingerprint']}`",
+        ]
+    )
 
 
 def conventions(model: Model, metric: bool = True, extra: str = "") -> None:
@@ -203,6 +217,13 @@ def conventions(model: Model, metric: bool = True, extra: str = "") -> None:
 
 
 # ---------------------------------------------------------------- errors
+
+
+def page(title: str, body: Callable[[Model], None]) -> None:
+    """A page's whole script: setup_page, then body(model) under run_page (nothing more when no model loads)."""
+    model = setup_page(title)
+    if model is not None:
+        run_page(lambda: body(model))
 
 
 def run_page(body: Callable[[], None]) -> None:
@@ -230,7 +251,7 @@ def show_unexpected(err: Exception) -> None:
 class Section:
     """`with Section():` runs one part of a page; its failure is shown there and the rest of the page goes on."""
 
-    def __enter__(self) -> "Section":
+    def __enter__(self) -> Section:
         return self
 
     def __exit__(self, kind: type | None, err: BaseException | None, tb: Any) -> bool:
@@ -250,9 +271,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "table"
 
 
-def table(frame: pd.DataFrame, name: str, *, key: str | None = None, select: bool = False,
-          height: int | str = "auto", column_config: dict | None = None,
-          display: pd.DataFrame | None = None) -> dict | None:
+def table(
+    frame: pd.DataFrame,
+    name: str,
+    *,
+    key: str | None = None,
+    select: bool = False,
+    height: int | str = "auto",
+    column_config: dict | None = None,
+    display: pd.DataFrame | None = None,
+) -> dict | None:
     """A dataframe with a CSV download of `frame`; `display` (same rows) is what is shown, if given.
 
     With select=True, a click on a cell (or a row's checkbox) is returned as {'row': i, 'column': name or None}.
@@ -265,8 +293,14 @@ def table(frame: pd.DataFrame, name: str, *, key: str | None = None, select: boo
         selected = selection_of(event)
     else:
         st.dataframe(shown, key=key, **kwargs)
-    st.download_button("⬇ CSV", frame.to_csv(index=False).encode(), file_name=f"{slug(name)}.csv", mime="text/csv",
-                       key=f"csv:{key or name}", on_click="ignore")
+    st.download_button(
+        "⬇ CSV",
+        frame.to_csv(index=False).encode(),
+        file_name=f"{slug(name)}.csv",
+        mime="text/csv",
+        key=f"csv:{key or name}",
+        on_click="ignore",
+    )
     return selected
 
 
@@ -289,8 +323,61 @@ def selection_of(event: Any) -> dict | None:
 
 
 def json_download(payload: dict, name: str, label: str = "⬇ JSON of this analysis") -> None:
-    st.download_button(label, json_bytes(payload), file_name=f"{slug(name)}.json", mime="application/json",
-                       key=f"json:{name}", on_click="ignore")
+    st.download_button(
+        label,
+        json_bytes(payload),
+        file_name=f"{slug(name)}.json",
+        mime="application/json",
+        key=f"json:{name}",
+        on_click="ignore",
+    )
+
+
+# ---------------------------------------------------------------- Run buttons
+
+
+def run_button(
+    label: str, key: str, *, armed_key: str, token: Any = True, container: Any = None, primary: bool = True
+) -> None:
+    """A Run button whose press is remembered for the session: it arms `armed_key` with `token` (the inputs it
+    ran for, or True)."""
+    if (container or st).button(label, type="primary" if primary else "secondary", key=key):
+        st.session_state[armed_key] = token
+
+
+def armed(
+    armed_key: str,
+    *,
+    token: Any = True,
+    ready: Callable[[], bool] | None = None,
+    waiting: str | Callable[[], str] | None = None,
+) -> bool:
+    """True once the Run button armed `armed_key` for `token`, or when `ready()` says the results are cached
+    already (a reopened link shows them without a press). Otherwise shows `waiting` (how long a Run takes)."""
+    if st.session_state.get(armed_key) == token:
+        return True
+    if ready is not None and ready():
+        st.session_state[armed_key] = token
+        return True
+    if waiting is not None:
+        st.info(waiting() if callable(waiting) else waiting)
+    return False
+
+
+def run_gate(
+    label: str,
+    key: str,
+    *,
+    armed_key: str,
+    token: Any = True,
+    ready: Callable[[], bool] | None = None,
+    waiting: str | Callable[[], str] | None = None,
+    container: Any = None,
+    primary: bool = True,
+) -> bool:
+    """The "press Run first" gate of a page whose work is long: run_button, then armed."""
+    run_button(label, key, armed_key=armed_key, token=token, container=container, primary=primary)
+    return armed(armed_key, token=token, ready=ready, waiting=waiting)
 
 
 # ---------------------------------------------------------------- navigation
@@ -299,6 +386,27 @@ def json_download(payload: dict, name: str, label: str = "⬇ JSON of this analy
 def go_neuron(layer: int, neuron: int, **extra: str) -> None:
     """Open a neuron's page (keeps the model in the URL)."""
     st.switch_page(PAGES["neuron"], query_params=with_model({"layer": str(layer), "neuron": str(neuron), **extra}))
+
+
+def go_neuron_of(row: Any, **extra: str) -> None:
+    """Open the neuron of a table row (a mapping with 'layer' and 'neuron')."""
+    go_neuron(int(row["layer"]), int(row["neuron"]), **extra)
+
+
+def neuron_chart(figure: Any, key: str, **extra: str) -> None:
+    """A Plotly chart whose points carry [layer, neuron, …] as customdata: a click opens that neuron's page."""
+    clicked = neuron_from_point(st.plotly_chart(figure, key=key, on_select="rerun", selection_mode="points"))
+    if clicked:
+        go_neuron(*clicked, **extra)
+
+
+def neuron_table(
+    frame: pd.DataFrame, name: str, *, key: str, query: dict[str, str] | None = None, **kwargs: Any
+) -> None:
+    """A table of neurons (columns layer, neuron): a click on a row opens that neuron's page."""
+    row = table(frame, name, key=key, select=True, **kwargs)
+    if row:
+        go_neuron_of(frame.iloc[row["row"]], **(query or {}))
 
 
 def go_token(token: str) -> None:

@@ -8,6 +8,7 @@ import streamlit as st
 
 from ui import charts, common, text
 
+
 def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
     """One neuron's scan: bins chart, totals, correlation, and its max-activating examples."""
     totals, correlation = dict(result.totals), dict(result.correlation)
@@ -16,8 +17,10 @@ def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
     shown = text.literal(charts.shown(target))
     cols[1].metric(f"true next token = {shown}", f"{int(totals.get('target_true_next', 0)):,}")
     cols[2].metric(f"model's top-1 = {shown}", f"{int(totals.get('target_top1', 0)):,}")
-    cols[3].metric("corr(activation, target logit / prob)",
-                   f"{correlation.get('logit', float('nan')):.2f} / {correlation.get('prob', float('nan')):.2f}")
+    cols[3].metric(
+        "corr(activation, target logit / prob)",
+        f"{correlation.get('logit', float('nan')):.2f} / {correlation.get('prob', float('nan')):.2f}",
+    )
     st.plotly_chart(charts.scan_bins(result.bins, target, label), key=f"{key}:bins")
     common.table(result.bins, f"scan_bins_{label}", key=f"{key}:bins_table", height=200)
     examples = result.examples
@@ -31,9 +34,16 @@ def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
         peak = int(getattr(row, "focus", -1))
         if not 0 <= peak < len(values):
             peak = max(range(len(values)), key=lambda i: values[i]) if values else None
-        st.markdown(f"<div style='margin:2px 0'><code>{row.activation:+.2f}</code> · doc {row.doc}, position "
-                    f"{row.position}</div>" + text.activation_text(pieces, values, highlight=peak),
-                    unsafe_allow_html=True)
-    common.table(examples.assign(context=["".join(t) for t in examples["tokens"]]).drop(
-        columns=["tokens", "token_activations"], errors="ignore"), f"scan_examples_{label}",
-                 key=f"{key}:examples_table", height=200)
+        st.markdown(
+            f"<div style='margin:2px 0'><code>{row.activation:+.2f}</code> · doc {row.doc}, position "
+            f"{row.position}</div>" + text.activation_text(pieces, values, highlight=peak),
+            unsafe_allow_html=True,
+        )
+    common.table(
+        examples.assign(context=["".join(t) for t in examples["tokens"]]).drop(
+            columns=["tokens", "token_activations"], errors="ignore"
+        ),
+        f"scan_examples_{label}",
+        key=f"{key}:examples_table",
+        height=200,
+    )

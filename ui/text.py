@@ -33,8 +33,10 @@ _INVISIBLE = ("Cc", "Cf", "Co", "Cs", "Zl", "Zp")
 def visible(value: object) -> str:
     """`value` as text with every invisible or direction-changing character written out as <U+XXXX>
     (newlines and tabs are kept: they show as line breaks and spaces)."""
-    return "".join(f"<U+{ord(c):04X}>" if c not in "\n\t" and unicodedata.category(c) in _INVISIBLE else c
-                   for c in str(value).replace("\r\n", "\n"))
+    return "".join(
+        f"<U+{ord(c):04X}>" if c not in "\n\t" and unicodedata.category(c) in _INVISIBLE else c
+        for c in str(value).replace("\r\n", "\n")
+    )
 
 
 def _escape_line(line: str) -> str:
@@ -81,8 +83,10 @@ def literal_html(value: object) -> str:
     return html.escape(visible(value), quote=True).replace("\n", "&#10;")
 
 
-_CHIP = ("display:inline-block;margin:2px 3px;padding:1px 6px;border:1px solid #d0d4d9;border-radius:4px;"
-         "background:#f6f8fa;font-family:monospace;font-size:0.9em;white-space:pre")
+_CHIP = (
+    "display:inline-block;margin:2px 3px;padding:1px 6px;border:1px solid #d0d4d9;border-radius:4px;"
+    "background:#f6f8fa;font-family:monospace;font-size:0.9em;white-space:pre"
+)
 
 
 def chips(pieces: list[str], ids: list[int]) -> str:
