@@ -30,9 +30,10 @@ class LensResult:
     prompt: Prompt | None = None
     answer: tuple[str, int] | None = None  # (token, id)
     wrong: tuple[str, int] | None = None
+    notes: tuple[str, ...] = ()  # where the architecture changes what DLA means
 
     def to_json(self) -> dict:
-        head: dict = {}
+        head: dict = {"dla_notes": list(self.notes)} if self.notes else {}
         if self.answer is not None and self.wrong is not None:
             head["metric"] = f"logit({self.answer[0]!r}) − logit({self.wrong[0]!r}) at the last position"
             head["answer"] = {"token": self.answer[0], "id": self.answer[1]}
@@ -54,8 +55,7 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
     streams = [("embed", -1, "embed", trace.resid_pre[0])]
     for layer in range(w.n_layers):
         streams.append((f"L{layer} attn", layer, "attn", trace.resid_mid[layer]))
-        after_mlp = trace.resid_pre[layer + 1] if layer + 1 < w.n_layers else trace.resid_final
-        streams.append((f"L{layer} mlp", layer, "mlp", after_mlp))
+        streams.append((f"L{layer} mlp", layer, "mlp", trace.resid_after(layer)))
     last = torch.stack([s[3][0, -1] for s in streams])  # [stages, d]
     logits = fw.unembed(w, last).float()
     probs = logits.softmax(-1)
@@ -77,8 +77,20 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
         return fw.norm_scale_apply(w, vectors, scale, w.lnf_w, None) @ metric.direction
 
     head_out = torch.einsum("lnh,lnhd->lnd", trace.stacked("z")[:, 0, -1], w.W_O)  # [L, H, d]
+    bias_out = w.b_O
+    notes = []
+    if w.arch.post_norms:
+        # attn_out = RMSNorm(Σ heads + b_O): with its scale frozen too, each head's share is exact and they sum.
+        pre = head_out.sum(1) + w.b_O  # [L, d]
+        scale_post = fw.rms_scale(pre, w.eps)  # [L, 1]
+        head_out = head_out / scale_post[:, None] * w.attn_post_w[:, None]
+        bias_out = w.b_O / scale_post * w.attn_post_w
+        notes.append("heads: through the post-attention norm with its scale frozen at the real run's")
+    if w.arch.final_softcap is not None:
+        notes.append(f"DLA splits the logit diff before the final soft-cap ({w.arch.final_softcap}); the lens and "
+                     "the total are after it")
     head_dla = through_norm(head_out).float()  # [L, H]
-    bias_dla = through_norm(w.b_O).float()  # [L]
+    bias_dla = through_norm(bias_out).float()  # [L]
     mlp_dla = through_norm(trace.stacked("mlp_out")[:, 0, -1]).float()  # [L]
     embed_dla = float(through_norm(trace.resid_pre[0][0, -1]))
     final_bias = metric.bias + (float(w.lnf_b @ metric.direction) if w.lnf_b is not None else 0.0)
@@ -94,4 +106,4 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
         columns=["layer", "head", "logit_diff"],
     )
     return LensResult(layers, components, heads, float(layers["logit_diff"].iloc[-1]), prompt,
-                      (model.token_str(answer), answer), (model.token_str(wrong), wrong))
+                      (model.token_str(answer), answer), (model.token_str(wrong), wrong), tuple(notes))

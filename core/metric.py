@@ -29,4 +29,10 @@ class LogitDiff:
 
     def __call__(self, w: fw.Weights, resid_final: torch.Tensor) -> torch.Tensor:
         """resid_final: [..., d] entering the final norm → [...]."""
-        return fw.norm(w, resid_final, w.lnf_w, w.lnf_b) @ self.direction + self.bias
+        normed = fw.norm(w, resid_final, w.lnf_w, w.lnf_b)
+        if w.arch.final_softcap is None:
+            return normed @ self.direction + self.bias
+        # A soft-capped unembedding (Gemma 2) is not linear: cap both logits, then subtract.
+        logits = normed @ w.W_U[:, [self.answer, self.wrong]] + w.b_U[[self.answer, self.wrong]]
+        capped = fw.softcap(logits, w.arch.final_softcap)
+        return capped[..., 0] - capped[..., 1]

@@ -12,7 +12,8 @@ How it is fast, all exact (docs/design.md has the measured speedups):
   change them, so only positions from there on are recomputed, reusing the prefix's keys/values;
 - many patched copies go in one batch (row i patches position i, head i or neuron i);
 - patching a neuron's post-activation changes the MLP output by (clean − corrupted activation) × W_out[n],
-  because W_out is linear: the patched residual is built directly, no hook and no MLP recompute;
+  because W_out is linear: the patched residual is built directly, no hook and no MLP recompute (a post-MLP
+  norm, Gemma 2/3 and OLMo 2, is recomputed on the changed output: elementwise, still exact);
 - only the last position is unembedded, and only onto the answer − wrong direction.
 """
 
@@ -225,17 +226,44 @@ class LayerPatching:
         return to_jsonable({"scores": self.scores, "all_positions": self.all_positions})
 
 
-def _entry(setup: Setup, kind: str, layer: int) -> tuple[int, str, torch.Tensor]:
+def _entry(setup: Setup, kind: str, layer: int) -> tuple[int, fw.Stage, torch.Tensor]:
     """Where a patch of activation `kind` of `layer` enters the residual stream: (layer, stage, base residual there).
 
-    The base residual is [1, P, d] over all positions.
+    The base residual is [1, P, d] over all positions. With parallel attention + MLP, the MLP of `layer` reads
+    resid_pre and never sees attention's output: an attention patch enters after the whole block.
     """
-    base, L = setup.base, setup.model.weights.n_layers
+    base = setup.base
     if kind == "resid_pre":
         return layer, "pre", base.resid_pre[layer]
-    if kind == "attn_out":
+    if kind == "attn_out" and not setup.model.weights.arch.parallel:
         return layer, "mid", base.resid_mid[layer]
-    return layer + 1, "pre", base.resid_pre[layer + 1] if layer + 1 < L else base.resid_final
+    return layer + 1, "pre", base.resid_after(layer)
+
+
+def _attn_delta(setup: Setup, layer: int, change: torch.Tensor) -> torch.Tensor:
+    """What the residual gains when attention's output before its post-norm changes by `change` [n, P, d].
+
+    Without a post-norm this is `change` itself (attention's output is linear in each head's). With one (Gemma 2/3,
+    OLMo 2) the norm is recomputed: post_norm(base + change) − base attn_out, exact where the shortcut is not.
+    """
+    w = setup.model.weights
+    if not w.arch.post_norms:
+        return change
+    base_pre = fw.attn_pre_norm_out(w, layer, setup.base.z[layer])  # [1, P, d]
+    return fw.attn_post(w, layer, base_pre + change) - setup.base.attn_out[layer]
+
+
+def _mlp_delta(setup: Setup, layer: int, change: torch.Tensor, start: int) -> torch.Tensor:
+    """What the residual gains at positions start.. when the MLP's linear output (post @ W_out) changes by `change`.
+
+    change: [n, S, d] over positions start..; without a post-norm the answer is `change` (Δpost × W_out is exact);
+    with one, post_norm(base linear + change) − base mlp_out.
+    """
+    w = setup.model.weights
+    if not w.arch.post_norms:
+        return change
+    base_linear = fw.mlp_linear(w, layer, setup.base.mlp_post[layer][:, start:])
+    return fw.mlp_post_norm(w, layer, base_linear + change) - setup.base.mlp_out[layer][:, start:]
 
 
 LAYER_KINDS = ("resid_pre", "attn_out", "mlp_out")
@@ -306,9 +334,10 @@ def patch_heads(setup: Setup, per_position: bool = False, max_batch_tokens: int 
     head_delta = []  # per layer [H, P, d]: what each head's patch adds to the residual
     for layer in range(L):
         dz = (setup.replacement("z", layer) - setup.base.z[layer])[0]  # [P, H, h]
-        head_delta.append(torch.einsum("pnh,nhd->npd", dz, w.W_O[layer]))
-    mids = setup.base.resid_mid
-    joins = [fw.Join(layer, "mid", mids[layer][:, start:] + head_delta[layer][:, start:]) for layer in range(L)]
+        head_delta.append(_attn_delta(setup, layer, torch.einsum("pnh,nhd->npd", dz, w.W_O[layer])))
+    entries = [_entry(setup, "attn_out", layer) for layer in range(L)]  # where an attention patch joins
+    joins = [fw.Join(at, stage, resid[:, start:] + head_delta[layer][:, start:])
+             for layer, (at, stage, resid) in enumerate(entries)]
     all_positions = _score_joins(setup, joins, start, batch).reshape(L, H)
     groups = list(range(start, P)) if per_position else []
     if progress:
@@ -317,8 +346,8 @@ def patch_heads(setup: Setup, per_position: bool = False, max_batch_tokens: int 
     if per_position:
         per = np.zeros((L, H, P), dtype=np.float32)
         for g, pos in enumerate(groups):
-            joins = [fw.Join(layer, "mid", _one_position(mids[layer], head_delta[layer][:, pos], pos))
-                     for layer in range(L)]
+            joins = [fw.Join(at, stage, _one_position(resid, head_delta[layer][:, pos], pos))
+                     for layer, (at, stage, resid) in enumerate(entries)]
             per[:, :, pos] = _score_joins(setup, joins, pos, batch).reshape(L, H)
             if progress:
                 progress(g + 2, len(groups) + 1)
@@ -368,7 +397,8 @@ def patch_neuron_sets(
     """Neurons of several layers, each patched alone at all positions, plus each layer whole; batched by depth.
 
     neurons: layer → neuron ids (None = every neuron of the layer). Patched residual after the MLP =
-    base + (replacement − base activation)[:, n] ⊗ W_out[layer, n], exact because W_out is linear.
+    base + (replacement − base activation)[:, n] ⊗ W_out[layer, n], exact because W_out is linear; with a
+    post-MLP norm that change goes through the norm (see _mlp_delta).
     """
     model = setup.model
     w, start = model.weights, setup.start_pos
@@ -404,10 +434,11 @@ def patch_neuron_sets(
             after = _entry(setup, "mlp_out", layer)[2][:, start:]
             W_out = w.W_out[layer]
             if part is None:
-                joins.append(fw.Join(layer + 1, "pre", after + (d_post @ W_out)[None]))
+                change = (d_post @ W_out)[None]
             else:
                 chosen = ids[layer][part].to(W_out.device)
-                joins.append(fw.Join(layer + 1, "pre", after + d_post[:, chosen].T[:, :, None] * W_out[chosen][:, None, :]))
+                change = d_post[:, chosen].T[:, :, None] * W_out[chosen][:, None, :]
+            joins.append(fw.Join(layer + 1, "pre", after + _mlp_delta(setup, layer, change, start)))
         result = _score_joins(setup, joins, start, batch)
         offset = 0
         for (layer, part), join in zip(wave, joins):
@@ -472,7 +503,8 @@ def neuron_effect(setup: Setup, layer: int, neuron: int | None = None) -> Effect
     else:
         delta = d_post @ w.W_out[layer]
     after = _entry(setup, "mlp_out", layer)[2][:, start:]
-    final = fw.resume_joined(w, [fw.Join(layer + 1, "pre", after + delta[None])], start, setup.base)[0]
+    delta = _mlp_delta(setup, layer, delta[None], start)
+    final = fw.resume_joined(w, [fw.Join(layer + 1, "pre", after + delta)], start, setup.base)[0]
     logits = fw.unembed(w, final).float()
     base_logits = fw.unembed(w, setup.base.resid_final[0, -1]).float()
     probs = logits.softmax(-1)

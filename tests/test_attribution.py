@@ -120,7 +120,8 @@ def test_attribution_equals_exact_patching_where_the_model_is_linear_after_the_p
     model = in_double(tiny)
     w, root = model.weights, 1e6
     linear = dataclasses.replace(model, weights=dataclasses.replace(
-        w, eps=root**2, ln1_w=w.ln1_w * root, ln2_w=w.ln2_w * root, lnf_w=w.lnf_w * root))
+        w, arch=dataclasses.replace(w.arch, eps=root**2), ln1_w=w.ln1_w * root, ln2_w=w.ln2_w * root,
+        lnf_w=w.lnf_w * root))
     neurons, layer, scale = gap(linear)
     assert neurons < 2e-5 and layer < 2e-5 and scale > 1e-3  # equal up to the scores' float32 rounding
     assert gap(model)[0] > 1e-4  # the same comparison on the real (nonlinear) final norm does differ
