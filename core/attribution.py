@@ -98,15 +98,21 @@ def top_neurons(model, attribution: Attribution, top_k: int = 50) -> pd.DataFram
     flat = attribution.neurons.ravel()
     order = np.argsort(-flat, kind="stable")[:top_k]
     layers, neurons = order // model.d_mlp, order % model.d_mlp
-    return pd.DataFrame({
-        "rank": np.arange(1, top_k + 1), "layer": layers, "neuron": neurons,
-        "label": [label(int(l), int(n)) for l, n in zip(layers, neurons)],
-        "attribution": flat[order], "exact": np.full(top_k, np.nan, dtype=np.float32),
-    })
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, top_k + 1),
+            "layer": layers,
+            "neuron": neurons,
+            "label": [label(int(l), int(n)) for l, n in zip(layers, neurons)],
+            "attribution": flat[order],
+            "exact": np.full(top_k, np.nan, dtype=np.float32),
+        }
+    )
 
 
-def verify_top(setup: patching.Setup, attribution: Attribution, top_k: int = 50,
-               progress: Progress | None = None) -> pd.DataFrame:
+def verify_top(
+    setup: patching.Setup, attribution: Attribution, top_k: int = 50, progress: Progress | None = None
+) -> pd.DataFrame:
     """The top_k neurons by attribution, re-scored exactly (one depth-staggered batch over all their layers).
 
     Columns: rank, layer, neuron, label, attribution, exact; highest attribution first.
@@ -115,9 +121,11 @@ def verify_top(setup: patching.Setup, attribution: Attribution, top_k: int = 50,
     wanted: dict[int, list[int]] = {}
     for layer, neuron in zip(frame.layer.tolist(), frame.neuron.tolist()):
         wanted.setdefault(int(layer), []).append(int(neuron))
-    swept = patching.patch_neuron_sets(setup, wanted, progress=progress)
-    exact = {(layer, int(n)): float(v) for layer, result in swept.items()
-             for n, v in zip(result.neurons, result.scores)}
+    chosen: dict[int, list[int] | None] = dict(wanted)
+    swept = patching.patch_neuron_sets(setup, chosen, progress=progress)
+    exact = {
+        (layer, int(n)): float(v) for layer, result in swept.items() for n, v in zip(result.neurons, result.scores)
+    }
     return frame.assign(exact=[exact[int(l), int(n)] for l, n in zip(frame.layer, frame.neuron)])
 
 
@@ -149,22 +157,35 @@ class TopNeurons:
         return self.table.iloc[0]
 
     def rule(self) -> str:
-        return (f"candidates: the top {self.top_k} neurons by attribution, plus the top {SWEEP_WINNERS} of a full "
-                f"exact sweep of each layer (MLP 0 aside) whose all-positions mlp_out score is ≥ "
-                f"{SWEEP_MIN_LAYER_SCORE} in magnitude (the {SWEEP_MAX_LAYERS} largest); ranked by exact score. "
-                f"'disagree' marks rows where attribution and exact differ by more than {DISAGREE_RATIO:g}× "
-                "(or in sign).")
+        return (
+            f"candidates: the top {self.top_k} neurons by attribution, plus the top {SWEEP_WINNERS} of a full "
+            f"exact sweep of each layer (MLP 0 aside) whose all-positions mlp_out score is ≥ "
+            f"{SWEEP_MIN_LAYER_SCORE} in magnitude (the {SWEEP_MAX_LAYERS} largest); ranked by exact score. "
+            f"'disagree' marks rows where attribution and exact differ by more than {DISAGREE_RATIO:g}× "
+            "(or in sign)."
+        )
 
     def to_json(self) -> dict:
         best = self.best
-        return to_jsonable({
-            "top_neuron": {"layer": int(best.layer), "neuron": int(best.neuron), "label": best.label,
-                           "exact": float(best.exact), "attribution": float(best.attribution)},
-            "candidates": self.table[["rank", "layer", "neuron", "label", "exact", "attribution", "source",
-                                      "disagree"]],
-            "swept_layers": self.swept_layers, "layer_totals_mlp_out": self.layer_totals,
-            "spearman_top_k": self.spearman, "rule": self.rule(), "caveat": CAVEAT,
-        })
+        return to_jsonable(
+            {
+                "top_neuron": {
+                    "layer": int(best.layer),
+                    "neuron": int(best.neuron),
+                    "label": best.label,
+                    "exact": float(best.exact),
+                    "attribution": float(best.attribution),
+                },
+                "candidates": self.table[
+                    ["rank", "layer", "neuron", "label", "exact", "attribution", "source", "disagree"]
+                ],
+                "swept_layers": self.swept_layers,
+                "layer_totals_mlp_out": self.layer_totals,
+                "spearman_top_k": self.spearman,
+                "rule": self.rule(),
+                "caveat": CAVEAT,
+            }
+        )
 
 
 def disagree(attribution: np.ndarray, exact: np.ndarray, ratio: float = DISAGREE_RATIO) -> np.ndarray:
@@ -181,9 +202,14 @@ def swept_layers(layer_totals: np.ndarray) -> list[int]:
     return [l for l in order if abs(layer_totals[l]) >= SWEEP_MIN_LAYER_SCORE][:SWEEP_MAX_LAYERS]
 
 
-def find_top_neurons(setup: patching.Setup, approx: Attribution, top_k: int = 50,
-                     layer_totals: np.ndarray | None = None, extra_sweeps: tuple[int, ...] = (),
-                     progress: Progress | None = None) -> TopNeurons:
+def find_top_neurons(
+    setup: patching.Setup,
+    approx: Attribution,
+    top_k: int = 50,
+    layer_totals: np.ndarray | None = None,
+    extra_sweeps: tuple[int, ...] = (),
+    progress: Progress | None = None,
+) -> TopNeurons:
     """Which neuron anywhere restores most: attribution proposes, exact patching decides (AtP*'s lesson).
 
     layer_totals: mlp_out of each layer patched at all positions ([L]); computed (cheap) when not given.
@@ -198,7 +224,9 @@ def find_top_neurons(setup: patching.Setup, approx: Attribution, top_k: int = 50
     wanted: dict[int, list[int] | None] = {layer: None for layer in full}
     for layer, neuron in zip(proposed.layer.tolist(), proposed.neuron.tolist()):
         if layer not in full:
-            wanted.setdefault(int(layer), []).append(int(neuron))
+            listed = wanted.setdefault(int(layer), [])
+            assert listed is not None
+            listed.append(int(neuron))
     results = patching.patch_neuron_sets(setup, wanted, progress=progress)
     exact = {(layer, int(n)): float(v) for layer, r in results.items() for n, v in zip(r.neurons, r.scores)}
     rows = {(int(l), int(n)): "attribution top-k" for l, n in zip(proposed.layer, proposed.neuron)}
@@ -207,13 +235,16 @@ def find_top_neurons(setup: patching.Setup, approx: Attribution, top_k: int = 50
             rows.setdefault((layer, int(n)), f"sweep of MLP {layer}")
     keys = list(rows)
     flat = approx.neurons
-    table = pd.DataFrame({
-        "layer": [l for l, _ in keys], "neuron": [n for _, n in keys],
-        "label": [label(l, n) for l, n in keys],
-        "exact": np.array([exact[k] for k in keys], dtype=np.float32),
-        "attribution": np.array([flat[l, n] for l, n in keys], dtype=np.float32),
-        "source": [rows[k] for k in keys],
-    })
+    table = pd.DataFrame(
+        {
+            "layer": [l for l, _ in keys],
+            "neuron": [n for _, n in keys],
+            "label": [label(l, n) for l, n in keys],
+            "exact": np.array([exact[k] for k in keys], dtype=np.float32),
+            "attribution": np.array([flat[l, n] for l, n in keys], dtype=np.float32),
+            "source": [rows[k] for k in keys],
+        }
+    )
     table = table.sort_values("exact", ascending=False, kind="stable").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table["disagree"] = disagree(table.attribution.to_numpy(), table.exact.to_numpy())

@@ -45,9 +45,17 @@ class Family:
 
 
 _LLAMA_LIKE = Family("Llama")
-_GEMMA_NORMS = dict(norm_plus_one=True, scaled_embedding=True, query_pre_attn_scalar=True, post_norms=True,
-                    ln2="pre_feedforward_layernorm", attn_post="post_attention_layernorm",
-                    mlp_post="post_feedforward_layernorm")
+_GEMMA2 = replace(
+    _LLAMA_LIKE,
+    label="Gemma 2",
+    norm_plus_one=True,
+    scaled_embedding=True,
+    query_pre_attn_scalar=True,
+    post_norms=True,
+    ln2="pre_feedforward_layernorm",
+    attn_post="post_attention_layernorm",
+    mlp_post="post_feedforward_layernorm",
+)
 
 FAMILIES: dict[str, Family] = {
     "gpt2": Family("GPT-2", norm="LN", gated=False, bridge=True),
@@ -57,16 +65,32 @@ FAMILIES: dict[str, Family] = {
     "qwen3": replace(_LLAMA_LIKE, label="Qwen 3", qk_norm="head"),
     "phi3": replace(_LLAMA_LIKE, label="Phi-3", qkv="fused", gate_up="fused"),
     "gemma": replace(_LLAMA_LIKE, label="Gemma", norm_plus_one=True, scaled_embedding=True),
-    "gemma2": replace(_LLAMA_LIKE, label="Gemma 2", **_GEMMA_NORMS),
-    "gemma3_text": replace(_LLAMA_LIKE, label="Gemma 3", qk_norm="head", **_GEMMA_NORMS),
-    "olmo2": replace(_LLAMA_LIKE, label="OLMo 2", pre_norms=False, post_norms=True, qk_norm="all", ln1=None,
-                     ln2=None, attn_post="post_attention_layernorm", mlp_post="post_feedforward_layernorm"),
+    "gemma2": _GEMMA2,
+    "gemma3_text": replace(_GEMMA2, label="Gemma 3", qk_norm="head"),
+    "olmo2": replace(
+        _LLAMA_LIKE,
+        label="OLMo 2",
+        pre_norms=False,
+        post_norms=True,
+        qk_norm="all",
+        ln1=None,
+        ln2=None,
+        attn_post="post_attention_layernorm",
+        mlp_post="post_feedforward_layernorm",
+    ),
     "gpt_neox": Family("GPT-NeoX / Pythia", norm="LN", gated=False, qkv="fused_per_head", decoder="gpt_neox"),
 }
 SUPPORTED_TYPES = tuple(FAMILIES)
 
-_ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new", "gelu": "gelu",
-         "silu": "silu", "swish": "silu", "relu": "relu"}
+_ACTS = {
+    "gelu_new": "gelu_new",
+    "gelu_pytorch_tanh": "gelu_new",
+    "gelu_fast": "gelu_new",
+    "gelu": "gelu",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+}
 
 
 def family_of(config: Any) -> Family:
@@ -76,8 +100,10 @@ def family_of(config: Any) -> Family:
 
 
 def unsupported_message(model_type: str) -> str:
-    return (f"this is a {model_type!r} model, which the engine does not run; supported families (config "
-            f"model_type): {', '.join(SUPPORTED_TYPES)}")
+    return (
+        f"this is a {model_type!r} model, which the engine does not run; supported families (config "
+        f"model_type): {', '.join(SUPPORTED_TYPES)}"
+    )
 
 
 def _rope(config: Any) -> dict[str, dict]:
@@ -86,8 +112,10 @@ def _rope(config: Any) -> dict[str, dict]:
     per_type = rope if all(isinstance(v, dict) for v in rope.values()) else {"default": rope}
     for kind, params in per_type.items():
         if params.get("rope_type", "default") != "default":
-            raise UserError(f"rotary scaling {params.get('rope_type')!r} ({kind} layers) is not supported; "
-                            "only plain rotary (rope_type 'default')")
+            raise UserError(
+                f"rotary scaling {params.get('rope_type')!r} ({kind} layers) is not supported; "
+                "only plain rotary (rope_type 'default')"
+            )
     return per_type
 
 
@@ -95,17 +123,24 @@ def arch_of(config: Any, d_head: int) -> Arch:
     """The forward's switches for one model, from its Hugging Face config."""
     fam = family_of(config)
     L = config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layer
-    eps = next(getattr(config, n) for n in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
-               if getattr(config, n, None) is not None)
+    eps = next(
+        getattr(config, n)
+        for n in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
+        if getattr(config, n, None) is not None
+    )
     act_name = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "gelu_new"
     if act_name not in _ACTS:
         raise UserError(f"activation {act_name!r} is not supported; supported: {', '.join(sorted(_ACTS))}")
     layer_types = list(getattr(config, "layer_types", None) or [])
-    rotary_dim, bases = None, ()
+    rotary_dim: int | None = None
+    bases: tuple[float, ...] = ()
     if config.model_type != "gpt2":
         per_type = _rope(config)
-        partial = next((p.get("partial_rotary_factor") for p in per_type.values() if "partial_rotary_factor" in p),
-                       getattr(config, "partial_rotary_factor", 1.0))
+        partial = next(
+            (p.get("partial_rotary_factor") for p in per_type.values() if "partial_rotary_factor" in p),
+            getattr(config, "partial_rotary_factor", None),
+        )
+        partial = 1.0 if partial is None else float(partial)
         rotary_dim = int(d_head * partial)
         base = {kind: float(p["rope_theta"]) for kind, p in per_type.items()}
         bases = tuple(base[t] if t in base else base["default"] for t in (layer_types or ["default"] * L))
@@ -117,7 +152,7 @@ def arch_of(config: Any, d_head: int) -> Arch:
     return Arch(
         norm=fam.norm,
         eps=float(eps),
-        act=_ACTS[act_name],
+        act=_ACTS[act_name],  # type: ignore[arg-type]  # the table's values are the Literal's
         gated=fam.gated,
         n_layers=L,
         pre_norms=fam.pre_norms,
@@ -127,7 +162,7 @@ def arch_of(config: Any, d_head: int) -> Arch:
         rotary_dim=rotary_dim,
         rotary_bases=bases,
         windows=windows,
-        attn_scale=config.query_pre_attn_scalar ** -0.5 if fam.query_pre_attn_scalar else None,
+        attn_scale=config.query_pre_attn_scalar**-0.5 if fam.query_pre_attn_scalar else None,
         attn_softcap=getattr(config, "attn_logit_softcapping", None),
         final_softcap=getattr(config, "final_logit_softcapping", None),
         embed_scale=math.sqrt(config.hidden_size) if fam.scaled_embedding else 1.0,
@@ -158,9 +193,28 @@ def raw_weights(hf: Any) -> Weights:
     d = config.hidden_size
     h = getattr(config, "head_dim", None) or d // H
     arch = arch_of(config, h)
-    Ws: dict[str, list] = {k: [] for k in ("qkv", "b_qkv", "W_O", "b_O", "W_in", "b_in", "W_gate", "W_out", "b_out",
-                                          "ln1_w", "ln1_b", "ln2_w", "ln2_b", "q_norm", "k_norm", "attn_post",
-                                          "mlp_post")}
+    Ws: dict[str, list] = {
+        k: []
+        for k in (
+            "qkv",
+            "b_qkv",
+            "W_O",
+            "b_O",
+            "W_in",
+            "b_in",
+            "W_gate",
+            "W_out",
+            "b_out",
+            "ln1_w",
+            "ln1_b",
+            "ln2_w",
+            "ln2_b",
+            "q_norm",
+            "k_norm",
+            "attn_post",
+            "mlp_post",
+        )
+    }
 
     def zeros(n: int, like: torch.Tensor) -> torch.Tensor:
         return torch.zeros(n, dtype=like.dtype, device=like.device)
@@ -172,12 +226,13 @@ def raw_weights(hf: Any) -> Weights:
             W = torch.cat([p[0] for p in parts], dim=1)
             b = torch.cat([p[1] if p[1] is not None else zeros(p[0].shape[1], W) for p in parts])
         elif fam.qkv == "fused":
-            W, b = _linear(attn.qkv_proj)
-            b = zeros(W.shape[1], W) if b is None else b
+            W, fused_b = _linear(attn.qkv_proj)
+            b = zeros(W.shape[1], W) if fused_b is None else fused_b
         else:  # NeoX: columns grouped per head as [q_h k_h v_h]; regroup to [all q | all k | all v]
-            W, b = _linear(attn.query_key_value)
+            W, fused_b = _linear(attn.query_key_value)
+            assert fused_b is not None  # GPT-NeoX always has QKV biases
             W = W.unflatten(1, (H, 3, h)).permute(0, 2, 1, 3).flatten(1)
-            b = b.unflatten(0, (H, 3, h)).permute(1, 0, 2).flatten()
+            b = fused_b.unflatten(0, (H, 3, h)).permute(1, 0, 2).flatten()
         Ws["qkv"].append(W)
         Ws["b_qkv"].append(b)
         W_O, b_O = _linear(attn.dense if fam.decoder == "gpt_neox" else attn.o_proj)
@@ -209,12 +264,15 @@ def raw_weights(hf: Any) -> Weights:
             Ws["q_norm"].append(_norm_weight(fam, attn.q_norm))
             Ws["k_norm"].append(_norm_weight(fam, attn.k_norm))
         if fam.post_norms:
-            Ws["attn_post"].append(_norm_weight(fam, getattr(layer, fam.attn_post)))
-            Ws["mlp_post"].append(_norm_weight(fam, getattr(layer, fam.mlp_post)))
+            Ws["attn_post"].append(_norm_weight(fam, getattr(layer, str(fam.attn_post))))
+            Ws["mlp_post"].append(_norm_weight(fam, getattr(layer, str(fam.mlp_post))))
 
     def stack(key: str) -> torch.Tensor | None:
         items = Ws[key]
         return None if not items or items[0] is None else torch.stack(items).contiguous()
+
+    def stack_all(key: str) -> torch.Tensor:
+        return torch.stack(Ws[key]).contiguous()
 
     embed = decoder.embed_in if fam.decoder == "gpt_neox" else decoder.embed_tokens
     final = decoder.final_layer_norm if fam.decoder == "gpt_neox" else decoder.norm
@@ -231,17 +289,17 @@ def raw_weights(hf: Any) -> Weights:
         ln2_b=stack("ln2_b"),
         lnf_w=_norm_weight(fam, final),
         lnf_b=None if getattr(final, "bias", None) is None else final.bias.detach(),
-        W_QKV=stack("qkv"),
-        b_QKV=stack("b_qkv"),
+        W_QKV=stack_all("qkv"),
+        b_QKV=stack_all("b_qkv"),
         n_heads=H,
         n_kv_heads=K,
-        W_O=stack("W_O"),
-        b_O=stack("b_O"),
-        W_in=stack("W_in"),
+        W_O=stack_all("W_O"),
+        b_O=stack_all("b_O"),
+        W_in=stack_all("W_in"),
         W_gate=stack("W_gate"),
-        b_in=stack("b_in"),
-        W_out=stack("W_out"),
-        b_out=stack("b_out"),
+        b_in=stack_all("b_in"),
+        W_out=stack_all("W_out"),
+        b_out=stack_all("b_out"),
         W_U=W_U,
         b_U=zeros(W_U.shape[1], W_U) if getattr(unembed, "bias", None) is None else unembed.bias.detach(),
         q_norm_w=stack("q_norm"),
@@ -269,10 +327,11 @@ def process(w: Weights) -> Weights:
     """
     a = w.arch
 
-    def fold(weight: torch.Tensor | None, bias: torch.Tensor | None, W: torch.Tensor,
-             b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Norm weight [L, d] (bias [L, d]) into W [L, d, n] (b [L, n])."""
-        if bias is not None and b is not None:
+    def fold(
+        weight: torch.Tensor | None, bias: torch.Tensor | None, W: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Norm weight [L, d] (bias [L, d]) into W [L, d, n] and b [L, n]."""
+        if bias is not None:
             b = b + torch.einsum("ld,ldn->ln", bias, W)
         if weight is not None:
             W = W * weight[:, :, None]
@@ -282,8 +341,8 @@ def process(w: Weights) -> Weights:
     if a.pre_norms:
         out.W_QKV, out.b_QKV = fold(w.ln1_w, w.ln1_b, w.W_QKV, w.b_QKV)
         out.W_in, out.b_in = fold(w.ln2_w, w.ln2_b, w.W_in, w.b_in)
-        if w.W_gate is not None:
-            out.W_gate, _ = fold(w.ln2_w, None, w.W_gate, None)
+        if w.W_gate is not None:  # gated MLPs have no bias on the gate (none of the families do)
+            out.W_gate = fold(w.ln2_w, None, w.W_gate, torch.zeros(1))[0]
         out.ln1_w = out.ln1_b = out.ln2_w = out.ln2_b = None
     if w.lnf_b is not None:
         out.b_U = w.b_U + w.lnf_b @ w.W_U

@@ -68,8 +68,12 @@ class Arch:
 
     def switches(self) -> dict:
         """The switches that differ from a plain pre-norm transformer, for the UI and the JSON."""
-        out: dict = {"norm": self.norm, "activation": self.act, "gated_mlp": self.gated,
-                     "positions": "learned" if self.rotary_dim is None else "rotary"}
+        out: dict = {
+            "norm": self.norm,
+            "activation": self.act,
+            "gated_mlp": self.gated,
+            "positions": "learned" if self.rotary_dim is None else "rotary",
+        }
         if not self.pre_norms:
             out["pre_norms"] = False
         if self.post_norms:
@@ -190,7 +194,7 @@ class Trace:
     z: list[torch.Tensor] = field(default_factory=list)
     k: list[torch.Tensor] = field(default_factory=list)
     v: list[torch.Tensor] = field(default_factory=list)
-    resid_final: torch.Tensor | None = None
+    resid_final: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # set by run()
 
     def stacked(self, name: str) -> torch.Tensor:
         """One activation stacked over layers: [L, ...]."""
@@ -207,6 +211,11 @@ def norm(w: Weights, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
         return F.layer_norm(x, x.shape[-1:], weight, bias, w.eps)
     out = F.rms_norm(x, x.shape[-1:], weight, w.eps)
     return out + bias if bias is not None else out
+
+
+def at(weights: torch.Tensor | None, layer: int) -> torch.Tensor | None:
+    """One layer of a stacked parameter the model may not have (a folded norm weight): None stays None."""
+    return None if weights is None else weights[layer]
 
 
 def rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -242,8 +251,9 @@ def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _rotary_tables(base: float, dim: int, start: int, length: int, device: torch.device,
-                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotary_tables(
+    base: float, dim: int, start: int, length: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of HF's rotary angles (rotate_half layout) at positions start..start+length-1: [length, 1, dim]."""
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=torch.int64).float() / dim))
     angles = torch.arange(start, start + length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
@@ -258,6 +268,7 @@ def _rotary(w: Weights, layer: int, x: torch.Tensor, start: int, scale: float = 
     concatenated copy of x): on CPU these elementwise passes cost as much as the projections themselves.
     """
     dim = w.arch.rotary_dim
+    assert dim is not None
     cos, sin = _rotary_tables(w.arch.rotary_bases[layer], dim, start, x.shape[1], x.device, x.dtype)
     if scale != 1.0:
         cos, sin = cos * scale, sin * scale
@@ -275,10 +286,10 @@ def _qk_norm(w: Weights, layer: int, qkv: torch.Tensor) -> tuple[torch.Tensor, t
     """Split the fused projection into q, k, v: [B, S, n, h], applying the qk-norm where the model has one."""
     q, k, v = (w._split(qkv, part) for part in range(3))
     if w.arch.qk_norm == "head":
-        q, k = rms(q, w.q_norm_w[layer], w.eps), rms(k, w.k_norm_w[layer], w.eps)
+        q, k = rms(q, at(w.q_norm_w, layer), w.eps), rms(k, at(w.k_norm_w, layer), w.eps)
     elif w.arch.qk_norm == "all":  # OLMo 2: one norm over all heads' queries (keys), before the split into heads
-        q = rms(q.flatten(-2), w.q_norm_w[layer], w.eps).unflatten(-1, q.shape[-2:])
-        k = rms(k.flatten(-2), w.k_norm_w[layer], w.eps).unflatten(-1, k.shape[-2:])
+        q = rms(q.flatten(-2), at(w.q_norm_w, layer), w.eps).unflatten(-1, q.shape[-2:])
+        k = rms(k.flatten(-2), at(w.k_norm_w, layer), w.eps).unflatten(-1, k.shape[-2:])
     return q, k, v
 
 
@@ -289,7 +300,7 @@ def attn_pre_norm_out(w: Weights, layer: int, z: torch.Tensor) -> torch.Tensor:
 
 def attn_post(w: Weights, layer: int, pre: torch.Tensor) -> torch.Tensor:
     """What joins the residual from attention's output (the post-norm where the model has one)."""
-    return rms(pre, w.attn_post_w[layer], w.eps) if w.arch.post_norms else pre
+    return rms(pre, at(w.attn_post_w, layer), w.eps) if w.arch.post_norms else pre
 
 
 def attention(
@@ -308,8 +319,7 @@ def attention(
     """
     a = w.arch
     B, S, _ = resid.shape
-    x = norm(w, resid, w.ln1_w[layer] if w.ln1_w is not None else None,
-             None if w.ln1_b is None else w.ln1_b[layer]) if a.pre_norms else resid
+    x = norm(w, resid, at(w.ln1_w, layer), at(w.ln1_b, layer)) if a.pre_norms else resid
     q, k, v = _qk_norm(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])  # [B, S, n, h]
     scale = a.attn_scale if a.attn_scale is not None else 1 / math.sqrt(w.d_head)
     if a.rotary_dim is not None:  # the scale of the scores rides on q's rotary (one pass fewer)
@@ -326,15 +336,16 @@ def attention(
     key_start = 0 if has_prefix else start_pos
     k_pos = torch.arange(key_start, start_pos + S, device=resid.device)[None, :]
     hidden = k_pos > q_pos  # key after query
-    if a.window(layer) is not None:
-        hidden = hidden | (q_pos - k_pos >= a.window(layer))
+    window = a.window(layer)
+    if window is not None:
+        hidden = hidden | (q_pos - k_pos >= window)
     scores = torch.einsum("bskgh,btkh->bkgst", q, k)
-    if has_prefix:
+    if prefix_kv is not None and has_prefix:
         # The prefix's keys/values are the same for every row: one large matmul per kv head, not B small ones.
         pk, pv = prefix_kv[0][0], prefix_kv[1][0]  # [start_pos, K, h]
         scores = torch.cat([torch.einsum("bskgh,tkh->bkgst", q, pk), scores], dim=-1)
     pattern = softcap(scores, a.attn_softcap).masked_fill(hidden, torch.finfo(q.dtype).min).softmax(-1)
-    if has_prefix:
+    if prefix_kv is not None and has_prefix:
         z = torch.einsum("bkgst,tkh->bskgh", pattern[..., :start_pos], pv)
         z = z + torch.einsum("bkgst,btkh->bskgh", pattern[..., start_pos:], v)
     else:
@@ -354,11 +365,11 @@ _ACTIVATIONS = {
 def mlp_post(w: Weights, layer: int, resid: torch.Tensor) -> torch.Tensor:
     """Neuron activations (TransformerLens `mlp.hook_post`): [B, S, m]. For gated MLPs act(gate)·up."""
     a = w.arch
-    x = norm(w, resid, w.ln2_w[layer] if w.ln2_w is not None else None,
-             None if w.ln2_b is None else w.ln2_b[layer]) if a.pre_norms else resid
+    x = norm(w, resid, at(w.ln2_w, layer), at(w.ln2_b, layer)) if a.pre_norms else resid
     act = _ACTIVATIONS[a.act]
     pre = x @ w.W_in[layer] + w.b_in[layer]
     if a.gated:
+        assert w.W_gate is not None
         return act(x @ w.W_gate[layer]) * pre
     return act(pre)
 
@@ -370,7 +381,7 @@ def mlp_linear(w: Weights, layer: int, post: torch.Tensor) -> torch.Tensor:
 
 def mlp_post_norm(w: Weights, layer: int, linear: torch.Tensor) -> torch.Tensor:
     """What joins the residual from the MLP's linear output (the post-norm where the model has one)."""
-    return rms(linear, w.mlp_post_w[layer], w.eps) if w.arch.post_norms else linear
+    return rms(linear, at(w.mlp_post_w, layer), w.eps) if w.arch.post_norms else linear
 
 
 def mlp_out_from_post(w: Weights, layer: int, post: torch.Tensor) -> torch.Tensor:
@@ -391,8 +402,13 @@ def embed(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
 ALL_ACTIVATIONS = frozenset({"resid_pre", "resid_mid", "attn_out", "mlp_out", "mlp_post", "z", "k", "v"})
 
 
-def run(w: Weights, tokens: torch.Tensor, record: frozenset[str] | set[str] = ALL_ACTIVATIONS,
-        layers: range | None = None, track_grad: bool = False) -> Trace:
+def run(
+    w: Weights,
+    tokens: torch.Tensor,
+    record: frozenset[str] | set[str] = ALL_ACTIVATIONS,
+    layers: range | None = None,
+    track_grad: bool = False,
+) -> Trace:
     """Full forward of tokens [B, P] recording the named activations (of `layers`, default all).
 
     Not recorded activations are left out of the Trace (scans over a corpus keep only `mlp_post` of a few
@@ -507,6 +523,7 @@ def resume_joined(w: Weights, joins: list[Join], start_pos: int, prefix: Trace) 
     admit(2 * w.n_layers)
     if order:
         raise ValueError(f"a join enters after the last layer: {joins[order[0]].layer}, {joins[order[0]].stage}")
+    assert resid is not None
     final = resid[:, -1]
     sizes = [joins[i].resid.shape[0] for i in admitted]
     pieces = dict(zip(admitted, final.split(sizes)))

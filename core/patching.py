@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -113,21 +114,27 @@ class Setup:
     def to_json(self) -> dict:
         """Both runs and the conventions: the head of every patching result (CLI --json, the page's download)."""
         probs = self.probs()
-        return to_jsonable({
-            **self.describe(),
-            "answer": {"token": self.model.token_str(self.metric.answer), "id": self.metric.answer},
-            "wrong": {"token": self.model.token_str(self.metric.wrong), "id": self.metric.wrong},
-            "clean_token_ids": self.clean.ids, "corrupted_token_ids": self.corrupted.ids,
-            "tokens": self.clean.pieces, "corrupted_tokens": self.corrupted.pieces,
-            "clean_logit_diff": self.clean_logit_diff, "corrupted_logit_diff": self.corrupted_logit_diff,
-            "clean_probs": dict(zip(("answer", "wrong"), probs["clean"])),
-            "corrupted_probs": dict(zip(("answer", "wrong"), probs["corrupted"])),
-        })
+        return to_jsonable(
+            {
+                **self.describe(),
+                "answer": {"token": self.model.token_str(self.metric.answer), "id": self.metric.answer},
+                "wrong": {"token": self.model.token_str(self.metric.wrong), "id": self.metric.wrong},
+                "clean_token_ids": self.clean.ids,
+                "corrupted_token_ids": self.corrupted.ids,
+                "tokens": self.clean.pieces,
+                "corrupted_tokens": self.corrupted.pieces,
+                "clean_logit_diff": self.clean_logit_diff,
+                "corrupted_logit_diff": self.corrupted_logit_diff,
+                "clean_probs": dict(zip(("answer", "wrong"), probs["clean"])),
+                "corrupted_probs": dict(zip(("answer", "wrong"), probs["corrupted"])),
+            }
+        )
 
 
 @torch.no_grad()
-def prepare(model: Model, clean: Prompt, corrupted: Prompt, answer: int, wrong: int,
-            ablation: Ablation = "clean") -> Setup:
+def prepare(
+    model: Model, clean: Prompt, corrupted: Prompt, answer: int, wrong: int, ablation: Ablation = "clean"
+) -> Setup:
     if ablation not in ABLATIONS:
         raise UserError(f"ablation {ablation!r} unknown; use one of {', '.join(ABLATIONS)}")
     if answer == wrong:
@@ -176,8 +183,13 @@ def _batches(joins: list[fw.Join], max_batch_tokens: int) -> list[list[fw.Join]]
 
 
 @torch.no_grad()
-def _score_joins(setup: Setup, joins: list[fw.Join], start_pos: int, max_batch_tokens: int,
-                 progress: Callable[[], None] | None = None) -> np.ndarray:
+def _score_joins(
+    setup: Setup,
+    joins: list[fw.Join],
+    start_pos: int,
+    max_batch_tokens: int,
+    progress: Callable[[], None] | None = None,
+) -> np.ndarray:
     """The score of every row of `joins` (in order), each row resumed from its depth at positions start_pos..
 
     Rows are batched by depth (see fw.resume_joined); progress() is called after each batch.
@@ -194,14 +206,14 @@ def _score_joins(setup: Setup, joins: list[fw.Join], start_pos: int, max_batch_t
         return np.zeros(0, dtype=np.float32)
     scores = setup.score(torch.cat(out))
     sizes = np.cumsum([0] + [j.resid.shape[0] for j in ordered])
-    back = [None] * len(joins)
+    back: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(joins)
     for k, i in enumerate(depth_order):
         back[i] = scores[sizes[k] : sizes[k + 1]]
     return np.concatenate(back)
 
 
 def _one_position(base_resid: torch.Tensor, delta: torch.Tensor, pos: int) -> torch.Tensor:
-    """base_resid: [n|1, P, d] (all positions); delta: [n, d] added at `pos`. Returns positions pos.. : [n, P-pos, d]."""
+    """base_resid: [n|1, P, d] (all positions); delta: [n, d] added at `pos`. Returns positions pos..: [n, P-pos, d]."""
     tail = base_resid[:, pos:].expand(delta.shape[0], -1, -1).clone()
     tail[:, 0] += delta
     return tail
@@ -281,8 +293,10 @@ def patch_layers(setup: Setup, max_batch_tokens: int | None = None, progress: Pr
     P, L = len(setup.clean.ids), w.n_layers
     scores = {k: np.zeros((L, P), dtype=np.float32) for k in LAYER_KINDS}
     patches = [(kind, layer) for kind in LAYER_KINDS for layer in range(L)]
-    deltas = {(kind, layer): (setup.replacement(kind, layer) - getattr(setup.base, kind)[layer])[0]  # [P, d]
-              for kind, layer in patches}
+    deltas = {
+        (kind, layer): (setup.replacement(kind, layer) - getattr(setup.base, kind)[layer])[0]  # [P, d]
+        for kind, layer in patches
+    }
     groups = list(range(start, P))
     for g, pos in enumerate(groups):
         joins = []
@@ -309,7 +323,7 @@ def patch_layer_totals(setup: Setup, max_batch_tokens: int | None = None) -> dic
     for kind in ("attn_out", "mlp_out"):
         for layer in range(L):
             at, stage, resid = _entry(setup, kind, layer)
-            delta = (setup.replacement(kind, layer) - getattr(setup.base, kind)[layer])
+            delta = setup.replacement(kind, layer) - getattr(setup.base, kind)[layer]
             joins.append(fw.Join(at, stage, (resid + delta)[:, start:]))
     result = _score_joins(setup, joins, start, max_batch_tokens or default_batch_tokens(setup.model)).reshape(2, L)
     return {"attn_out": result[0], "mlp_out": result[1]}
@@ -325,8 +339,9 @@ class HeadPatching:
 
 
 @torch.no_grad()
-def patch_heads(setup: Setup, per_position: bool = False, max_batch_tokens: int | None = None,
-                progress: Progress | None = None) -> HeadPatching:
+def patch_heads(
+    setup: Setup, per_position: bool = False, max_batch_tokens: int | None = None, progress: Progress | None = None
+) -> HeadPatching:
     """Every head's output (hook_z) patched at all positions; with per_position, also at each position alone."""
     w, start = setup.model.weights, setup.start_pos
     batch = max_batch_tokens or default_batch_tokens(setup.model)
@@ -336,8 +351,10 @@ def patch_heads(setup: Setup, per_position: bool = False, max_batch_tokens: int 
         dz = (setup.replacement("z", layer) - setup.base.z[layer])[0]  # [P, H, h]
         head_delta.append(_attn_delta(setup, layer, torch.einsum("pnh,nhd->npd", dz, w.W_O[layer])))
     entries = [_entry(setup, "attn_out", layer) for layer in range(L)]  # where an attention patch joins
-    joins = [fw.Join(at, stage, resid[:, start:] + head_delta[layer][:, start:])
-             for layer, (at, stage, resid) in enumerate(entries)]
+    joins = [
+        fw.Join(at, stage, resid[:, start:] + head_delta[layer][:, start:])
+        for layer, (at, stage, resid) in enumerate(entries)
+    ]
     all_positions = _score_joins(setup, joins, start, batch).reshape(L, H)
     groups = list(range(start, P)) if per_position else []
     if progress:
@@ -346,8 +363,10 @@ def patch_heads(setup: Setup, per_position: bool = False, max_batch_tokens: int 
     if per_position:
         per = np.zeros((L, H, P), dtype=np.float32)
         for g, pos in enumerate(groups):
-            joins = [fw.Join(at, stage, _one_position(resid, head_delta[layer][:, pos], pos))
-                     for layer, (at, stage, resid) in enumerate(entries)]
+            joins = [
+                fw.Join(at, stage, _one_position(resid, head_delta[layer][:, pos], pos))
+                for layer, (at, stage, resid) in enumerate(entries)
+            ]
             per[:, :, pos] = _score_joins(setup, joins, pos, batch).reshape(L, H)
             if progress:
                 progress(g + 2, len(groups) + 1)
@@ -377,8 +396,13 @@ class NeuronPatching:
 
     def to_json(self, top_k: int | None = None) -> dict:
         """The layer, its whole-layer score and its neurons (highest score first; all unless top_k)."""
-        return to_jsonable({"layer": self.layer, "layer_score": self.layer_score,
-                            "neurons": self.frame(top_k)[["layer", "neuron", "score"]]})
+        return to_jsonable(
+            {
+                "layer": self.layer,
+                "layer_score": self.layer_score,
+                "neurons": self.frame(top_k)[["layer", "neuron", "score"]],
+            }
+        )
 
 
 def check_layer(model: Model, layer: int) -> int:
@@ -403,7 +427,7 @@ def patch_neuron_sets(
     model = setup.model
     w, start = model.weights, setup.start_pos
     batch = max_batch_tokens or default_batch_tokens(model)
-    ids = {}
+    ids: dict[int, torch.Tensor] = {}
     for layer, chosen in neurons.items():
         check_layer(model, layer)
         ids[layer] = torch.arange(w.d_mlp) if chosen is None else torch.tensor(list(chosen), dtype=torch.long)
@@ -412,10 +436,11 @@ def patch_neuron_sets(
     S = len(setup.clean.ids) - start
     # Pieces of ≤ one batch of rows, built lazily a wave (≈ one batch) at a time so memory stays bounded.
     per = max(1, batch // max(S, 1))
-    pieces = []  # (layer, slice of ids[layer] or None for the whole-layer row)
+    pieces: list[tuple[int, slice | None]] = []  # (layer, slice of ids[layer], or None: the whole-layer row)
     for layer in ids:
         pieces += [(layer, slice(i, i + per)) for i in range(0, len(ids[layer]), per)] + [(layer, None)]
-    waves, rows = [[]], 0
+    waves: list[list[tuple[int, slice | None]]] = [[]]
+    rows = 0
     for layer, part in pieces:
         n = 1 if part is None else len(ids[layer][part])
         if rows + n > per and waves[-1]:
@@ -425,8 +450,10 @@ def patch_neuron_sets(
         rows += n
     scores: dict[int, list[np.ndarray]] = {layer: [] for layer in ids}
     whole: dict[int, float] = {}
-    d_posts = {layer: (setup.replacement("mlp_post", layer) - setup.base.mlp_post[layer])[0, start:]  # [S, m]
-               for layer in ids}
+    d_posts = {
+        layer: (setup.replacement("mlp_post", layer) - setup.base.mlp_post[layer])[0, start:]  # [S, m]
+        for layer in ids
+    }
     for i, wave in enumerate(waves):
         joins = []
         for layer, part in wave:
@@ -436,8 +463,8 @@ def patch_neuron_sets(
             if part is None:
                 change = (d_post @ W_out)[None]
             else:
-                chosen = ids[layer][part].to(W_out.device)
-                change = d_post[:, chosen].T[:, :, None] * W_out[chosen][:, None, :]
+                picked = ids[layer][part].to(W_out.device)
+                change = d_post[:, picked].T[:, :, None] * W_out[picked][:, None, :]
             joins.append(fw.Join(layer + 1, "pre", after + _mlp_delta(setup, layer, change, start)))
         result = _score_joins(setup, joins, start, batch)
         offset = 0
@@ -451,8 +478,12 @@ def patch_neuron_sets(
         if progress:
             progress(i + 1, len(waves))
     return {
-        layer: NeuronPatching(layer, ids[layer].cpu().numpy(),
-                              np.concatenate(scores[layer]) if scores[layer] else np.zeros(0, np.float32), whole[layer])
+        layer: NeuronPatching(
+            layer,
+            ids[layer].cpu().numpy(),
+            np.concatenate(scores[layer]) if scores[layer] else np.zeros(0, np.float32),
+            whole[layer],
+        )
         for layer in ids
     }
 
@@ -509,8 +540,13 @@ def neuron_effect(setup: Setup, layer: int, neuron: int | None = None) -> Effect
     base_logits = fw.unembed(w, setup.base.resid_final[0, -1]).float()
     probs = logits.softmax(-1)
     answer, wrong = setup.metric.answer, setup.metric.wrong
-    return Effect(setup.base_logit_diff, float(logits[answer] - logits[wrong]), int(base_logits.argmax()),
-                  int(logits.argmax()), (float(probs[answer]), float(probs[wrong])))
+    return Effect(
+        setup.base_logit_diff,
+        float(logits[answer] - logits[wrong]),
+        int(base_logits.argmax()),
+        int(logits.argmax()),
+        (float(probs[answer]), float(probs[wrong])),
+    )
 
 
 def token_layer_flops(model: Model) -> float:

@@ -16,8 +16,11 @@ EPS = 1e-4
 
 def in_double(model):
     w = model.weights
-    converted = {f.name: getattr(w, f.name).double() for f in dataclasses.fields(w)
-                 if isinstance(getattr(w, f.name), torch.Tensor)}
+    converted = {
+        f.name: getattr(w, f.name).double()
+        for f in dataclasses.fields(w)
+        if isinstance(getattr(w, f.name), torch.Tensor)
+    }
     return dataclasses.replace(model, weights=dataclasses.replace(w, **converted))
 
 
@@ -31,11 +34,17 @@ def setup(tiny):
 def finite_difference(setup, layer, stage, delta):
     """(metric(corrupted + EPS·delta) − corrupted) / EPS / gap, delta: [1, S, d] at positions start_pos.."""
     w, base, start = setup.model.weights, setup.corrupted_trace, setup.start_pos
-    resid = {"pre": base.resid_pre, "mid": base.resid_mid}[stage][layer][:, start:] if layer < w.n_layers \
+    resid = (
+        {"pre": base.resid_pre, "mid": base.resid_mid}[stage][layer][:, start:]
+        if layer < w.n_layers
         else base.resid_final[:, start:]
+    )
     final = fw.resume(w, resid + EPS * delta, layer, stage, start, base)
-    return (float(setup.metric(w, final)[0]) - setup.corrupted_logit_diff) / EPS / (
-        setup.clean_logit_diff - setup.corrupted_logit_diff)
+    return (
+        (float(setup.metric(w, final)[0]) - setup.corrupted_logit_diff)
+        / EPS
+        / (setup.clean_logit_diff - setup.corrupted_logit_diff)
+    )
 
 
 @torch.no_grad()
@@ -65,9 +74,11 @@ def test_head_and_layer_attribution_equal_finite_differences(setup):
         one = torch.zeros_like(d_attn)
         one[:, -1] = d_attn[:, -1]
         assert attr.layers["attn_out"][layer, P - 1] == pytest.approx(
-            finite_difference(setup, layer, "mid", one), rel=1e-3, abs=1e-7)
+            finite_difference(setup, layer, "mid", one), rel=1e-3, abs=1e-7
+        )
         assert attr.layers_all_positions["attn_out"][layer] == pytest.approx(
-            finite_difference(setup, layer, "mid", d_attn), rel=1e-3, abs=1e-7)
+            finite_difference(setup, layer, "mid", d_attn), rel=1e-3, abs=1e-7
+        )
     # before the first differing position nothing differs: attribution exactly 0
     assert np.all(attr.layers["resid_pre"][:, :start] == 0)
 
@@ -107,21 +118,30 @@ def test_attribution_equals_exact_patching_where_the_model_is_linear_after_the_p
     """After the last layer's neurons only the final norm remains. With a huge eps and the norm weights scaled by
     sqrt(eps), every norm becomes x ↦ x·w (scale constant to ~1e-8): the model is linear after the patched point,
     so the first-order approximation must equal exact patching."""
+
     def gap(model) -> tuple[float, float, float]:
         c, k = tokens.pair(model, CLEAN, CORRUPTED)
         setup = patching.prepare(model, c, k, tokens.single_token(model, " an"), tokens.single_token(model, " a"))
         last = model.n_layers - 1
         approx = attribution.attribute(setup)
         neurons = np.abs(approx.neurons[last] - patching.patch_neurons(setup, last).scores).max()
-        layer = abs(approx.layers_all_positions["mlp_out"][last]
-                    - patching.patch_layers(setup).all_positions["mlp_out"][last])
+        layer = abs(
+            approx.layers_all_positions["mlp_out"][last] - patching.patch_layers(setup).all_positions["mlp_out"][last]
+        )
         return neurons, layer, np.abs(approx.neurons[last]).max()
 
     model = in_double(tiny)
     w, root = model.weights, 1e6
-    linear = dataclasses.replace(model, weights=dataclasses.replace(
-        w, arch=dataclasses.replace(w.arch, eps=root**2), ln1_w=w.ln1_w * root, ln2_w=w.ln2_w * root,
-        lnf_w=w.lnf_w * root))
+    linear = dataclasses.replace(
+        model,
+        weights=dataclasses.replace(
+            w,
+            arch=dataclasses.replace(w.arch, eps=root**2),
+            ln1_w=w.ln1_w * root,
+            ln2_w=w.ln2_w * root,
+            lnf_w=w.lnf_w * root,
+        ),
+    )
     neurons, layer, scale = gap(linear)
     assert neurons < 2e-5 and layer < 2e-5 and scale > 1e-3  # equal up to the scores' float32 rounding
     assert gap(model)[0] > 1e-4  # the same comparison on the real (nonlinear) final norm does differ
@@ -166,7 +186,8 @@ def plant_gated_pair(model, neuron: int):
     traces = runs(dataclasses.replace(w, W_out=W_out, W_O=W_O))
     W_in[layer_a, :, neuron], b_in[layer_a, neuron] = threshold(
         mlp_input(w, traces[0].resid_mid[layer_a][0, -1], layer_a),
-        [mlp_input(w, traces[1].resid_mid[layer_a][0, -1], layer_a)])
+        [mlp_input(w, traces[1].resid_mid[layer_a][0, -1], layer_a)],
+    )
     u = torch.randn(w.d_model, dtype=metric.dtype, generator=torch.Generator().manual_seed(0))
     read = torch.linalg.qr(torch.stack([torch.ones_like(metric), metric, traces[1].resid_final[0, -1]], 1))[0]
     u = u - read @ (read.T @ u)
@@ -177,8 +198,8 @@ def plant_gated_pair(model, neuron: int):
     d_post = traces[0].mlp_post[layer_a][0, -1, neuron] - traces[1].mlp_post[layer_a][0, -1, neuron]
     patched = traces[1].resid_mid[layer_b][0, -1] + d_post * W_out[layer_a, neuron]
     W_in[layer_b, :, neuron], b_in[layer_b, neuron] = threshold(
-        mlp_input(planted, patched, layer_b),
-        [mlp_input(planted, t.resid_mid[layer_b][0, -1], layer_b) for t in traces])
+        mlp_input(planted, patched, layer_b), [mlp_input(planted, t.resid_mid[layer_b][0, -1], layer_b) for t in traces]
+    )
     W_out[layer_b, neuron] = 3 * metric
     return dataclasses.replace(model, weights=dataclasses.replace(planted, W_in=W_in, b_in=b_in, W_out=W_out))
 
@@ -212,8 +233,11 @@ def test_the_headline_is_the_best_exact_score_even_where_attribution_misses_it(g
 
 def test_embedded_headline_on_the_orange_pair_is_the_exact_winner(embedded):
     """The pair where attribution ranks L29.N1326 (exact 0.083) first; the MLP 21 sweep holds L21.N29 (0.330)."""
-    c, k = tokens.pair(embedded, "I ate an orange for breakfast and an apple for lunch. For dinner I ate",
-                       "I ate a banana for breakfast and a pear for lunch. For dinner I ate")
+    c, k = tokens.pair(
+        embedded,
+        "I ate an orange for breakfast and an apple for lunch. For dinner I ate",
+        "I ate a banana for breakfast and a pear for lunch. For dinner I ate",
+    )
     setup = patching.prepare(embedded, c, k, 354, 253)
     approx = attribution.attribute(setup)
     assert attribution.top_neurons(embedded, approx, 1).label[0] == "L29.N1326"

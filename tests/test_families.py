@@ -19,31 +19,72 @@ from tests.conftest import CLEAN, CORRUPTED, save_random
 
 
 def tiny_configs() -> dict:
-    from transformers import (Gemma2Config, Gemma3TextConfig, GemmaConfig, GPTNeoXConfig, MistralConfig,
-                              Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config)
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GemmaConfig,
+        GPTNeoXConfig,
+        MistralConfig,
+        Olmo2Config,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
-    common = dict(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=96, vocab_size=50257, max_position_embeddings=128, bos_token_id=50256,
-                  eos_token_id=50256, pad_token_id=50256)
+    common = dict(
+        num_hidden_layers=3,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        vocab_size=50257,
+        max_position_embeddings=128,
+        bos_token_id=50256,
+        eos_token_id=50256,
+        pad_token_id=50256,
+    )
     # Windows shorter than the prompts (≈ 18 tokens), so a forward without them would differ.
     return {
         "mistral": MistralConfig(**common, sliding_window=5, rope_theta=20000.0),
-        "qwen2": Qwen2Config(**common, use_sliding_window=True, sliding_window=6, max_window_layers=1,
-                             rope_theta=30000.0),
+        "qwen2": Qwen2Config(
+            **common, use_sliding_window=True, sliding_window=6, max_window_layers=1, rope_theta=30000.0
+        ),
         "qwen3": Qwen3Config(**common, head_dim=24, rope_theta=40000.0),
         "phi3": Phi3Config(**{**common, "num_key_value_heads": 4}, partial_rotary_factor=0.5),
         "gemma": GemmaConfig(**common, head_dim=16),
-        "gemma2": Gemma2Config(**common, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
-                               attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+        "gemma2": Gemma2Config(
+            **common,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=4,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        ),
         "gemma3_text": Gemma3TextConfig(
-            **{**common, "num_hidden_layers": 4}, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+            **{**common, "num_hidden_layers": 4},
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=4,
             sliding_window_pattern=2,
-            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
-                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        ),
         "olmo2": Olmo2Config(**common),
-        "gpt_neox": GPTNeoXConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, intermediate_size=96,
-                                  vocab_size=50257, max_position_embeddings=128, rotary_pct=0.5, hidden_act="gelu",
-                                  use_parallel_residual=True, bos_token_id=50256, eos_token_id=50256),
+        "gpt_neox": GPTNeoXConfig(
+            num_hidden_layers=3,
+            hidden_size=64,
+            num_attention_heads=4,
+            intermediate_size=96,
+            vocab_size=50257,
+            max_position_embeddings=128,
+            rotary_pct=0.5,
+            hidden_act="gelu",
+            use_parallel_residual=True,
+            bos_token_id=50256,
+            eos_token_id=50256,
+        ),
     }
 
 
@@ -98,10 +139,12 @@ def hf_logit_diff(hf, ids: list[int], answer: int, wrong: int, edits=()) -> floa
     handles = []
     for mod, where, fn in edits:
         if where == "output":
+
             def hook(m, args, output, fn=fn):
                 if isinstance(output, tuple):
                     return (fn(output[0].clone()), *output[1:])
                 return fn(output.clone())
+
             handles.append(mod.register_forward_hook(hook))
         else:
             handles.append(mod.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0].clone()), *args[1:])))
@@ -129,16 +172,14 @@ def hf_capture(hf, ids: list[int], mod, where: str) -> torch.Tensor:
 
 def setup_for(model, ablation="clean"):
     c, k = tokens.pair(model, CLEAN, CORRUPTED)
-    return patching.prepare(model, c, k, tokens.single_token(model, " an"), tokens.single_token(model, " a"),
-                            ablation)
+    return patching.prepare(model, c, k, tokens.single_token(model, " an"), tokens.single_token(model, " a"), ablation)
 
 
 def hf_score(hf, setup, mod, where: str, edit) -> float:
     """Clean patching through a hook: edit(corrupted value, clean value) → patched value."""
     m = setup.metric
     clean_value = hf_capture(hf, setup.clean.ids, mod, where)
-    patched = hf_logit_diff(hf, setup.corrupted.ids, m.answer, m.wrong,
-                            [(mod, where, lambda t: edit(t, clean_value))])
+    patched = hf_logit_diff(hf, setup.corrupted.ids, m.answer, m.wrong, [(mod, where, lambda t: edit(t, clean_value))])
     return (patched - setup.corrupted_logit_diff) / (setup.clean_logit_diff - setup.corrupted_logit_diff)
 
 
@@ -164,8 +205,11 @@ def test_cached_activations_equal_the_hugging_face_modules(family):
     ids = tokens.pair(raw, CLEAN, CORRUPTED)[0].ids
     trace = fw.run(raw.weights, torch.tensor([ids]))
     for layer in range(raw.n_layers):
-        for name, what, where in (("attn_out", "attn_out", "output"), ("mlp_out", "mlp_out", "output"),
-                                  ("mlp_post", "neurons", "input")):
+        for name, what, where in (
+            ("attn_out", "attn_out", "output"),
+            ("mlp_out", "mlp_out", "output"),
+            ("mlp_post", "neurons", "input"),
+        ):
             expected = hf_capture(hf, ids, module(hf, layer, what), where)
             torch.testing.assert_close(getattr(trace, name)[layer], expected, atol=2e-5, rtol=1e-4)
         z = hf_capture(hf, ids, module(hf, layer, "z"), "input")
@@ -181,7 +225,7 @@ def test_each_switch_matters(family):
     off = {"windows": (), "parallel": False, "attn_softcap": None, "embed_scale": 1.0, "post_norms": False}
     for name, value in off.items():
         plain = getattr(fw.Arch(a.norm, a.eps, a.act, a.gated, a.n_layers), name)
-        if (any(a.windows) if name == "windows" else getattr(a, name) != plain):
+        if any(a.windows) if name == "windows" else getattr(a, name) != plain:
             naive = dataclasses.replace(w, arch=dataclasses.replace(a, **{name: value}))
             other = fw.unembed(naive, fw.run(naive, ids).resid_final)
             assert (other - logits).abs().max() > 1e-3, name
@@ -201,9 +245,11 @@ def test_patching_equals_hooked_hugging_face(family, processing):
     for kind in ("attn_out", "mlp_out"):
         for layer in range(L):
             for pos in (setup.start_pos, P - 1):
+
                 def edit(t, clean, pos=pos):
                     t[:, pos] = clean[:, pos]
                     return t
+
                 expected = hf_score(hf, setup, module(hf, layer, kind), "output", edit)
                 assert layers.scores[kind][layer, pos] == pytest.approx(expected, abs=2e-4), (kind, layer, pos)
             expected = hf_score(hf, setup, module(hf, layer, kind), "output", lambda t, clean: clean)
@@ -213,18 +259,22 @@ def test_patching_equals_hooked_hugging_face(family, processing):
     h = model.weights.d_head
     for layer in range(L):
         for head in (0, model.n_heads - 1):
+
             def edit(t, clean, head=head):
                 t[..., head * h : (head + 1) * h] = clean[..., head * h : (head + 1) * h]
                 return t
+
             expected = hf_score(hf, setup, module(hf, layer, "z"), "input", edit)
             assert heads.all_positions[layer, head] == pytest.approx(expected, abs=2e-4), (layer, head)
     # Neurons: the batched sweep equals one hooked forward per neuron.
     last = L - 1
     sweep = patching.patch_neurons(setup, last)
     for neuron in np.argsort(-np.abs(sweep.scores))[:4].tolist() + [0]:
+
         def edit(t, clean, neuron=neuron):
             t[..., neuron] = clean[..., neuron]
             return t
+
         expected = hf_score(hf, setup, module(hf, last, "neurons"), "input", edit)
         assert sweep.scores[neuron] == pytest.approx(expected, abs=2e-4), neuron
     assert np.abs(sweep.scores).max() > 1e-2  # effects are not near zero: the comparison can fail
@@ -237,13 +287,25 @@ def test_patching_identities(family):
     L = model.n_layers
     layers = patching.patch_layers(setup)
     # Patching the whole residual stream entering block 0 at every differing position = the clean run.
-    everything = fw.resume(model.weights, setup.clean_trace.resid_pre[0][:, setup.start_pos:], 0, "pre",
-                           setup.start_pos, setup.corrupted_trace)
+    everything = fw.resume(
+        model.weights,
+        setup.clean_trace.resid_pre[0][:, setup.start_pos :],
+        0,
+        "pre",
+        setup.start_pos,
+        setup.corrupted_trace,
+    )
     assert float(setup.metric(model.weights, everything)[0]) == pytest.approx(setup.clean_logit_diff, abs=1e-4)
-    assert layers.scores["resid_pre"][0, setup.start_pos:].max() <= 1 + 1e-4
+    assert layers.scores["resid_pre"][0, setup.start_pos :].max() <= 1 + 1e-4
     # Patching nothing: the score of an unchanged row is 0.
-    nothing = fw.resume(model.weights, setup.corrupted_trace.resid_pre[1][:, setup.start_pos:], 1, "pre",
-                        setup.start_pos, setup.corrupted_trace)
+    nothing = fw.resume(
+        model.weights,
+        setup.corrupted_trace.resid_pre[1][:, setup.start_pos :],
+        1,
+        "pre",
+        setup.start_pos,
+        setup.corrupted_trace,
+    )
     assert float(setup.metric(model.weights, nothing)[0]) == pytest.approx(setup.corrupted_logit_diff, abs=1e-4)
     # All neurons of a layer together = the layer's mlp_out, in every layer.
     sets = patching.patch_neuron_sets(setup, {layer: [] for layer in range(L)})
@@ -261,7 +323,9 @@ def test_the_linear_shortcuts_fail_where_the_architecture_breaks_them(family):
         exact = patching.patch_neurons(setup, last - 1).scores
         d_post = (setup.clean_trace.mlp_post[last - 1] - setup.corrupted_trace.mlp_post[last - 1])[0, start:]
         n = int(np.argmax(np.abs(exact)))
-        naive_row = setup.corrupted_trace.resid_after(last - 1)[:, start:] + d_post[:, n:n + 1] @ w.W_out[last - 1][n:n + 1]
+        naive_row = (
+            setup.corrupted_trace.resid_after(last - 1)[:, start:] + d_post[:, n : n + 1] @ w.W_out[last - 1][n : n + 1]
+        )
         naive = setup.score(setup.metric(w, fw.resume(w, naive_row, last, "pre", start, setup.corrupted_trace)))[0]
         assert abs(naive - exact[n]) > 1e-3
     if w.arch.parallel:
@@ -270,8 +334,19 @@ def test_the_linear_shortcuts_fail_where_the_architecture_breaks_them(family):
         with pytest.raises(ValueError, match="no 'mid' stage"):
             fw.resume(w, setup.corrupted_trace.resid_mid[0][:, start:] + delta, 0, "mid", start, setup.corrupted_trace)
         sequential = dataclasses.replace(w, arch=dataclasses.replace(w.arch, parallel=False))
-        naive = setup.score(setup.metric(w, fw.resume(sequential, setup.corrupted_trace.resid_mid[0][:, start:] + delta,
-                                                      0, "mid", start, setup.corrupted_trace)))[0]
+        naive = setup.score(
+            setup.metric(
+                w,
+                fw.resume(
+                    sequential,
+                    setup.corrupted_trace.resid_mid[0][:, start:] + delta,
+                    0,
+                    "mid",
+                    start,
+                    setup.corrupted_trace,
+                ),
+            )
+        )[0]
         assert abs(naive - exact) > 1e-3
 
 
@@ -283,8 +358,9 @@ def test_ablations_and_attribution_run_and_verify(family):
     effect = patching.neuron_effect(zero, last)
     # Zero-ablating every neuron of the last MLP, through a hook on the Hugging Face module:
     m = zero.metric
-    expected = hf_logit_diff(hf, zero.clean.ids, m.answer, m.wrong,
-                             [(module(hf, last, "neurons"), "input", torch.zeros_like)])
+    expected = hf_logit_diff(
+        hf, zero.clean.ids, m.answer, m.wrong, [(module(hf, last, "neurons"), "input", torch.zeros_like)]
+    )
     assert effect.patched_logit_diff == pytest.approx(expected, abs=2e-4)
     setup = setup_for(model)
     approx = attribution.attribute(setup)

@@ -45,9 +45,11 @@ def test_layer_position_scores_equal_hooked_patching(tiny):
     for kind, hook in [("resid_pre", "hook_resid_pre"), ("attn_out", "hook_attn_out"), ("mlp_out", "hook_mlp_out")]:
         for layer in range(tiny.n_layers):
             for pos in (setup.start_pos, P - 2, P - 1):
+
                 def edit(t, clean, pos=pos):
                     t[:, pos] = clean[:, pos]
                     return t
+
                 expected = reference_score(setup, f"blocks.{layer}.{hook}", edit)
                 assert result.scores[kind][layer, pos] == pytest.approx(expected, abs=1e-4)
         if kind != "resid_pre":
@@ -87,9 +89,11 @@ def test_all_neurons_together_equal_mlp_out_and_batched_equals_loop(tiny):
     layer = tiny.n_layers - 2
     sweep = patching.patch_neurons(setup, layer)
     for n in list(np.argsort(-np.abs(sweep.scores))[:4]) + [0, tiny.d_mlp - 1]:
+
         def edit(t, clean, n=int(n)):
             t[..., n] = clean[..., n]
             return t
+
         expected = reference_score(setup, f"blocks.{layer}.mlp.hook_post", edit)
         assert sweep.scores[n] == pytest.approx(expected, abs=1e-4)
 
@@ -102,17 +106,21 @@ def test_head_scores_equal_hooked_patching(tiny):
     H = tiny.n_heads
     for layer in range(tiny.n_layers):
         for head in (0, H - 1):
+
             def edit_all(t, clean, head=head):
                 v, c = t.view(*t.shape[:2], H, -1), clean.reshape(*t.shape[:2], H, -1)
                 v[:, :, head] = c[:, :, head]
                 return t
+
             expected = reference_score(setup, f"blocks.{layer}.attn.hook_z", edit_all)
             assert result.all_positions[layer, head] == pytest.approx(expected, abs=1e-4)
             for pos in (setup.start_pos, len(setup.clean.ids) - 1):
+
                 def edit_one(t, clean, head=head, pos=pos):
                     v, c = t.view(*t.shape[:2], H, -1), clean.reshape(*t.shape[:2], H, -1)
                     v[:, pos, head] = c[:, pos, head]
                     return t
+
                 expected = reference_score(setup, f"blocks.{layer}.attn.hook_z", edit_one)
                 assert result.per_position[layer, head, pos] == pytest.approx(expected, abs=1e-4)
 
@@ -125,6 +133,7 @@ def test_ablations_equal_hooked_ablations(tiny, ablation):
     sweep = patching.patch_neurons(setup, layer)
     layers = patching.patch_layers(setup)
     for n in (0, 5):
+
         def edit(t, clean, n=n):
             if ablation == "zero":
                 t[..., n] = 0
@@ -133,10 +142,12 @@ def test_ablations_equal_hooked_ablations(tiny, ablation):
             else:
                 t[..., n] = -t[..., n]
             return t
+
         expected = reference_score(setup, f"blocks.{layer}.mlp.hook_post", edit)
         assert sweep.scores[n] == pytest.approx(expected, abs=1e-4)
     # ablations start at position 0 (nothing is shared with another run); a patch at pos recomputes pos.. only
     for pos in (0, 2):
+
         def edit_pos(t, clean, pos=pos):
             if ablation == "zero":
                 t[:, pos] = 0
@@ -145,6 +156,7 @@ def test_ablations_equal_hooked_ablations(tiny, ablation):
             else:
                 t[:, pos] = -t[:, pos]
             return t
+
         for kind, hook in (("attn_out", "hook_attn_out"), ("resid_pre", "hook_resid_pre")):
             expected = reference_score(setup, f"blocks.{layer}.{hook}", edit_pos)
             assert layers.scores[kind][layer, pos] == pytest.approx(expected, abs=1e-4)
