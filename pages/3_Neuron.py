@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import post
-from core.congruence import MATRICES, MATRIX_HELP, check_neuron, describe, label
+from core.congruence import MATRICES, check_neuron, describe, label
 from core.model import Model
 from ui import analyses, charts, common, params, scan_view, text
 from ui.common import Section
@@ -38,13 +38,7 @@ def chosen_neuron(model: Model) -> tuple[int, int] | None:
     cols[1].number_input(
         "Neuron", key=key("neuron"), min_value=0, step=1, persist_state="session", placeholder=f"0..{model.d_mlp - 1}"
     )
-    cols[2].selectbox(
-        "Token vectors",
-        MATRICES,
-        key=key("matrix"),
-        persist_state="session",
-        format_func=lambda m: f"{m}: {MATRIX_HELP[m]}",
-    )
+    common.matrix_select(cols[2], key("matrix"))
     params.publish(PAGE, spec)
     layer, neuron = params.value(PAGE, "layer"), params.value(PAGE, "neuron")
     if layer is None and neuron is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import post
-from core.congruence import MATRICES, MATRIX_HELP, describe, label
+from core.congruence import MATRICES, describe, label
 from core.model import Model
 from ui import analyses, charts, common, params, text
 
@@ -29,13 +29,7 @@ def inputs() -> tuple[str, str]:
         persist_state="session",
         help="One token with its leading space, e.g. ' an' (spaces matter)",
     )
-    right.selectbox(
-        "Token vectors",
-        MATRICES,
-        key=key("matrix"),
-        persist_state="session",
-        format_func=lambda m: f"{m}: {MATRIX_HELP[m]}",
-    )
+    common.matrix_select(right, key("matrix"))
     params.publish(PAGE, PARAMS)
     return params.value(PAGE, "token"), params.value(PAGE, "matrix")
 

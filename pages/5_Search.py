@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import search
-from core.congruence import MATRICES, MATRIX_HELP, describe
+from core.congruence import MATRICES, describe
 from core.model import Model
 from core.search import KIND_HELP, KINDS
 from ui import analyses, common, params
@@ -28,13 +28,7 @@ def inputs() -> tuple[str, str]:
     left.selectbox(
         "Search", KINDS, key=key("kind"), persist_state="session", format_func=lambda k: f"{k}: {KIND_HELP[k]}"
     )
-    right.selectbox(
-        "Token vectors",
-        MATRICES,
-        key=key("matrix"),
-        persist_state="session",
-        format_func=lambda m: f"{m}: {MATRIX_HELP[m]}",
-    )
+    common.matrix_select(right, key("matrix"))
     params.publish(PAGE, PARAMS)
     return params.value(PAGE, "kind"), params.value(PAGE, "matrix")
 

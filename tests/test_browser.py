@@ -64,32 +64,18 @@ def wait_healthy(url: str, server: subprocess.Popen, deadline_s: float = 120) ->
     raise TimeoutError(f"streamlit did not answer at {url} within {deadline_s} s")
 
 
+def start_streamlit(port: int, *flags: str) -> subprocess.Popen:
+    """`streamlit run app.py` on localhost:port, headless and offline; its output piped (wait_healthy reads it)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    command += ["--server.headless", "true", "--server.address", "127.0.0.1", *flags]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture(scope="module")
 def app_url():
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = start_streamlit(port, "--browser.gatherUsageStats", "false")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, server)

@@ -1,6 +1,5 @@
 """Ray scale-out (local instance, 2 workers): identical scans and search rankings, also after a worker is killed."""
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -36,18 +35,24 @@ def setup(tmp_path_factory, gpt2_folder):
 ARGS = dict(neurons=[(0, 3), (2, 17)], target=281, max_tokens=2000, ctx=16, batch_size=2, top_examples=5)
 
 
-def die_once(after: int, flag: str, done: int) -> None:
-    """A worker's `after_batch`: the first worker to finish `after` batches kills its own process (once)."""
-    if done >= after and not os.path.exists(flag):
-        Path(flag).touch()
-        os._exit(1)
+def die_once_after(after: int, flag: str):
+    """A worker's `after_batch` that kills the first worker to finish `after` batches (once: the flag file says).
+
+    A closure, so that Ray pickles it by value (workers cannot import this test module)."""
+
+    def after_batch(done: int) -> None:
+        if done >= after and not os.path.exists(flag):
+            Path(flag).touch()
+            os._exit(1)
+
+    return after_batch
 
 
 def test_ray_scan_equals_single_process_even_with_a_killed_worker(setup):
     model, corpus, cache_dir = setup
     spec = scan.ScanSpec(dataset=str(corpus), **ARGS)
     single = scan.scan(model, spec, use_cache=False).to_json()
-    kill = functools.partial(die_once, 2, str(cache_dir / "killed-once"))
+    kill = die_once_after(2, str(cache_dir / "killed-once"))
     on_ray = distributed.ray_scan(model, spec, workers=2, after_batch=kill)
     assert (cache_dir / "killed-once").exists(), "the injected fault should have killed one worker mid-scan"
     result = on_ray.to_json()

@@ -6,15 +6,13 @@ Run:  SOAK_SECONDS=120 SOAK_SESSIONS=4 .venv/bin/python -m pytest -m slow tests/
 """
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, sync_api, wait_healthy
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, start_streamlit, sync_api, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTES = [
@@ -44,27 +42,7 @@ def rss_mb(pid: int) -> float:
 def test_many_sessions_for_a_while():
     seconds, sessions = float(os.environ.get("SOAK_SECONDS", 120)), int(os.environ.get("SOAK_SESSIONS", 4))
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = start_streamlit(port)
     url = f"http://127.0.0.1:{port}"
     errors, samples, loads = [], [], 0
     try:

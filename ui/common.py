@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.congruence import MATRICES, MATRIX_HELP
 from core.errors import UserError
 from core.hosting import limits
 from core.metric import DESCRIPTION as METRIC_DESCRIPTION
@@ -330,6 +331,16 @@ def json_download(payload: dict, name: str, label: str = "⬇ JSON of this analy
         mime="application/json",
         key=f"json:{name}",
         on_click="ignore",
+    )
+
+
+# ---------------------------------------------------------------- shared inputs
+
+
+def matrix_select(container: Any, key: str) -> None:
+    """The "Token vectors" choice (W_U or W_E) of the congruence pages; its value is bound to the URL by params."""
+    container.selectbox(
+        "Token vectors", MATRICES, key=key, persist_state="session", format_func=lambda m: f"{m}: {MATRIX_HELP[m]}"
     )
 
 
