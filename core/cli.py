@@ -111,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=positive_int, default=20)
     p.add_argument("--matrix", choices=MATRICES, default="W_U", help="W_U: unembedding; W_E: embedding (post's code)")
 
+    p = sub.add_parser("drivers", help="what drives a neuron: its input split over upstream components, path patching")
+    _common(p)
+    p.add_argument("--neuron", required=True, help="L25.N1527 or 25.1527")
+    p.add_argument("--prompt", default=None, help="the prompt to decompose on (default: --clean, else the post's)")
+    p.add_argument("--position", type=int, default=None, help="absolute position (default: the last; -1 = last)")
+    p.add_argument("--clean", default=None, help="with --corrupted: path patching of every upstream component")
+    p.add_argument("--corrupted", default=None)
+    _answer_flags(p)
+    p.add_argument("--top-k", type=positive_int, help="components to list (default: all in JSON, 15 in tables)")
+    p.add_argument("--reads-from", type=int, default=3, help="also where the top N heads read from (0: none)")
+
+    p = sub.add_parser("attention", help="one head's attention pattern (query × key) on a prompt")
+    _common(p)
+    p.add_argument("--layer", type=layer_int, required=True)
+    p.add_argument("--head", type=layer_int, required=True)
+    p.add_argument("--prompt", default=post.CLEAN)
+
     p = sub.add_parser("search", help="stand-out or mutual-exclusive token-neuron pairs over all neurons × tokens")
     _common(p)
     p.add_argument("--kind", choices=KINDS, default="mutual")
@@ -299,6 +316,59 @@ def cmd_congruence(args: argparse.Namespace) -> dict:
     return {**out, **by_token.to_json()}
 
 
+def cmd_drivers(args: argparse.Namespace) -> dict:
+    from core import congruence, drivers, tokens
+
+    model = _load(args)
+    layer, neuron = congruence.parse_neuron(model, args.neuron)
+    if (args.clean is None) != (args.corrupted is None):
+        raise UserError("give both --clean and --corrupted for path patching, or neither")
+    pair = None
+    if args.clean is not None:
+        clean, corrupted = tokens.pair(model, args.clean, args.corrupted)
+        answer = tokens.single_token(model, args.answer, "answer")
+        wrong = tokens.single_token(model, args.wrong, "wrong")
+        pair = (clean, corrupted, answer, wrong)
+    text = args.prompt if args.prompt is not None else (args.clean if args.clean is not None else post.CLEAN)
+    prompt = tokens.prompt(model, text)
+    if args.reads_from < 0:
+        raise UserError(f"--reads-from {args.reads_from} must be 0 or more")
+    result = drivers.drivers(model, prompt, layer, neuron, args.position, pair, reads_from_heads=args.reads_from)
+    if not args.json:
+        keys = " ".join(f"{k} {v:+.4f}" for k, v in result.inputs.items())
+        print(
+            f"{result.label()} at position {result.position} ({tokens.shown(prompt.pieces[result.position])}): "
+            f"{keys}; activation {result.post_activation:+.4f}; input norm scale {result.norm_scale:.4f} (frozen)"
+        )
+        _print_table("upstream components, by |first-order share|", result.top(args.top_k or 15))
+        if result.path_patching is not None:
+            facts = result.pair or {}
+            print(
+                f"\nactivation clean {facts['clean_activation']:+.4f}, corrupted {facts['corrupted_activation']:+.4f}"
+            )
+            frame = result.path_patching.drop(columns=["patched_activation"])
+            _print_table("path patching into the neuron, by neuron_restored", frame.head(args.top_k or 15))
+        for name, frame in result.reads_from.items():
+            _print_table(
+                f"{name} reads from (position {result.position})", frame.sort_values("attention").iloc[::-1].head(5)
+            )
+    return {"model": model.facts(), **result.to_json(args.top_k)}
+
+
+def cmd_attention(args: argparse.Namespace) -> dict:
+    from core import drivers, tokens
+
+    model = _load(args)
+    prompt = tokens.prompt(model, args.prompt)
+    result = drivers.attention_pattern(model, prompt, args.layer, args.head)
+    if not args.json:
+        frame = pd.DataFrame(result.pattern, columns=[tokens.shown(t) for t in prompt.pieces])
+        frame.insert(0, "query", [tokens.shown(t) for t in prompt.pieces])
+        print(f"{result.label()} on {len(prompt.ids)} tokens; {model.bos_convention()}")
+        print(frame.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    return {"model": model.facts(), **result.to_json()}
+
+
 def cmd_search(args: argparse.Namespace) -> dict:
     from core import congruence, search
 
@@ -396,6 +466,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "lens": cmd_lens,
     "patch": cmd_patch,
     "congruence": cmd_congruence,
+    "drivers": cmd_drivers,
+    "attention": cmd_attention,
     "search": cmd_search,
     "scan": cmd_scan,
     "reproduce": cmd_reproduce,

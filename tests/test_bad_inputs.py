@@ -63,6 +63,17 @@ CLI = [  # (case, argv, expected exit code, text the one-line message must conta
     ("token budget 0", ["scan", "--neurons", "L25.N1527", "--max-tokens", "0"], 2, "at least 1"),
     ("token budget absurd", ["scan", "--neurons", "L25.N1527", "--max-tokens", "999999999999"], 2, "out of range"),
     ("unknown flag value", ["patch", "--ablation", "shuffle"], 2, "invalid choice"),
+    ("drivers: neuron out of range", ["drivers", "--neuron", "L25.N1536"], 2, "neurons 0..1535"),
+    ("drivers: position outside", ["drivers", "--neuron", "L25.N1527", "--position", "19"], 2, "use 0..18"),
+    ("drivers: half a pair", ["drivers", "--neuron", "L25.N1527", "--clean", GOOD], 2, "both --clean and"),
+    (
+        "drivers: pair of different lengths",
+        ["drivers", "--neuron", "L25.N1527", "--clean", GOOD, "--corrupted", "I climbed"],
+        2,
+        "same number of tokens",
+    ),
+    ("attention: head out of range", ["attention", "--layer", "3", "--head", "9"], 2, "heads 0..8"),
+    ("attention: layer out of range", ["attention", "--layer", "30", "--head", "0"], 2, "layers 0..29"),
 ]
 FILES = [  # (case, argv with {file} placeholders, text)
     ("model folder missing", ["predict", "--model", "/no/such/folder"], "does not exist"),
@@ -88,6 +99,15 @@ URL = [  # (case, page, query, text of the st.error)
     ("token budget 0", "6_Corpus.py", {"budget": "0"}, "token budget 0 is out of range"),
     ("unknown model", "1_Logit_Lens.py", {"model": "no-such-model"}, "unknown model 'no-such-model'"),
     ("control characters in a prompt", "1_Logit_Lens.py", {"prompt": "a\x00b"}, "control characters"),
+    ("drivers: position outside", "3_Neuron.py", {"layer": "25", "neuron": "1527", "position": "40"}, "use 0..18"),
+    ("drivers: bad head", "3_Neuron.py", {"layer": "25", "neuron": "1527", "head": "L3.H9"}, "heads 0..8"),
+    (
+        "drivers: pair of different lengths",
+        "3_Neuron.py",
+        {"layer": "25", "neuron": "1527", "corrupted": "I climbed"},
+        "same number of tokens",
+    ),
+    ("lens: bad head", "1_Logit_Lens.py", {"head": "L99.H0"}, "layers 0..29"),
 ]
 
 

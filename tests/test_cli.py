@@ -176,3 +176,39 @@ def test_all_neurons_cli(capsys):
     assert code == 0 and data["neurons"][0]["exact"] is None and len(data["neurons"]) == 3
     code, _, err = run(capsys, "patch", "--level", "all-neurons", "--ablation", "zero")
     assert code == 2 and "clean" in err
+
+
+def test_drivers_json_on_the_post_pair(capsys):
+    from core import post
+
+    code, out, _ = run(
+        capsys, "drivers", "--neuron", "L25.N1527", "--clean", post.CLEAN, "--corrupted", post.CORRUPTED, "--json"
+    )
+    data = json.loads(out)
+    assert code == 0 and data["neuron"] == {"layer": 25, "neuron": 1527, "label": "L25.N1527"}
+    assert data["position"] == 18 and len(data["token_ids"]) == 19 and set(data["inputs"]) == {"gate", "up"}
+    assert data["norm_scale_frozen"] is True and data["processing"] == "tl-default" and "BOS" in data["bos"]
+    for key in ("gate", "up"):
+        total = sum(c["contribution"][key] for c in data["components"])
+        assert total == pytest.approx(data["inputs"][key], abs=1e-3)
+    shares = [abs(c["first_order"]) for c in data["components"]]
+    assert shares == sorted(shares, reverse=True) and len(data["components"]) == 1 + 9 * 26 + 25 + 1
+    assert {c["label"] for c in data["components"]} >= {"embed", "bias", "L25.H0", "mlp24"}
+    paths = data["path_patching"]
+    assert [p["neuron_restored"] for p in paths] == sorted((p["neuron_restored"] for p in paths), reverse=True)
+    assert paths[0]["label"] == "mlp23" and paths[1]["label"] == "L23.H0"  # the story (docs/drivers.md)
+    assert set(paths[0]) == {"label", "kind", "layer", "head", "neuron_restored", "logit_diff_restored"}
+    assert "L23.H0" in data["reads_from"]
+
+
+def test_drivers_top_k_and_attention_json(capsys, gpt2_folder):
+    code, out, _ = run(capsys, "drivers", "--model", str(gpt2_folder), "--neuron", "2.5", "--top-k", "4", "--json")
+    data = json.loads(out)
+    assert code == 0 and len(data["components"]) == 4 and set(data["inputs"]) == {"in"}
+    assert "path_patching" not in data and data["position"] == len(data["token_ids"]) - 1
+    code, out, _ = run(capsys, "attention", "--model", str(gpt2_folder), "--layer", "1", "--head", "3", "--json")
+    data = json.loads(out)
+    P = len(data["token_ids"])
+    assert code == 0 and len(data["pattern"]) == P and all(len(row) == P for row in data["pattern"])
+    assert data["tokens"][0] == "<|endoftext|>" and sum(data["pattern"][-1]) == pytest.approx(1.0, abs=1e-4)
+    assert data["pattern"][0][1] == 0  # causal
