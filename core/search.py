@@ -11,6 +11,7 @@ computed in blocks of neurons, and each block updates running top-2s per neuron 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast, get_args
@@ -90,6 +91,30 @@ def merge_top2(vals: torch.Tensor, ids: torch.Tensor, new_vals: torch.Tensor, ne
     return torch.stack([best, second]), torch.stack([best_id, second_id])
 
 
+def blocks(
+    neurons: torch.Tensor, vectors: torch.Tensor, rows: int, progress: Progress | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The one streamed pass over neurons × vocabulary that every whole-model analysis shares (the searches here,
+    the atlas in core.atlas): yields (start, scores) where scores = (neurons[start:start + rows] @ vectors) in
+    fp32, [rows, V], then reports progress(done, total) once the caller has consumed the block.
+
+    The [rows, V] buffer is reused from block to block (no fresh allocation, no page faults per block): a caller
+    that keeps scores past its loop iteration must copy them; it may overwrite them in place.
+    """
+    N, V = neurons.shape[0], vectors.shape[1]
+    starts = range(0, N, rows)
+    buffer = torch.empty(min(rows, N), V, device=vectors.device) if vectors.dtype == torch.float32 else None
+    for i, start in enumerate(starts):
+        block = neurons[start : start + rows]
+        if buffer is not None and block.dtype == torch.float32:
+            scores = torch.matmul(block, vectors, out=buffer[: block.shape[0]])
+        else:  # half-precision weights: the matmul in their dtype, the reductions in fp32
+            scores = (block @ vectors).float()
+        yield start, scores
+        if progress:
+            progress(i + 1, len(starts))
+
+
 @torch.no_grad()
 def compute_tables(
     model: Model, matrix: str = "W_U", progress: Progress | None = None, rows_per_block: int | None = None
@@ -103,10 +128,8 @@ def compute_tables(
     neuron_ids = torch.empty(N, 2, dtype=torch.long, device=model.device)
     token_vals = torch.full((2, V), -torch.inf, device=model.device)
     token_ids = torch.zeros(2, V, dtype=torch.long, device=model.device)
-    blocks = range(0, N, rows)
-    for i, start in enumerate(blocks):
-        stop = min(start + rows, N)
-        scores = (neurons[start:stop] @ vectors).float()  # [rows, V]
+    for start, scores in blocks(neurons, vectors, rows, progress):
+        stop = start + scores.shape[0]
         neuron_vals[start:stop], neuron_ids[start:stop] = scores.topk(2, dim=1)
         # Top-2 over neurons, per token, in strips of rows: torch reduces a [256, V] strip along dim 0 about
         # 2.5x faster per element than the whole [rows, V] block on this CPU (measured; see bench/congruence.py).
@@ -117,8 +140,6 @@ def compute_tables(
                 strip_vals = torch.cat([strip_vals, torch.full_like(strip_vals, -torch.inf)])
                 strip_ids = torch.cat([strip_ids, strip_ids])
             token_vals, token_ids = merge_top2(token_vals, token_ids, strip_vals, strip_ids + start + sub)
-        if progress:
-            progress(i + 1, len(blocks))
     return Tables(
         neuron_ids.int().cpu().numpy(),
         neuron_vals.cpu().numpy(),
