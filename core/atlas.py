@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from core import cache, search
-from core.congruence import formula, label, neuron_vectors, token_vectors
+from core.congruence import label, neuron_vectors, token_vectors
 from core.errors import UserError
 from core.jsonable import to_jsonable
 from core.model import Model
@@ -326,11 +326,16 @@ class Atlas:
         )
 
 
+def direction(model: Model) -> str:
+    """The neuron's output direction as congruence.neuron_vectors gives it (behind a post-MLP norm: ⊙ its weight)."""
+    return "W_out[L, n] ⊙ w_post[L]" if model.weights.mlp_post_w is not None else "W_out[L, n]"
+
+
 def info(model: Model, layers: tuple[int, int]) -> dict[str, Any]:
     return {
         "name": model.name,
         "processing": model.processing,
-        "composition": f"cos({formula(model, 'W_U').split(' · ')[0]}, W_U[:, t]) over all {model.d_vocab:,} tokens",
+        "composition": f"cos({direction(model)}, W_U[:, t]) over all {model.d_vocab:,} tokens",
         "moments": "population moments over the vocabulary; skew Fisher–Pearson, kurtosis Pearson (Gaussian = 3)",
         "null_space": {
             "k": null_space_size(model.weights.d_model),
@@ -383,7 +388,7 @@ def build(model: Model, arrays: dict[str, np.ndarray]) -> Atlas:
 
 def _cache_path(model: Model, layers: tuple[int, int]):
     params = {"version": VERSION, "processing": model.processing, "layers": list(layers), "keep": KEEP}
-    params["direction"] = formula(model, "W_U")
+    params["direction"] = direction(model)
     return cache.key_path(model.fingerprint, "atlas", params)
 
 
