@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", choices=MATRICES, default="W_U")
     _ray_flags(p)
 
+    p = sub.add_parser("atlas", help="every neuron classified by its vocabulary composition (moments, classes)")
+    _common(p)
+    p.add_argument("--layers", default=None, help="an inclusive layer range, e.g. 20-29 (default: all layers)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="neurons to list, by kurtosis (default: all)")
+
     p = sub.add_parser("scan", help="corpus scan: activation bins vs top-1 share, totals, max-activating examples")
     _common(p)
     p.add_argument(
@@ -472,6 +477,22 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "scan": cmd_scan,
     "reproduce": cmd_reproduce,
 }
+
+
+def cmd_atlas(args: argparse.Namespace) -> dict:
+    from core import atlas
+
+    model = _load(args)
+    atlas.check_layers(model, args.layers)
+    result = atlas.atlas(model, args.layers, _tqdm_progress("atlas blocks") if not args.json else None)
+    if not args.json:
+        columns = ["name", "kurtosis", "skew", "std", "null_space_share", "gap", "classes", "label", "top_token"]
+        _print_table(f"atlas of {model.name}, by kurtosis", result.ranked(args.top_k or 20)[columns])
+        print(pd.DataFrame(result.counts(), index=range(result.layers[0], result.layers[1] + 1)).to_string())
+    return {"facts": model.facts(), **result.to_json(args.top_k)}
+
+
+COMMANDS["atlas"] = cmd_atlas
 
 
 def main(argv: list[str] | None = None) -> int:
