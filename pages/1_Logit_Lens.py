@@ -1,11 +1,14 @@
 """Logit lens: the prompt's tokens, the top predictions, the logit diff after every sublayer, and its direct
-attribution to each component and head."""
+attribution to each component and head (click a head: its attention pattern)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import streamlit as st
 
 from core import post
+from core.drivers import head_label, parse_head
 from core.model import Model
 from ui import analyses, charts, common, params, text
 from ui.export import jsonable
@@ -14,12 +17,17 @@ PAGE = "lens"
 PARAMS = [params.Param("prompt", post.CLEAN), params.Param("answer", post.ANSWER), params.Param("wrong", post.WRONG)]
 
 
+def page_params(model: Model) -> list[params.Param]:
+    """The inputs, plus the head whose attention pattern is shown (set by a click on the per-head map)."""
+    return [*PARAMS, params.Param("head", None, lambda text: parse_head(model, text), lambda v: head_label(*v))]
+
+
 def key(name: str) -> str:
     return params.key(PAGE, name)
 
 
-def inputs() -> tuple[str, str, str]:
-    params.bind(PAGE, PARAMS)
+def inputs(model: Model) -> tuple[str, str, str]:
+    params.bind(PAGE, page_params(model))
     left, right = st.columns([3, 1])
     left.text_area("Prompt", key=key("prompt"), height=100, persist_state="session")
     right.text_input(
@@ -29,7 +37,7 @@ def inputs() -> tuple[str, str, str]:
         help="One token, with its leading space: ' an' (spaces matter)",
     )
     right.text_input("Wrong token", key=key("wrong"), persist_state="session", help="The alternative, e.g. ' a'")
-    params.publish(PAGE, PARAMS)
+    params.publish(PAGE, page_params(model))
     return params.value(PAGE, "prompt"), params.value(PAGE, "answer"), params.value(PAGE, "wrong")
 
 
@@ -40,7 +48,7 @@ def body(model: Model) -> None:
         "through the final norm and the unembedding; direct logit attribution splits the final logit diff "
         "into one term per component."
     )
-    prompt, answer, wrong = inputs()
+    prompt, answer, wrong = inputs(model)
     view = analyses.lens_view(model, model.fingerprint, prompt, answer, wrong)
     result = view.result
 
@@ -74,10 +82,28 @@ def body(model: Model) -> None:
     st.subheader("Direct logit attribution")
     common.conventions(model, extra="final norm's scale frozen at its value on the real residual")
     st.plotly_chart(charts.dla_bar(result.components), key="lens:dla")
-    st.plotly_chart(
+    event = st.plotly_chart(
         charts.heads_heatmap(result.heads, "logit_diff", "Direct logit attribution per head", "logit diff"),
         key="lens:heads",
+        on_select="rerun",
+        selection_mode="points",
     )
+    if clicked := clicked_head(event):
+        st.session_state[key("head")] = clicked
+        params.publish(PAGE, page_params(model))
+    st.caption("Click a head to see its attention pattern on the prompt.")
+    head = params.value(PAGE, "head")
+    pattern_json = None
+    if head is not None:
+        pattern = analyses.attention_view(model, model.fingerprint, prompt, *head)
+        name = head_label(*head)
+        dla = result.heads[(result.heads.layer == head[0]) & (result.heads["head"] == head[1])].logit_diff.iloc[0]
+        st.markdown(f"**Head {name}** — direct logit attribution {dla:+.3f}; its attention pattern (query × key)")
+        st.plotly_chart(
+            charts.attention_heatmap(pattern.pattern, pattern.prompt.pieces, f"{name} attention pattern", None),
+            key="lens:pattern",
+        )
+        pattern_json = pattern.to_json()
 
     with st.expander("Tables"):
         for name, frame in (
@@ -88,7 +114,19 @@ def body(model: Model) -> None:
             st.markdown(f"**{name}**")
             common.table(frame, name, key=f"lens:{name}")
     # the same JSON as `python -m core lens --json` (tests/test_app.py checks)
-    common.json_download({"model": model.facts(), **result.to_json(), "top": jsonable(view.top)}, "logit_lens")
+    payload = {"model": model.facts(), **result.to_json(), "top": jsonable(view.top)}
+    if pattern_json is not None:  # an extra key: the rest equals `python -m core lens --json`
+        payload["attention"] = pattern_json
+    common.json_download(payload, "logit_lens")
+
+
+def clicked_head(event: Any) -> tuple[int, int] | None:
+    """(layer, head) of a clicked cell of the per-head map (x = head, y = layer)."""
+    selection = (event or {}).get("selection") or {}
+    for point in selection.get("points", []) or []:
+        if point.get("x") is not None and point.get("y") is not None:
+            return int(point["y"]), int(point["x"])
+    return None
 
 
 common.page("Logit lens", body)

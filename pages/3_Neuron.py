@@ -1,11 +1,16 @@
-"""One neuron (?layer=L&neuron=N): the tokens it writes (congruence), its activation on a prompt, and a corpus scan."""
+"""One neuron (?layer=L&neuron=N): the tokens it writes (congruence), its activation on a prompt, what drives it
+(its input split over upstream components, path patching with a corrupted prompt, attention patterns), and a
+corpus scan."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import streamlit as st
 
 from core import post
 from core.congruence import MATRICES, check_neuron, describe, label
+from core.drivers import head_label, parse_head
 from core.model import Model
 from ui import analyses, charts, common, params, scan_view, text
 from ui.common import Section
@@ -25,6 +30,12 @@ def page_params(model: Model) -> list[params.Param]:
         params.Param("neuron", None, params.whole_number("neuron", 0, model.d_mlp - 1)),
         params.Param("matrix", "W_U", params.choice("matrix", MATRICES)),
         params.Param("prompt", post.CLEAN),
+        params.Param("position", None, params.whole_number("position", 0)),
+        params.Param("corrupted", ""),
+        params.Param("answer", post.ANSWER),
+        params.Param("wrong", post.WRONG),
+        params.Param("head", None, lambda text: parse_head(model, text), lambda value: head_label(*value)),
+        params.Param("mlp", None, params.whole_number("mlp", 0, model.n_layers - 1)),
     ]
 
 
@@ -113,6 +124,143 @@ def activation_section(model: Model, layer: int, neuron: int) -> dict:
     return {"prompt": prompt, "activations": frame}
 
 
+def clicked_component(event: Any) -> tuple[str, int, int] | None:
+    """(kind, layer, head) of a clicked bar of charts.drivers_bar (customdata [kind, layer, head, …])."""
+    selection = (event or {}).get("selection") or {}
+    for point in selection.get("points", []) or []:
+        data = point.get("customdata")
+        if isinstance(data, dict):
+            data = [data[k] for k in sorted(data, key=int)]
+        if isinstance(data, (list, tuple)) and len(data) >= 3:
+            return str(data[0]), int(data[1]), int(data[2])
+    return None
+
+
+def select(kind: str, layer: int, head: int) -> None:
+    """A clicked component: a head opens its attention pattern, an MLP its neurons that drive this one."""
+    if kind == "head":
+        st.session_state[key("head")] = (layer, head)
+    elif kind == "mlp":
+        st.session_state[key("mlp")] = layer
+
+
+def drivers_section(model: Model, layer: int, neuron: int) -> dict:
+    st.subheader("What drives it")
+    st.markdown(
+        "The neuron's input at one position, split over every upstream component: the embedding, each head, "
+        "each earlier MLP and the biases. Give a corrupted prompt (same number of tokens) for **path patching**: "
+        "each component's clean output put back *only* on its direct path into this neuron."
+    )
+    prompt = params.value(PAGE, "prompt")
+    cols = st.columns([4, 1, 1, 1])
+    cols[0].text_area(
+        "Corrupted prompt (optional)",
+        key=key("corrupted"),
+        height=80,
+        persist_state="session",
+        help="Same number of tokens as the prompt above; e.g. apple → lemon",
+    )
+    cols[1].number_input(
+        "Position", key=key("position"), min_value=0, step=1, persist_state="session", placeholder="last"
+    )
+    cols[2].text_input("Answer token", key=key("answer"), persist_state="session", help="for the logit-diff score")
+    cols[3].text_input("Wrong token", key=key("wrong"), persist_state="session")
+    position, corrupted = params.value(PAGE, "position"), params.value(PAGE, "corrupted") or None
+    answer, wrong = params.value(PAGE, "answer"), params.value(PAGE, "wrong")
+    result = analyses.drivers_view(model, model.fingerprint, prompt, layer, neuron, position, corrupted, answer, wrong)
+    p = result.position
+    metrics = st.columns(2 + len(result.inputs))
+    metrics[0].metric("activation", f"{result.post_activation:+.3f}", help=f"at position {p}")
+    for column, (name, value) in zip(metrics[1:], result.inputs.items()):
+        column.metric(f"{name} pre-activation", f"{value:+.3f}")
+    metrics[-1].metric("input norm scale (frozen)", f"{result.norm_scale:.3f}")
+    common.conventions(
+        model,
+        metric=corrupted is not None,
+        extra=f"position {p} ({text.literal(charts.shown(result.prompt.pieces[p]))}); "
+        f"{result.conventions['position_convention']}; {result.conventions['norm_note']}; "
+        f"{result.conventions['share_note']}",
+    )
+    left, right = st.columns([3, 2])
+    with left:
+        event = st.plotly_chart(
+            charts.drivers_bar(result.components, f"What drives {label(layer, neuron)} at position {p}"),
+            key="neuron:drivers_chart",
+            on_select="rerun",
+            selection_mode="points",
+        )
+        if clicked := clicked_component(event):
+            select(*clicked)
+        st.caption("Click a head to see its attention pattern, an MLP to see its neurons that drive this one.")
+    with right:
+        frame = result.components
+        row = common.table(
+            frame,
+            f"{label(layer, neuron)}_drivers",
+            key="neuron:drivers",
+            select=True,
+            height=420,
+        )
+        if row:
+            picked = frame.iloc[row["row"]]
+            select(str(picked["kind"]), int(picked["layer"]), int(picked["head"]))
+    payload: dict = {"drivers": result.to_json()}
+    if result.path_patching is not None:
+        facts = result.pair or {}
+        st.markdown(
+            f"**Path patching into {label(layer, neuron)}** — activation at position {p}: clean "
+            f"{facts['clean_activation']:+.3f}, corrupted {facts['corrupted_activation']:+.3f}. "
+            "neuron_restored = (patched − corrupted) / (clean − corrupted) activation; logit_diff_restored = the "
+            "logit-diff score with the neuron so patched at every position."
+        )
+        if "neuron_restored_note" in facts:
+            st.info(facts["neuron_restored_note"])
+        paths = result.path_patching
+        row = common.table(paths, f"{label(layer, neuron)}_path_patching", key="neuron:paths", select=True, height=320)
+        if row:
+            picked = paths.iloc[row["row"]]
+            select(str(picked["kind"]), int(picked["layer"]), int(picked["head"]))
+    params.publish(PAGE, page_params(model))
+    head, mlp = params.value(PAGE, "head"), params.value(PAGE, "mlp")
+    if head is not None:
+        payload.update(head_view(model, prompt, head, (layer, neuron), p))
+    if mlp is not None:
+        payload.update(mlp_view(model, prompt, layer, neuron, p, mlp))
+    return payload
+
+
+def head_view(model: Model, prompt: str, head: tuple[int, int], neuron: tuple[int, int], position: int) -> dict:
+    name = head_label(*head)
+    st.markdown(
+        f"**Head {name}** — its attention pattern on the prompt, and where it reads from at position {position}"
+    )
+    pattern = analyses.attention_view(model, model.fingerprint, prompt, *head)
+    left, right = st.columns(2)
+    left.plotly_chart(
+        charts.attention_heatmap(pattern.pattern, pattern.prompt.pieces, f"{name} attention pattern", position),
+        key="neuron:pattern",
+    )
+    out: dict = {"attention": pattern.to_json()}
+    with right:
+        frame = analyses.reads_from_view(model, model.fingerprint, prompt, head, neuron, position)
+        st.plotly_chart(
+            charts.reads_from_bar(frame, f"{name} at position {position}: reads from, and moves into the neuron"),
+            key="neuron:reads_from",
+        )
+        common.table(
+            frame, f"{name}_reads_from", key="neuron:reads_from_table", display=common.with_visible_tokens(frame)
+        )
+        out["reads_from"] = frame
+    return out
+
+
+def mlp_view(model: Model, prompt: str, layer: int, neuron: int, position: int, mlp: int) -> dict:
+    st.markdown(f"**MLP {mlp}'s neurons that drive {label(layer, neuron)}** (first-order share) — click one to open it")
+    frame = analyses.upstream_view(model, model.fingerprint, prompt, layer, neuron, position, mlp)
+    common.neuron_table(frame, f"mlp{mlp}_drivers_of_{label(layer, neuron)}", key="neuron:upstream")
+    return {"upstream_neurons": frame}
+
+
 def corpus_section(model: Model, layer: int, neuron: int, target: str) -> dict:
     st.subheader("On a corpus")
     name = label(layer, neuron)
@@ -154,6 +302,8 @@ def body(model: Model) -> None:
     payload: dict = {"model": model.facts(), **describe(model, matrix), **congruence}
     with Section():
         payload.update(activation_section(model, layer, neuron))
+    with Section():
+        payload.update(drivers_section(model, layer, neuron))
     with Section():
         payload.update(corpus_section(model, layer, neuron, target))
     common.json_download(payload, f"neuron_{label(layer, neuron)}_{matrix}")

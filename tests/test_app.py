@@ -425,3 +425,53 @@ def test_corpus_scan_on_ray_equals_the_local_scan(embedded):
     assert got["true next token = ␣an"] == f"{local.totals['target_true_next']:,}"
     bins = at.dataframe[0].value
     assert list(bins["count"]) == list(local.bins["count"])
+
+
+# ---------------------------------------------------------------- What drives a neuron (Neuron page) and heads
+
+
+@pytest.fixture(scope="module")
+def driven() -> AppTest:
+    return open_page("3_Neuron.py", layer="25", neuron="1527", corrupted=POST_CORRUPTED)
+
+
+def test_neuron_page_shows_what_drives_it(driven):
+    assert_clean(driven)
+    got = metrics(driven)
+    assert float(got["activation"]) == pytest.approx(11.21, abs=0.05)
+    assert {"gate pre-activation", "up pre-activation", "input norm scale (frozen)"} <= set(got)
+    paths = next(d.value for d in driven.dataframe if "neuron_restored" in d.value.columns)
+    assert list(paths.label[:2]) == ["mlp23", "L23.H0"]
+    assert "scale frozen" in texts(driven)
+
+
+def test_neuron_page_drivers_download_equals_the_cli_json(driven, monkeypatch, capsys):
+    page = downloaded_json(driven, monkeypatch)["drivers"]
+    cli = cli_json(capsys, "drivers", "--neuron", "L25.N1527", "--clean", POST_CLEAN, "--corrupted", POST_CORRUPTED)
+    cli.pop("model")
+    assert page == cli
+
+
+def test_clicking_a_head_row_shows_its_pattern_and_an_mlp_row_its_neurons(driven):
+    frame = next(d.value for d in driven.dataframe if "first_order" in d.value.columns and "label" in d.value.columns)
+    head_row = int(frame.index[frame.label == "L23.H0"][0])
+    driven.session_state["neuron:drivers"] = {"selection": {"rows": [head_row], "columns": [], "cells": []}}
+    driven.run()
+    assert_clean(driven)
+    assert driven.query_params["head"] == ["L23.H0"] or driven.query_params["head"] == "L23.H0"
+    reads = next(d.value for d in driven.dataframe if "attention" in d.value.columns)
+    assert reads.sort_values("attention").token.iloc[-1] == "␣apple"  # it reads " apple"
+    mlp_row = int(frame.index[frame.label == "mlp23"][0])
+    driven.session_state["neuron:drivers"] = {"selection": {"rows": [mlp_row], "columns": [], "cells": []}}
+    driven.run()
+    upstream = next(d.value for d in driven.dataframe if "activation" in d.value.columns and "label" in d.value.columns)
+    assert (upstream.layer == 23).all()
+    driven.session_state["neuron:upstream"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    driven.run()
+    assert driven.title[0].value == f"Neuron {upstream.label.iloc[0]}"
+
+
+def test_logit_lens_head_in_the_url_shows_its_pattern():
+    at = open_page("1_Logit_Lens.py", head="L23.H0")
+    assert_clean(at)
+    assert any("**Head L23.H0**" in m.value for m in at.markdown)

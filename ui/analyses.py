@@ -22,7 +22,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core import attribution, congruence, lens, patching, predict, scan, search, tokens
+from core import attribution, congruence, drivers, lens, patching, predict, scan, search, tokens
 from core import forward as fw
 from core.model import Model
 from ui.admission import admitted
@@ -206,6 +206,51 @@ def neuron_activations(_model: Model, fingerprint: str, text: str, layer: int, n
     return pd.DataFrame(
         {"position": range(len(prompt.ids)), "token": prompt.pieces, "id": prompt.ids, "activation": values}
     )
+
+
+# ---------------------------------------------------------------- what drives a neuron
+
+
+@st.cache_data(show_spinner="Splitting the neuron's input over every upstream component…", max_entries=32)
+def drivers_view(
+    _model: Model,
+    fingerprint: str,
+    text: str,
+    layer: int,
+    neuron: int,
+    position: int | None,
+    corrupted: str | None,
+    answer: str,
+    wrong: str,
+) -> drivers.Drivers:
+    """The decomposition on `text`; with `corrupted`, path patching of the pair (text, corrupted) too (one
+    batched pass: light enough to need no admission slot)."""
+    prompt = tokens.prompt(_model, text)
+    pair = None
+    if corrupted:
+        clean, bad = tokens.pair(_model, text, corrupted)
+        pair = (clean, bad, tokens.single_token(_model, answer, "answer"), tokens.single_token(_model, wrong, "wrong"))
+    return drivers.drivers(_model, prompt, layer, neuron, position, pair, reads_from_heads=3)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def attention_view(_model: Model, fingerprint: str, text: str, layer: int, head: int) -> drivers.AttentionPattern:
+    return drivers.attention_pattern(_model, tokens.prompt(_model, text), layer, head)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def reads_from_view(
+    _model: Model, fingerprint: str, text: str, head: tuple[int, int], neuron: tuple[int, int], position: int | None
+) -> pd.DataFrame:
+    return drivers.reads_from(_model, tokens.prompt(_model, text), head, neuron, position)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def upstream_view(
+    _model: Model, fingerprint: str, text: str, layer: int, neuron: int, position: int | None, mlp_layer: int
+) -> pd.DataFrame:
+    result = drivers.decompose(_model, tokens.prompt(_model, text), layer, neuron, position)
+    return drivers.upstream_neurons(result, _model, mlp_layer, top_k=20)
 
 
 # ---------------------------------------------------------------- search

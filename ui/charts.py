@@ -435,3 +435,81 @@ def scan_bins(bins: pd.DataFrame, target: str, label: str) -> go.Figure:
         height=380,
         legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
     )
+
+
+# ---------------------------------------------------------------- what drives a neuron
+
+
+DRIVER_COLOURS = {"embed": "#7f7f7f", "pos_embed": "#aaaaaa", "head": "#e08e0b", "mlp": "#1f5fa8", "bias": "#bbbbbb"}
+
+
+def drivers_bar(components: pd.DataFrame, title: str, top_k: int = 20) -> go.Figure:
+    """The top components by |first-order share| as horizontal bars (largest at the top); customdata
+    [kind, layer, head] so a click can open a head's pattern or an MLP's neurons."""
+    top = components.head(top_k).iloc[::-1]
+    keys = [c for c in ("in", "gate", "up") if c in top.columns]
+    hover = "<br>".join(f"{k} %{{customdata[{3 + i}]:+.3f}}" for i, k in enumerate(keys))
+    fig = go.Figure(
+        go.Bar(
+            x=top["first_order"],
+            y=top["label"],
+            orientation="h",
+            marker_color=[DRIVER_COLOURS.get(k, "#888") for k in top["kind"]],
+            customdata=np.stack([top["kind"], top["layer"], top["head"], *[top[k] for k in keys]], axis=1).astype(
+                object
+            ),
+            hovertemplate="%{y}: first-order share %{x:+.3f}<br>" + hover + "<extra></extra>",
+        )
+    )
+    fig.add_vline(x=0, line=dict(color="#999", width=1))
+    fig.update_xaxes(title="first-order share of the activation (∂post/∂pre × contribution)")
+    return _layout(fig, title, height=max(320, 22 * len(top) + 90))
+
+
+def attention_heatmap(pattern: np.ndarray, pieces: list[str], title: str, query: int | None = None) -> go.Figure:
+    """A head's attention pattern: query (rows) × key (columns), the prompt's tokens on both axes."""
+    labels = [f"{i} {shown(t)}" for i, t in enumerate(pieces)]
+    positions = list(range(len(pieces)))
+    fig = go.Figure(
+        go.Heatmap(
+            z=pattern,
+            x=positions,
+            y=positions,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            colorbar=dict(title="weight"),
+            customdata=np.array([[(labels[q], labels[k]) for k in positions] for q in positions], dtype=object),
+            hovertemplate="query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.3f}<extra></extra>",
+        )
+    )
+    ticks = dict(tickmode="array", tickvals=positions, ticktext=labels)
+    fig.update_xaxes(**ticks, title="key (attended to)", tickangle=-60)
+    fig.update_yaxes(**ticks, title="query", autorange="reversed")
+    if query is not None:
+        fig.add_hline(y=query, line=dict(color=ANSWER_COLOUR, width=1, dash="dot"))
+    return _layout(fig, title, height=max(380, 22 * len(pieces) + 140))
+
+
+def reads_from_bar(frame: pd.DataFrame, title: str) -> go.Figure:
+    """Where a head reads from at one query position: attention weight per source token, and what each source
+    moves into the neuron (first-order share)."""
+    labels = [f"{s} {shown(t)}" for s, t in zip(frame["source"], frame["token"])]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=("attention weight", "moved into the neuron"))
+    fig.add_trace(
+        go.Bar(x=frame["attention"], y=labels, orientation="h", marker_color="#4a7fb5", name="attention"), row=1, col=1
+    )
+    fig.add_trace(
+        go.Bar(
+            x=frame["first_order"],
+            y=labels,
+            orientation="h",
+            marker_color=[ANSWER_COLOUR if v >= 0 else WRONG_COLOUR for v in frame["first_order"]],
+            name="first-order share",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_layout(showlegend=False)
+    return _layout(fig, title, height=max(320, 20 * len(frame) + 110))
