@@ -3,7 +3,8 @@
 Run alone (other processes on the cores distort it):  python bench/neuron_patching.py [--model M] [--layer L]
 Prints the figures, then a last line `speedup_vs_loop=X matmul_efficiency=Y peak_rss_mb=Z`.
 - loop: a full TransformerLens forward per neuron with a hook on blocks.L.mlp.hook_post (the post's method),
-  timed on --loop-neurons neurons and extrapolated to the whole layer;
+  timed on --loop-neurons neurons and extrapolated to the whole layer; for families loaded without the bridge
+  (core.families: Gemma 3, …) a full Hugging Face forward per neuron with a hook on the down-projection's input;
 - batched: core.patching.patch_neurons over every neuron (resume from layer L+1, suffix positions only);
 - matmul_efficiency: FLOPs the batched path must do (counted analytically) per second, over this machine's plain
   fp32 matmul rate measured in the same run on a matmul of the same shape.
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from core import patching, post, tokens  # noqa: E402
-from core.model import EMBEDDED, load_model  # noqa: E402
+from core.model import EMBEDDED, load_model, resolve  # noqa: E402
 
 
 def resumed_flops(w, n_rows: int, first_layer: int, S: int, P: int) -> float:
@@ -55,6 +56,51 @@ def matmul_rate(M: int, k: int, n: int, device: torch.device, seconds: float = 2
     return 2.0 * M * k * n * reps / (time.perf_counter() - start)
 
 
+def bridge_loop(model, clean, ids, layer):
+    """One TransformerLens forward per neuron, hooking blocks.L.mlp.hook_post (the post's method)."""
+    hook_name = f"blocks.{layer}.mlp.hook_post"
+    clean_post = model.bridge.run_with_cache(clean.tensor(model.device))[1][hook_name]
+
+    def run_patched(n: int) -> None:
+        def patch(t, hook):
+            t = t.clone()
+            t[..., n] = clean_post[..., n]
+            return t
+
+        with torch.no_grad():
+            model.bridge.run_with_hooks(ids, fwd_hooks=[(hook_name, patch)])
+
+    return run_patched
+
+
+def hf_loop(model, clean, ids, layer):
+    """One Hugging Face forward per neuron, hooking the input of layer L's down-projection (no bridge here)."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(resolve(model.name)[1], attn_implementation="eager").eval()
+    hf.to(model.device)
+    down = hf.model.layers[layer].mlp.down_proj
+    box = []
+    handle = down.register_forward_pre_hook(lambda m, args: box.append(args[0].clone()))
+    with torch.no_grad():
+        hf(clean.tensor(model.device))
+    handle.remove()
+    clean_post = box[0]
+
+    def run_patched(n: int) -> None:
+        def patch(m, args):
+            t = args[0].clone()
+            t[..., n] = clean_post[..., n]
+            return (t,)
+
+        handle = down.register_forward_pre_hook(patch)
+        with torch.no_grad():
+            hf(ids)
+        handle.remove()
+
+    return run_patched
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=EMBEDDED)
@@ -65,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model, device=args.device, keep_bridge=not args.no_loop)
-    clean, corrupted = tokens.pair(model, post.CLEAN, post.CORRUPTED)
+    clean, corrupted = tokens.pair(model, *post.STORY_PAIRS.get(model.name, (post.CLEAN, post.CORRUPTED)))
     an, a = tokens.single_token(model, post.ANSWER), tokens.single_token(model, post.WRONG)
     setup = patching.prepare(model, clean, corrupted, an, a)
     layer = args.layer if args.layer is not None else patching.standout_mlp_layer(patching.patch_layers(setup))
@@ -101,19 +147,11 @@ def main() -> None:
     speedup = float("nan")
     if not args.no_loop:
         ids = corrupted.tensor(model.device)
-        clean_post = model.bridge.run_with_cache(clean.tensor(model.device))[1][f"blocks.{layer}.mlp.hook_post"]
-        hook_name = f"blocks.{layer}.mlp.hook_post"
+        run_patched = bridge_loop(model, clean, ids, layer) if model.bridge else hf_loop(model, clean, ids, layer)
         sync()
         start = time.perf_counter()
         for n in range(args.loop_neurons):
-
-            def patch(t, hook, n=n):
-                t = t.clone()
-                t[..., n] = clean_post[..., n]
-                return t
-
-            with torch.no_grad():
-                model.bridge.run_with_hooks(ids, fwd_hooks=[(hook_name, patch)])
+            run_patched(n)
         sync()
         per_neuron = (time.perf_counter() - start) / args.loop_neurons
         loop_s = per_neuron * w.d_mlp

@@ -4,6 +4,10 @@ u_t is the token's unembedding column W_U[:, t] ("W_U") or its embedding row W_E
 used). Both are read after the model's weight processing (fold_ln, centring: see Model.processing): with
 TransformerLens's defaults W_U carries the final norm's weight and is centred over the vocabulary, so for a
 tied-embedding model (GPT-2, SmolLM2) the two matrices differ only through that processing.
+
+With a post-MLP norm (Gemma 2/3, OLMo 2) a neuron's output reaches the residual as RMSNorm(…) = (…) ⊙ w_post / rms:
+the neuron's direction in the residual is W_out[L, n] ⊙ w_post[L] (rms is a positive number per token, so it
+scales but never reorders). Congruence uses that product there; raw W_out's top tokens are noise on Gemma 3.
 """
 
 from __future__ import annotations
@@ -41,9 +45,28 @@ def token_vectors(model: Model, matrix: str) -> torch.Tensor:
     return model.weights.W_U if check_matrix(matrix) == "W_U" else model.weights.W_E.T
 
 
+def output_weights(model: Model) -> torch.Tensor:
+    """[L, d_mlp, d]: what each neuron writes into the residual (through the post-MLP norm's weight, if any)."""
+    w = model.weights
+    return w.W_out if w.mlp_post_w is None else w.W_out * w.mlp_post_w[:, None, :]
+
+
+def neuron_vector(model: Model, layer: int, neuron: int) -> torch.Tensor:
+    """[d]: one neuron's row of output_weights."""
+    w = model.weights
+    row = w.W_out[layer, neuron]
+    return row if w.mlp_post_w is None else row * w.mlp_post_w[layer]
+
+
 def neuron_vectors(model: Model) -> torch.Tensor:
-    """[L * d_mlp, d]: every neuron's output weights, neuron (L, n) at row L * d_mlp + n."""
-    return model.weights.W_out.flatten(0, 1)
+    """[L * d_mlp, d]: every neuron's output direction, neuron (L, n) at row L * d_mlp + n."""
+    return output_weights(model).flatten(0, 1)
+
+
+def formula(model: Model, matrix: str) -> str:
+    """The congruence as computed for this model, for the UI and the JSON."""
+    row = "W_out[L, n] ⊙ w_post[L]" if model.weights.mlp_post_w is not None else "W_out[L, n]"
+    return f"{row} · {'W_U[:, t]' if check_matrix(matrix) == 'W_U' else 'W_E[t]'}"
 
 
 def describe(model: Model, matrix: str) -> dict:
@@ -52,7 +75,7 @@ def describe(model: Model, matrix: str) -> dict:
         "matrix": matrix,
         "matrix_meaning": MATRIX_HELP[matrix],
         "processing": model.processing,
-        "congruence": f"W_out[L, n] · {'W_U[:, t]' if matrix == 'W_U' else 'W_E[t]'}",
+        "congruence": formula(model, matrix),
     }
 
 
@@ -106,7 +129,7 @@ def neuron_to_tokens(model: Model, layer: int, neuron: int, matrix: str = "W_U",
     check_neuron(model, layer, neuron)
     check_top_k(top_k, model.d_vocab)
     vectors = token_vectors(model, matrix)
-    values = (model.weights.W_out[layer, neuron] @ vectors).float()
+    values = (neuron_vector(model, layer, neuron) @ vectors).float()
     top_vals, top_ids = values.topk(top_k)
     low_vals, low_ids = (-values).topk(top_k)
     best = int(top_ids[0])
@@ -189,6 +212,6 @@ def token_to_neurons(model: Model, token_id: int, matrix: str = "W_U", top_k: in
     per_layer = pd.DataFrame(
         {"layer": range(model.n_layers), "neuron": best_ids.tolist(), "congruence": best_vals.tolist()}
     )
-    row = (model.weights.W_out[layers[0], neurons[0]] @ vectors).float()
+    row = (neuron_vector(model, layers[0], neurons[0]) @ vectors).float()
     rank = int((row > row[token_id]).sum()) + 1
     return TokenNeurons(token_id, matrix, grid.cpu().numpy(), top, per_layer, rank, model.token_str(token_id))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.model import EMBEDDED
+from core.model import EMBEDDED, GEMMA3
 
 # The post's prompt pair: GPT-2 large says " an" after the apple prompt and " a" after the lemon one.
 CLEAN = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
@@ -21,8 +21,15 @@ ANSWER, WRONG = " an", " a"
 EARLY_CLEAN = "I ate an orange for breakfast and an apple for lunch. For dinner I ate"
 EARLY_CORRUPTED = "I ate a banana for breakfast and a pear for lunch. For dinner I ate"
 
-# The an-neuron each model is known for: the post's for GPT-2 large, measured here for the embedded model.
-KNOWN_NEURONS = {EMBEDDED: (25, 1527), "gpt2-large": (31, 892)}
+# Gemma 3 270M says " a" on the post's own prompt (P(" an") = 0.056); on this pair it says " an" (0.751) vs " a".
+GEMMA3_CLEAN = "My brother is an architect. My sister is also"
+GEMMA3_CORRUPTED = "My brother is a lawyer. My sister is also"
+# The pair the story is told on, per model (the post's pair unless the model does not predict " an" on it).
+STORY_PAIRS = {GEMMA3: (GEMMA3_CLEAN, GEMMA3_CORRUPTED)}
+
+# The an-neuron each model is known for: the post's for GPT-2 large, measured here for the embedded models
+# (Gemma 3's writes " a" against " an" and fires negative on the clean prompt: docs/families.md).
+KNOWN_NEURONS = {EMBEDDED: (25, 1527), "gpt2-large": (31, 892), GEMMA3: (13, 1278)}
 # Other neurons of the embedded model the project's scans look at besides the an-neuron.
 EMBEDDED_SCAN_NEURONS = [(25, 1527), (27, 554)]
 
@@ -62,5 +69,21 @@ PROJECT_SMOLLM2 = {
     "an_neuron_score": Expected(0.613, 0.02, "measured here"),
     "an_neuron_rank_among_neurons_W_U": Expected(1, None, "measured here"),
 }
+# Gemma 3 270M (Nov 2026, tests/test_gemma3.py asserts the same). The first two state that the post's prompt
+# does not work on it; the rest are on GEMMA3_CLEAN / GEMMA3_CORRUPTED.
+PROJECT_GEMMA3 = {
+    "post_prompt_top1": Expected(" an", None, "the post: GPT-2 large's top-1 on its prompt is ' an'"),
+    "post_prompt_p_answer": Expected(0.056, 0.01, "measured here: Gemma 3 says ' a' (0.787) on the post's prompt"),
+    "clean_p_answer": Expected(0.751, 0.01, "measured here, on Gemma 3's pair"),
+    "corrupted_p_wrong": Expected(0.843, 0.01, "measured here, on Gemma 3's pair"),
+    "standout_layer": Expected(3, None, "measured here: MLP 3 on the differing token itself (0.965)"),
+    "an_neuron": Expected("L13.N1278", None, "measured here"),
+    "an_neuron_score": Expected(0.351, 0.02, "measured here"),
+}
 # Reference numbers per model name: reproduce writes a verdict for each.
-EXPECTED = {"gpt2-large": POST_GPT2_LARGE, "openai-community/gpt2-large": POST_GPT2_LARGE, EMBEDDED: PROJECT_SMOLLM2}
+EXPECTED = {
+    "gpt2-large": POST_GPT2_LARGE,
+    "openai-community/gpt2-large": POST_GPT2_LARGE,
+    EMBEDDED: PROJECT_SMOLLM2,
+    GEMMA3: PROJECT_GEMMA3,
+}

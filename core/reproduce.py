@@ -1,7 +1,9 @@
 """`python -m core reproduce`: the post's whole story on one model, as a self-contained report.
 
-Steps, in the post's order: predictions, logit lens, layer × position patching, the neuron sweep of the standout
-late MLP layer, the an-neuron's congruence, the corpus check, the two searches, and negating the neuron. Writes
+Steps, in the post's order: predictions, logit lens, layer × position patching, the an-neuron (the top neuron
+anywhere by exact patching) and its layer's sweep, its congruence, the corpus check, the two searches, and negating
+the neuron. A model that does not say " an" on the post's prompt (Gemma 3) is told so, and the story goes on with
+the pair in core.post.STORY_PAIRS. Writes
 report.md, report.html (figures inline), figures/*.png (matplotlib: installs from PyPI, renders offline) and
 results.json. For GPT-2 large the post's published numbers stand next to the measured ones with a verdict each;
 for the embedded model the reference is this project's own measurement (both in core.post).
@@ -18,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from core import attribution, congruence, lens, patching, predict, scan, search, tokens
-from core import forward as fw
 from core.jsonable import to_jsonable
 from core.model import Model
-from core.post import ANSWER, CLEAN, CORRUPTED, EXPECTED, WRONG, Expected
+from core.post import ANSWER, CLEAN, CORRUPTED, EXPECTED, STORY_PAIRS, WRONG, Expected
 
 STEPS = ("predictions", "logit_lens", "layer_patching", "neuron_sweep", "congruence", "corpus", "searches", "negation")
 
@@ -41,25 +41,19 @@ def verdict(measured: Any, expected: Expected) -> str:
     return "reproduced" if abs(float(measured) - float(expected.value)) <= expected.tolerance else "differs"
 
 
-@torch.no_grad()
 def _negate(setup: patching.Setup, layer: int, neuron: int) -> dict:
-    """Negate the neuron at every position of the clean run (as the post did); probabilities before and after."""
-    w, model = setup.model.weights, setup.model
-    post = setup.clean_trace.mlp_post[layer][0, :, neuron]  # [P]
-    resid_after, clean_final = setup.clean_trace.resid_after(layer), setup.clean_trace.resid_final
-    assert resid_after is not None and clean_final is not None  # the clean run recorded every layer
-    patched = resid_after + (-2 * post)[None, :, None] * w.W_out[layer, neuron]
-    final = fw.resume(w, patched, layer + 1, "pre", 0, setup.clean_trace)
-    before = fw.unembed(w, clean_final[0, -1]).float().softmax(-1)
-    after = fw.unembed(w, final[0]).float().softmax(-1)
-    a, b = setup.metric.answer, setup.metric.wrong
-    top_after = int(after.argmax())
+    """Negate the neuron at every position of the clean run (as the post did); probabilities before and after.
+
+    setup: ablation "negate". The engine's neuron patch (through the post-MLP norm where the model has one).
+    """
+    effect = patching.neuron_effect(setup, layer, neuron)
+    before = setup.probs()["clean"]
     return {
-        "p_answer_before": float(before[a]),
-        "p_wrong_before": float(before[b]),
-        "p_answer_after": float(after[a]),
-        "p_wrong_after": float(after[b]),
-        "top1_after": model.token_str(top_after),
+        "p_answer_before": before[0],
+        "p_wrong_before": before[1],
+        "p_answer_after": effect.patched_probs[0],
+        "p_wrong_after": effect.patched_probs[1],
+        "top1_after": setup.model.token_str(effect.patched_top),
     }
 
 
@@ -77,13 +71,15 @@ def run(
             progress(i, len(STEPS), STEPS[i - 1] if i else "start")
 
     step(0)
-    clean, corrupted = tokens.pair(model, CLEAN, CORRUPTED)
+    clean_text, corrupted_text = STORY_PAIRS.get(model.name, (CLEAN, CORRUPTED))
+    clean, corrupted = tokens.pair(model, clean_text, corrupted_text)
     answer, wrong = tokens.single_token(model, ANSWER, "answer"), tokens.single_token(model, WRONG, "wrong")
     out: dict[str, Any] = {
         "model": model.facts(),
         "prompts": {
-            "clean": CLEAN,
-            "corrupted": CORRUPTED,
+            "clean": clean_text,
+            "corrupted": corrupted_text,
+            "is_the_posts_pair": (clean_text, corrupted_text) == (CLEAN, CORRUPTED),
             "answer": ANSWER,
             "wrong": WRONG,
             "clean_token_ids": clean.ids,
@@ -100,6 +96,16 @@ def run(
         "corrupted_p_answer": predict.token_probs(corrupted_logits, [answer])[0],
         "corrupted_p_wrong": predict.token_probs(corrupted_logits, [wrong])[0],
     }
+    # What the model says on the post's own prompt, whichever pair the story is told on.
+    post_logits = predict.last_logits(model, tokens.prompt(model, CLEAN))
+    post_top = predict.top_k(model, post_logits, 5)
+    out["post_prompt"] = {
+        "top": post_top.to_dict("records"),
+        "p_answer": predict.token_probs(post_logits, [answer])[0],
+        "p_wrong": predict.token_probs(post_logits, [wrong])[0],
+    }
+    out["post_prompt_top1"] = str(post_top.token[0])
+    out["post_prompt_p_answer"] = out["post_prompt"]["p_answer"]
     step(1)
 
     lensed = lens.logit_lens(model, clean, answer, wrong)
@@ -127,19 +133,20 @@ def run(
     }
     step(3)
 
-    # the top neuron anywhere by exact score (attribution top-50 + sweeps of the large layers), sharing the sweep
+    # The an-neuron is the top neuron anywhere by exact score (attribution top-50 + sweeps of the large layers);
+    # its layer's full sweep is shown (on SmolLM2 and GPT-2 large that is the standout layer).
     found = attribution.find_top_neurons(
         setup, attribution.attribute(setup), 50, layer_totals=mlp_scores, extra_sweeps=(standout,)
     )
-    sweep = found.sweeps[standout]
+    an_layer, an_neuron = int(found.best.layer), int(found.best.neuron)
+    sweep = found.sweeps.get(an_layer) or patching.patch_neurons(setup, an_layer)
     top = sweep.frame(10)
-    an_layer, an_neuron = standout, int(top.neuron[0])
     out["neuron_sweep"] = {
-        "layer": standout,
+        "layer": an_layer,
         "layer_score": sweep.layer_score,
-        "an_neuron": top.label[0],
-        "an_neuron_score": float(top.score[0]),
-        "share_of_layer": float(top.score[0]) / sweep.layer_score,
+        "an_neuron": congruence.label(an_layer, an_neuron),
+        "an_neuron_score": float(found.best.exact),
+        "share_of_layer": float(found.best.exact) / sweep.layer_score,
         "top": top.to_dict("records"),
         "scores": sweep.scores.tolist(),
         "top_neuron_anywhere": found.to_json(),
@@ -299,6 +306,20 @@ def _md_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _post_prompt_note(results: dict) -> str:
+    """Which pair the story is told on, and what the model says on the post's own prompt."""
+    prompts, post = results["prompts"], results["post_prompt"]
+    said = f"On the post's prompt the top-1 is {post['top'][0]['token']!r} (P(' an') = {post['p_answer']:.3f}, " + (
+        f"P(' a') = {post['p_wrong']:.3f})."
+    )
+    if prompts["is_the_posts_pair"]:
+        return f"Pair: the post's (clean {prompts['clean']!r}, corrupted {prompts['corrupted']!r}). {said}"
+    return (
+        f"{said} The post's story does not hold on this model as it is, so it is told on a pair where the model does "
+        f"say ' an': clean {prompts['clean']!r}, corrupted {prompts['corrupted']!r}."
+    )
+
+
 def markdown(results: dict, figure_paths: dict[str, Path]) -> str:
     m, p = results["model"], results["predictions"]
     sweep, neg, cong = results["neuron_sweep"], results["negation"], results["congruence"]
@@ -314,8 +335,9 @@ def markdown(results: dict, figure_paths: dict[str, Path]) -> str:
         if results["verdicts"]
         else "No reference numbers for this model.",
         "## 1. Predictions",
+        _post_prompt_note(results),
         f"Clean: P(' an') = {p['clean_p_answer']:.3f}, P(' a') = {p['clean_p_wrong']:.3f}. "
-        f"Corrupted (lemon): P(' a') = {p['corrupted_p_wrong']:.3f}, P(' an') = {p['corrupted_p_answer']:.3f}.",
+        f"Corrupted: P(' a') = {p['corrupted_p_wrong']:.3f}, P(' an') = {p['corrupted_p_answer']:.3f}.",
         _md_table(p["clean_top"], ["rank", "token", "id", "prob", "logit"]),
         "## 2. Logit lens",
         f"Largest jump across block {results['logit_lens']['lens_jump_layer']} "

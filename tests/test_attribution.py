@@ -9,7 +9,7 @@ import torch
 from core import attribution, patching, tokens
 from core import forward as fw
 from core.errors import UserError
-from tests.conftest import CLEAN, CORRUPTED
+from core.post import CLEAN, CORRUPTED
 
 EPS = 1e-4
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core import lens, patching, predict, tokens
-from tests.conftest import CLEAN, CORRUPTED
+from core.post import CLEAN, CORRUPTED
 
 
 @pytest.fixture(scope="module")

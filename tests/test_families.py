@@ -15,7 +15,8 @@ from core import attribution, families, patching, tokens
 from core import forward as fw
 from core.errors import UserError
 from core.model import load_model
-from tests.conftest import CLEAN, CORRUPTED, save_random
+from core.post import CLEAN, CORRUPTED
+from tests.conftest import save_random
 
 
 def tiny_configs() -> dict:

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from core import forward as fw
 from core import tokens
 from core.model import load_model
-from tests.conftest import CLEAN, CORRUPTED
+from core.post import CLEAN, CORRUPTED
 
 HOOKS = {
     "resid_pre": "blocks.{}.hook_resid_pre",

@@ -12,9 +12,7 @@ import torch
 from core import forward as fw
 from core import lens, patching, tokens
 from core.model import GEMMA3, embedded_folder, load_model
-from core.post import CLEAN
-
-GEMMA3_PAIR = ("My brother is an architect. My sister is also", "My brother is a lawyer. My sister is also")
+from core.post import CLEAN, GEMMA3_CLEAN, GEMMA3_CORRUPTED
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -26,7 +24,7 @@ def gemma():
 
 @pytest.fixture(scope="module")
 def story(gemma):
-    clean, corrupted = tokens.pair(gemma, *GEMMA3_PAIR)
+    clean, corrupted = tokens.pair(gemma, GEMMA3_CLEAN, GEMMA3_CORRUPTED)
     an, a = tokens.single_token(gemma, " an"), tokens.single_token(gemma, " a")
     return clean, corrupted, an, a, patching.prepare(gemma, clean, corrupted, an, a)
 
@@ -84,3 +82,18 @@ def test_lens_and_dla_sum_through_the_post_norms(gemma, story):
     assert np.allclose(heads, attn, atol=0.05)  # heads + bias (≈ 0) = the layer's attention, post-norm frozen
     mlp = result.components[result.components.kind == "mlp"].set_index("layer").logit_diff
     assert mlp.idxmax() == 13 and mlp[13] == pytest.approx(2.43, abs=0.05)
+
+
+def test_reproduce_tells_the_truth_about_gemma3(gemma, tmp_path):
+    """~1.5 min idle on 2 cores: the 36,864 × 262,144 search is most of it (streamed; cached on disk after)."""
+    from core import reproduce
+
+    results = reproduce.run(gemma, corpus_tokens=512)
+    verdicts = {v["quantity"]: v["verdict"] for v in results["verdicts"]}
+    # The post's prompt does not work on Gemma 3, and the report says so; everything measured here reproduces.
+    assert verdicts.pop("post_prompt_top1") == "differs"
+    assert set(verdicts.values()) == {"reproduced"}, results["verdicts"]
+    assert not results["prompts"]["is_the_posts_pair"]
+    assert results["negation"]["top1_after"] == " a" and results["negation"]["p_answer_after"] < 0.2
+    text = reproduce.write(results, tmp_path)["report.md"].read_text()
+    assert "does not hold on this model as it is" in text and "L13.N1278" in text

@@ -7,7 +7,7 @@ import torch
 from core import forward as fw
 from core import patching, tokens
 from core.errors import UserError
-from tests.conftest import CLEAN, CORRUPTED
+from core.post import CLEAN, CORRUPTED
 
 ANSWER, WRONG = " an", " a"
 

@@ -14,7 +14,7 @@ from core.congruence import MATRICES, MATRIX_HELP
 from core.errors import UserError
 from core.hosting import limits
 from core.metric import DESCRIPTION as METRIC_DESCRIPTION
-from core.model import EMBEDDED, KNOWN_MODELS, PROCESSINGS, Model, load_model
+from core.model import EMBEDDED, PROCESSINGS, Model, available_models, load_model
 from ui import params, text
 from ui.charts import shown as shown_token
 from ui.export import json_bytes
@@ -99,11 +99,13 @@ def hub_off_when_hosted() -> None:
 
 
 def model_options(current: str | None) -> list[str]:
-    """The known models, plus a folder the user typed (so the selectbox can show it); hosted: the allow-list."""
+    """The installed embedded models and the GPT-2 sizes, plus a folder the user typed (so the selectbox can show
+    it); hosted: the allow-list."""
     allowed = limits().models
     if allowed is not None:
         return list(allowed)
-    return KNOWN_MODELS + ([current] if current and current not in KNOWN_MODELS else [])
+    known = available_models()
+    return known + ([current] if current and current not in known else [])
 
 
 def model_sidebar(facts_open: bool = False) -> Model | None:
@@ -137,8 +139,9 @@ def model_sidebar(facts_open: bool = False) -> Model | None:
             key=params.key("app", "model"),
             accept_new_options=limits().models is None,  # hosted demos take no typed names or folders
             persist_state="session",
-            help=f"{EMBEDDED} is embedded (offline, SmolLM2-135M); GPT-2 sizes come from the Hugging Face cache; "
-            "or type the path of a local folder with config.json + *.safetensors + tokenizer files.",
+            help=f"{EMBEDDED} (SmolLM2-135M) and gemma3-270m (Gemma 3 270M, Gemma Terms of Use) are embedded and "
+            "offline; GPT-2 sizes come from the Hugging Face cache; or type the path of a local folder with "
+            "config.json + *.safetensors + tokenizer files of a supported family (see docs/families.md).",
         )
         st.selectbox(
             "Device",
