@@ -107,8 +107,11 @@ def check_layers(model: Model, layers: Any = None) -> tuple[int, int]:
         first, stop = int(match.group(1)), int(match.group(2) if match.group(2) is not None else match.group(1))
     else:
         first, stop = (int(x) for x in layers)
-    if not (0 <= first <= stop <= last):
-        raise UserError(f"layers {first}-{stop} are outside {model.name}, which has layers 0-{last}")
+    if first > stop:
+        raise UserError(f"layers {first}-{stop}: the first layer is after the last; write it as {stop}-{first}")
+    if not (0 <= first and stop <= last):
+        span = str(first) if first == stop else f"{first}-{stop}"
+        raise UserError(f"layers {span} are outside {model.name}, which has layers 0-{last}")
     return first, stop
 
 
