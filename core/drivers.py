@@ -693,11 +693,14 @@ def drivers(
     position = check_position(prompt, position)
     if pair is not None:
         check_position(pair[0], position)  # the decomposition's prompt may differ from the pair's
-    trace = fw.run(model.weights, prompt.tensor(model.device))
-    result = decompose(model, prompt, layer, neuron, position, trace)
+    setup = None
     if pair is not None:
-        clean, corrupted, answer, wrong = pair
-        setup = patching.prepare(model, clean, corrupted, answer, wrong)
+        setup = patching.prepare(model, *pair)
+    # the pair's clean run is the decomposition's run when the prompts are the same tokens (the usual case)
+    same = setup is not None and setup.clean.ids == prompt.ids
+    trace = setup.clean_trace if setup is not None and same else fw.run(model.weights, prompt.tensor(model.device))
+    result = decompose(model, prompt, layer, neuron, position, trace)
+    if setup is not None:
         result.path_patching, result.pair = path_patch(setup, layer, neuron, position)
     for head in result.top_heads(reads_from_heads):
         result.reads_from[head_label(*head)] = reads_from(model, prompt, head, (layer, neuron), position, trace)
