@@ -223,3 +223,25 @@ def keep_screenshot_for_readme():
     if source.exists() and os.environ.get("TNE_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copy(source, ROOT / "docs" / "screenshot.png")
+
+
+def test_what_drives_the_an_neuron_click_a_head_shows_where_it_reads(app_url, page):
+    query = urlencode({"layer": "25", "neuron": "1527", "corrupted": POST_CORRUPTED}, quote_via=quote)
+    page.goto(f"{app_url}/Neuron?{query}")
+    page.get_by_role("heading", name="What drives it").wait_for(timeout=SLOW)
+    settled(page)
+    chart = page.locator("[data-testid='stPlotlyChart']").filter(has_text="What drives L25.N1527")
+    chart.scroll_into_view_if_needed()
+    shot(page, "4_what_drives_it")
+    # Bars are drawn smallest first (the largest at the top): the second-largest is L23.H0 on the post's prompt.
+    bars = chart.locator(".barlayer .point path")
+    second = bars.nth(bars.count() - 2)
+    box = second.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_text("Head L23.H0").first.wait_for(timeout=SLOW)
+    page.wait_for_function("() => location.search.includes('head=L23.H0')", timeout=SLOW)
+    settled(page)
+    page.locator("[data-testid='stPlotlyChart']").filter(
+        has_text="attention pattern"
+    ).first.scroll_into_view_if_needed()
+    shot(page, "5_head_reads_from")
