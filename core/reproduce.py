@@ -21,12 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from core import attribution, congruence, lens, patching, predict, scan, search, tokens
+from core import attribution, congruence, drivers, lens, patching, predict, scan, search, tokens
 from core.jsonable import to_jsonable
 from core.model import Model
 from core.post import ANSWER, CLEAN, CORRUPTED, EXPECTED, STORY_PAIRS, WRONG, Expected
 
-STEPS = ("predictions", "logit_lens", "layer_patching", "neuron_sweep", "congruence", "corpus", "searches", "negation")
+STEPS = (
+    "predictions",
+    "logit_lens",
+    "layer_patching",
+    "neuron_sweep",
+    "congruence",
+    "corpus",
+    "searches",
+    "negation",
+    "drivers",
+)
 
 # progress(step done, steps in all, name of the step just started): reproduce's steps are named, unlike the
 # engine's `core.progress.Progress`.
@@ -199,6 +209,9 @@ def run(
     out["negation"] = _negate(negate_setup, an_layer, an_neuron)
     step(8)
 
+    out["drivers"] = _drivers(model, clean, corrupted, answer, wrong, an_layer, an_neuron)
+    step(9)
+
     for key in ("clean_p_answer", "clean_p_wrong", "corrupted_p_answer", "corrupted_p_wrong"):
         out[key] = out["predictions"][key]
     out["lens_jump_layer"] = out["logit_lens"]["lens_jump_layer"]
@@ -217,7 +230,55 @@ def run(
         }
         for key, exp in expected.items()
     ]
+    out["verdicts"].append(out["drivers"]["verdict"])
     return out
+
+
+def _drivers(model: Model, clean, corrupted, answer: int, wrong: int, layer: int, neuron: int) -> dict:
+    """What drives the an-neuron at the last position: its input split over components, path patching of every
+    upstream component, and where the top path-patched head reads from. Verdict (computed, not written in): the
+    post's open question is answered if that head's largest source is a token where the two prompts differ."""
+    result = drivers.drivers(model, clean, layer, neuron, pair=(clean, corrupted, answer, wrong))
+    paths = result.path_patching
+    assert paths is not None
+    heads = paths[paths.kind == "head"]
+    top = heads.iloc[0]
+    head = (int(top["layer"]), int(top["head"]))
+    sources = drivers.reads_from(model, clean, head, (layer, neuron))
+    strongest = sources.iloc[int(sources.first_order.abs().to_numpy().argmax())]
+    differing = [i for i, (a, b) in enumerate(zip(clean.ids, corrupted.ids)) if a != b]
+    reads_noun = int(strongest["source"]) in differing
+    name = drivers.head_label(*head)
+    return {
+        "neuron": congruence.label(layer, neuron),
+        "position": result.position,
+        "inputs": result.inputs,
+        "post_activation": result.post_activation,
+        "clean_activation": (result.pair or {}).get("clean_activation"),
+        "corrupted_activation": (result.pair or {}).get("corrupted_activation"),
+        "top_components": result.components.head(8).to_dict("records"),
+        "top_paths": paths.head(8).drop(columns=["patched_activation"]).to_dict("records"),
+        "top_head": name,
+        "top_head_neuron_restored": float(top["neuron_restored"]),
+        "top_head_logit_diff_restored": float(top["logit_diff_restored"]),
+        "top_head_reads_from": sources.sort_values("attention", ascending=False).head(5).to_dict("records"),
+        "strongest_source": {
+            "position": int(strongest["source"]),
+            "token": str(strongest["token"]),
+            "attention": float(strongest["attention"]),
+            "first_order": float(strongest["first_order"]),
+        },
+        "conventions": result.conventions,
+        "verdict": {
+            "quantity": "top path-patched head reads the differing token",
+            "measured": f"{name} reads {str(strongest['token'])!r} (position {int(strongest['source'])})",
+            "expected": "a position where clean and corrupted differ: "
+            + ", ".join(repr(clean.pieces[i]) for i in differing),
+            "tolerance": None,
+            "source": "computed on this run (docs/drivers.md)",
+            "verdict": "reproduced" if reads_noun else "differs",
+        },
+    }
 
 
 # ---------------------------------------------------------------- figures and report files
@@ -386,8 +447,28 @@ def markdown(results: dict, figure_paths: dict[str, Path]) -> str:
         f"## 8. Negating {sweep['an_neuron']}",
         f"P(' an') {neg['p_answer_before']:.3f} → {neg['p_answer_after']:.3f}; P(' a') {neg['p_wrong_before']:.3f} → "
         f"{neg['p_wrong_after']:.3f}; top-1 after: {neg['top1_after']!r}.",
+        *_drivers_markdown(results),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _drivers_markdown(results: dict) -> list[str]:
+    d = results.get("drivers")
+    if not d:
+        return []
+    src = d["strongest_source"]
+    return [
+        f"## 9. What drives {d['neuron']}",
+        f"At the last position (position {d['position']}) the neuron's activation is {d['clean_activation']:+.3f} "
+        f"on the clean prompt and {d['corrupted_activation']:+.3f} on the corrupted one. Path patching of every "
+        "upstream component into the neuron alone (norm recomputed; neuron_restored = share of the activation "
+        "gap, logit_diff_restored = the logit-diff score with the neuron so patched):",
+        _md_table(d["top_paths"][:6], ["label", "neuron_restored", "logit_diff_restored"]),
+        f"The top head, **{d['top_head']}**, reads {src['token']!r} (position {src['position']}, attention "
+        f"{src['attention']:.2f}) and moves {src['first_order']:+.2f} (first-order) into the neuron: "
+        f"{d['verdict']['verdict']}.",
+        _md_table(d["top_head_reads_from"], ["source", "token", "attention", "first_order"]),
+    ]
 
 
 def html_report(markdown_text: str, figure_paths: dict[str, Path]) -> str:

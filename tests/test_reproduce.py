@@ -20,6 +20,7 @@ SECTIONS = {
     "corpus",
     "searches",
     "negation",
+    "drivers",
     "verdicts",
 }
 
@@ -53,6 +54,12 @@ def test_reproduce_on_the_embedded_model(capsys, tmp_path):
     assert results["negation"]["p_answer_after"] < 0.05 < results["negation"]["p_answer_before"]
     assert results["negation"]["top1_after"] == " a"
     assert results["corpus"]["positions"] == 2048 and len(results["searches"]["mutual"]) == 10
+    # what drives the an-neuron: head L23.H0 reads ' apple' and restores half of the neuron's activation gap
+    drives = results["drivers"]
+    assert drives["top_head"] == "L23.H0" and drives["strongest_source"]["token"] == " apple"
+    assert drives["top_head_neuron_restored"] == pytest.approx(0.511, abs=0.02)
+    assert drives["top_paths"][0]["label"] == "mlp23" and drives["verdict"]["verdict"] == "reproduced"
+    assert "## 9. What drives L25.N1527" in (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "L25.N1527" in html
 
@@ -65,7 +72,7 @@ def test_gpt2_large_verdicts_plumbing_on_a_random_gpt2(tmp_path, gpt2_folder, mo
     model = dataclasses.replace(load_model(str(gpt2_folder), device="cpu"), name="gpt2-large")
     results = reproduce.run(model, corpus_tokens=300)
     rows = {r["quantity"]: r for r in results["verdicts"]}
-    assert set(rows) == set(POST_GPT2_LARGE)
+    assert set(rows) == set(POST_GPT2_LARGE) | {"top path-patched head reads the differing token"}
     assert rows["an_neuron"]["expected"] == "L31.N892" and rows["clean_p_answer"]["expected"] == 0.649
     assert all(r["verdict"] in ("reproduced", "differs") for r in rows.values())
     written = reproduce.write(results, tmp_path / "out")
