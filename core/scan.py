@@ -107,21 +107,76 @@ class ScanResult:
         }
 
 
-def chunks(model: Model, texts: list[str], ctx: int, max_tokens: int) -> list[tuple[int, list[int]]]:
-    """(doc index, token ids with the BOS convention applied) contexts, up to max_tokens counted positions."""
+def cut(
+    model: Model, texts: list[str], ctx: int, max_tokens: int, spread: bool = False
+) -> list[tuple[int, int, list[int]]]:
+    """Contexts of up to `ctx` tokens with the BOS convention applied, up to max_tokens counted positions:
+    (doc index, index in the document of the context's first token, token ids).
+
+    spread=False: the corpus's first max_tokens positions, document after document (what a scan reads).
+    spread=True: contexts chosen evenly over the whole corpus (every document's cut, then every k-th context),
+    so a budget smaller than the corpus samples every part of it instead of its first documents."""
     bos = [model.bos_id] if model.prepend_bos and model.bos_id is not None else []
     body = ctx - len(bos)
+    if not spread:
+        out, budget = [], max_tokens
+        for doc, text in enumerate(texts):
+            ids = model.encode(text)
+            for start in range(0, len(ids), body):
+                piece = ids[start : start + min(body, budget)]
+                if len(piece) < 2:
+                    continue
+                out.append((doc, start, bos + piece))
+                budget -= len(piece)
+                if budget <= 0:
+                    return out
+        return out
+    encoded = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    every = [
+        (doc, start, len(ids[start : start + body]))
+        for doc, ids in enumerate(encoded)
+        for start in range(0, len(ids), body)
+        if len(ids[start : start + body]) >= 2
+    ]
+    total = sum(n for _, _, n in every)
+    if total > max_tokens:  # evenly spaced contexts, enough to fill the budget
+        want = min(len(every), -(-max_tokens * len(every) // total))
+        picks = np.unique(np.linspace(0, len(every) - 1, want).round().astype(int))
+        every = [every[i] for i in picks]
     out, budget = [], max_tokens
-    for doc, text in enumerate(texts):
-        ids = model.encode(text)
-        for start in range(0, len(ids), body):
-            piece = ids[start : start + min(body, budget)]
-            if len(piece) < 2:
-                continue
-            out.append((doc, bos + piece))
-            budget -= len(piece)
-            if budget <= 0:
-                return out
+    for doc, start, n in every:
+        take = min(n, budget)
+        if take < 2:
+            break
+        out.append((doc, start, bos + list(encoded[doc][start : start + take])))
+        budget -= take
+        if budget <= 0:
+            break
+    return out
+
+
+def chunks(model: Model, texts: list[str], ctx: int, max_tokens: int) -> list[tuple[int, list[int]]]:
+    """(doc index, token ids with the BOS convention applied) contexts, up to max_tokens counted positions."""
+    return [(doc, ids) for doc, _, ids in cut(model, texts, ctx, max_tokens)]
+
+
+def batch_tokens(model: Model, contexts: list[list[int]]) -> torch.Tensor:
+    """Contexts as one right-padded [B, P] batch on the model's device (causal attention keeps real positions
+    exact)."""
+    tokens = torch.zeros(len(contexts), max(len(ids) for ids in contexts), dtype=torch.long)
+    for row, ids in enumerate(contexts):
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    return tokens.to(model.device)
+
+
+@torch.no_grad()
+def top1(model: Model, resid: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """The model's top-1 prediction at each of resid's [n, d] positions, unembedded `rows` at a time (default
+    LOGIT_ROWS): never a whole batch's logits over the vocabulary (Gemma 3: 262,144 per position)."""
+    rows = rows or LOGIT_ROWS
+    out = torch.empty(resid.shape[0], dtype=torch.long, device=resid.device)
+    for start in range(0, resid.shape[0], rows):
+        out[start : start + rows] = fw.unembed(model.weights, resid[start : start + rows]).argmax(-1)
     return out
 
 
@@ -149,11 +204,7 @@ def _run_batch(
     target logit and probability, and each neuron's activation."""
     w = model.weights
     skip = 1 if model.prepend_bos else 0
-    width = max(len(ids) for _, ids in batch)
-    tokens = torch.zeros(len(batch), width, dtype=torch.long)
-    for row, (_, ids) in enumerate(batch):
-        tokens[row, : len(ids)] = torch.tensor(ids)  # right padding: causal attention keeps real positions exact
-    tokens = tokens.to(model.device)
+    tokens = batch_tokens(model, [ids for _, ids in batch])
     layers = sorted({layer for layer, _ in neurons})
     trace = fw.run(w, tokens, record={"mlp_post"}, layers=range(layers[0], layers[-1] + 1))
     by_layer = {layer: trace.mlp_post[layer - layers[0]] for layer in layers}
