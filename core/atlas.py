@@ -312,7 +312,8 @@ class Atlas:
         order = self.frame.sort_values("kurtosis", ascending=False, na_position="last", kind="stable")
         return order if top_k is None else order.head(top_k)
 
-    def to_json(self, top_k: int | None = None) -> dict:
+    def to_json(self, top_k: int | None = None, rows: pd.DataFrame | None = None) -> dict:
+        """The CLI's JSON: model block, counts, neurons by kurtosis (the first top_k; or the given rows of frame)."""
         keys = ["layer", "neuron", "mean", "std", "skew", "kurtosis", "norm", "null_space_share", "gap", "n_standout"]
         neurons = [
             {
@@ -322,7 +323,7 @@ class Atlas:
                 "top_tokens": list(row["top_tokens"]),
                 "bottom_tokens": list(row["bottom_tokens"]),
             }
-            for _, row in self.ranked(top_k).iterrows()
+            for _, row in (self.ranked(top_k) if rows is None else rows).iterrows()
         ]
         return to_jsonable(
             {"model": {**self.info, "layers": list(self.layers)}, "counts": self.counts(), "neurons": neurons}
@@ -436,8 +437,27 @@ def stats(
 
 
 def atlas(model: Model, layers: Any = None, progress: Progress | None = None, use_cache: bool = True) -> Atlas:
-    """The atlas of a layer range (default: every layer), cached on disk like the searches."""
-    return build(model, stats(model, layers, progress, use_cache))
+    """The atlas of a layer range (default: every layer), cached on disk like the searches. A whole-model atlas
+    also leaves its class counts under the model's name (`summary`), for comparing models without loading them."""
+    result = build(model, stats(model, layers, progress, use_cache))
+    if use_cache and _cache_on() and result.layers == (0, model.n_layers - 1):
+        counts = np.array([result.counts()[name] for name in CLASSES], dtype=np.int64)
+        cache.save(_summary_path(model.name, model.processing["name"]), {"counts": counts})
+    return result
+
+
+def _summary_path(name: str, processing: str):
+    return cache.key_path(f"name:{name}", "atlas-summary", {"version": VERSION, "processing": processing})
+
+
+def summary(name: str, processing: str = "tl-default") -> dict[str, list[int]] | None:
+    """{class: [count per layer]} of the last whole-model atlas of `name`, or None when none was computed here."""
+    if not _cache_on():
+        return None
+    hit = cache.load(_summary_path(name, processing))
+    if hit is None or hit.get("counts") is None or hit["counts"].shape[0] != len(CLASSES):
+        return None
+    return {cls: [int(x) for x in row] for cls, row in zip(CLASSES, hit["counts"])}
 
 
 def neuron_row(result: Atlas, layer: int, neuron: int) -> pd.Series | None:

@@ -182,3 +182,48 @@ def test_the_embedded_an_neuron(embedded):
     assert row["std"] == pytest.approx(0.03777, abs=2e-4) and row["gap"] == pytest.approx(2.525, abs=0.01)
     assert row["null_space_share"] == pytest.approx(0.0133, abs=0.001)
     assert result.counts() == {"prediction": [0], "suppression": [1], "partition": [0], "entropy": [0], "token": [9]}
+
+
+# ---------------------------------------------------------------- the page (AppTest; registering it in the sidebar
+# is ui/common.py's PAGES/NAV, not needed to open it by path)
+
+
+def open_atlas(**query: str):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=600)
+    at.run()
+    at.switch_page("pages/7_Atlas.py")
+    at.query_params.clear()
+    at.query_params.update(query)
+    return at.run()
+
+
+def test_atlas_page_runs_filters_and_clicks_through(embedded):
+    atlas.atlas(embedded)  # the whole atlas on disk (one pass the first time): the page reads it back
+    at = open_atlas(show="token", label="one word: an")
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert {m.label: m.value for m in at.metric}["token"] == "124"
+    table = at.dataframe[0].value
+    assert "L25.N1527" in set(table["name"]) and set(table["classes"]) == {"token"}
+    row = list(table["name"]).index("L25.N1527")
+    at.session_state["atlas:table"] = {"selection": {"rows": [], "columns": [], "cells": [[row, "name"]]}}
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Neuron L25.N1527"
+
+
+def test_atlas_page_bad_input_is_reported(embedded):
+    atlas.atlas(embedded)
+    at = open_atlas(show="best", layers="40-50")
+    assert not at.exception
+    errors = " | ".join(e.value for e in at.error)
+    assert "show 'best' is unknown; valid: any class" in errors, errors
+    assert "layers 40-50 are outside smollm2-135m, which has layers 0-29" in errors, errors
+    at.text_input(key="atlas:layers").input("7-3").run()
+    assert not at.exception
+    assert any("the first layer is after the last" in e.value for e in at.error), [e.value for e in at.error]
+    assert len(at.get("plotly_chart")) >= 2  # the charts stay; only the table gives way
