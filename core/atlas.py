@@ -466,3 +466,24 @@ def neuron_row(result: Atlas, layer: int, neuron: int) -> pd.Series | None:
     if not first <= layer <= last:
         return None
     return result.frame.iloc[(layer - first) * (len(result.frame) // (last - first + 1)) + neuron]
+
+
+def cached_neuron(model: Model, layer: int, neuron: int) -> dict[str, Any] | None:
+    """One neuron's atlas entry (moments, classes, label, top/bottom tokens) when the whole model's atlas (or its
+    layer's) is on disk; None otherwise: this never starts a pass (for the Neuron page)."""
+    if not _cache_on() or not 0 <= layer < model.n_layers or not 0 <= neuron < model.d_mlp:
+        return None
+    for span in dict.fromkeys([(0, model.n_layers - 1), (layer, layer)]):
+        hit = cache.load(_cache_path(model, span))
+        if hit is not None and "layers" in hit:
+            row = neuron_row(build(model, _slice(model, hit, (layer, layer))), layer, neuron)
+            if row is None:
+                return None
+            keys = ["mean", "std", "skew", "kurtosis", "norm", "null_space_share", "gap", "n_standout", "label"]
+            return {
+                **{k: row[k] for k in keys},
+                "classes": [c for c in CLASSES if row[c]],
+                "top_tokens": list(row["top_tokens"]),
+                "bottom_tokens": list(row["bottom_tokens"]),
+            }
+    return None

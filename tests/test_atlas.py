@@ -227,3 +227,13 @@ def test_atlas_page_bad_input_is_reported(embedded):
     assert not at.exception
     assert any("the first layer is after the last" in e.value for e in at.error), [e.value for e in at.error]
     assert len(at.get("plotly_chart")) >= 2  # the charts stay; only the table gives way
+
+
+def test_cached_neuron_reads_the_atlas_without_computing(gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("TNE_CACHE_DIR", str(tmp_path))
+    assert atlas.cached_neuron(gpt2, 1, 5) is None  # nothing on disk: no pass is started
+    whole = atlas.atlas(gpt2)
+    entry = atlas.cached_neuron(gpt2, 1, 5)
+    row = atlas.neuron_row(whole, 1, 5)
+    assert entry["kurtosis"] == row["kurtosis"] and entry["classes"] == [c for c in atlas.CLASSES if row[c]]
+    assert atlas.cached_neuron(gpt2, 9, 5) is None
