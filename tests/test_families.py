@@ -287,27 +287,18 @@ def test_patching_identities(family):
     setup = setup_for(model)
     L = model.n_layers
     layers = patching.patch_layers(setup)
+    w, start = model.weights, setup.start_pos
+
+    def resumed(trace, layer: int) -> float:
+        """The corrupted run with the residual entering `layer` replaced by `trace`'s from the first difference on."""
+        final = fw.resume(w, trace.resid_pre[layer][:, start:], layer, "pre", start, setup.corrupted_trace)
+        return float(setup.metric(w, final)[0])
+
     # Patching the whole residual stream entering block 0 at every differing position = the clean run.
-    everything = fw.resume(
-        model.weights,
-        setup.clean_trace.resid_pre[0][:, setup.start_pos :],
-        0,
-        "pre",
-        setup.start_pos,
-        setup.corrupted_trace,
-    )
-    assert float(setup.metric(model.weights, everything)[0]) == pytest.approx(setup.clean_logit_diff, abs=1e-4)
-    assert layers.scores["resid_pre"][0, setup.start_pos :].max() <= 1 + 1e-4
+    assert resumed(setup.clean_trace, 0) == pytest.approx(setup.clean_logit_diff, abs=1e-4)
+    assert layers.scores["resid_pre"][0, start:].max() <= 1 + 1e-4
     # Patching nothing: the score of an unchanged row is 0.
-    nothing = fw.resume(
-        model.weights,
-        setup.corrupted_trace.resid_pre[1][:, setup.start_pos :],
-        1,
-        "pre",
-        setup.start_pos,
-        setup.corrupted_trace,
-    )
-    assert float(setup.metric(model.weights, nothing)[0]) == pytest.approx(setup.corrupted_logit_diff, abs=1e-4)
+    assert resumed(setup.corrupted_trace, 1) == pytest.approx(setup.corrupted_logit_diff, abs=1e-4)
     # All neurons of a layer together = the layer's mlp_out, in every layer.
     sets = patching.patch_neuron_sets(setup, {layer: [] for layer in range(L)})
     for layer in range(L):
