@@ -14,7 +14,7 @@ import dataclasses
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,27 @@ class ScanWorker:
         return {"index": batch["index"], "part": np.array(parts, dtype=object)}
 
 
+def pipeline(
+    items: list[dict], worker: type, kwargs: dict, workers: int, address: str | None, gpus_per_worker: float
+) -> Iterator[dict]:
+    """The one Ray Data pipeline of corpus work: each item (a dict of plain values) goes to one call of a `worker`
+    actor (built once per worker with `kwargs`: it loads the model), rows come back as they finish. A killed
+    worker is replaced and its item retried. Used by the scan (ScanWorker) and the dashboards
+    (core.dashboards.DashboardWorker)."""
+    ray = connect(address, workers)
+    data = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        worker,
+        fn_constructor_kwargs=kwargs,
+        batch_size=1,
+        concurrency=workers,
+        num_cpus=1,
+        num_gpus=gpus_per_worker,
+        max_restarts=-1,  # a killed worker is replaced …
+        max_task_retries=-1,  # … and its batch retried
+    )
+    yield from data.iter_rows()
+
+
 def ray_scan(
     model: Model,
     spec: scan.ScanSpec,
@@ -126,27 +147,17 @@ def ray_scan(
     todo = [i for i in range(len(work.batches)) if i not in parts]
     done = sum(len(p["token"]) for p in parts.values())
     if todo:
-        ray = connect(address, workers)
         items = [{"index": i, "contexts": json.dumps(work.batches[i])} for i in todo]
-        pipeline = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ScanWorker,
-            fn_constructor_kwargs={
-                "model_name": model.name,
-                "processing": model.processing["name"],
-                "neurons": list(work.spec.neurons),
-                "target": work.spec.target,
-                "batch_size": work.spec.batch_size,
-                "gpu": gpus_per_worker > 0,
-                "after_batch": after_batch,
-            },
-            batch_size=1,
-            concurrency=workers,
-            num_cpus=1,
-            num_gpus=gpus_per_worker,
-            max_restarts=-1,  # a killed worker is replaced …
-            max_task_retries=-1,  # … and its batch retried
-        )
-        for row in pipeline.iter_rows():
+        kwargs = {
+            "model_name": model.name,
+            "processing": model.processing["name"],
+            "neurons": list(work.spec.neurons),
+            "target": work.spec.target,
+            "batch_size": work.spec.batch_size,
+            "gpu": gpus_per_worker > 0,
+            "after_batch": after_batch,
+        }
+        for row in pipeline(items, ScanWorker, kwargs, workers, address, gpus_per_worker):
             index, part = int(row["index"]), _unpack(row["part"])
             cache.save(work.part_path(index), part)
             parts[index] = part
