@@ -138,7 +138,25 @@ def test_the_budget_is_spread_over_documents(tiny):
 
 
 # Real sentences of the Brown Corpus (ca01, the Atlanta Constitution), in its word/TAG form.
-SENTENCES = []
+SENTENCES = [
+    (
+        "The/at Fulton/np-tl County/nn-tl Grand/jj-tl Jury/nn-tl said/vbd Friday/nr an/at investigation/nn "
+        "of/in Atlanta's/np$ recent/jj primary/nn election/nn produced/vbd ``/`` no/at evidence/nn ''/'' "
+        "that/cs any/dti irregularities/nns took/vbd place/nn ./."
+    ),
+    (
+        "The/at September-October/np term/nn jury/nn had/hvd been/ben charged/vbn by/in Fulton/np-tl "
+        "Superior/jj-tl Court/nn-tl Judge/nn-tl Durwood/np Pye/np to/to investigate/vb reports/nns of/in "
+        "possible/jj ``/`` irregularities/nns ''/'' in/in the/at hard-fought/jj primary/nn which/wdt was/bedz "
+        "won/vbn by/in Mayor-nominate/nn-tl Ivan/np Allen/np Jr./np ./."
+    ),
+    (
+        "``/`` Only/rb a/at relative/jj handful/nn of/in such/jj reports/nns was/bedz received/vbn ''/'' ,/, "
+        "the/at jury/nn said/vbd ,/, ``/`` considering/in the/at widespread/jj interest/nn in/in the/at "
+        "election/nn ''/'' ./."
+    ),
+    ("They/ppss didn't/dod* know/vb (/( or/cc care/vb )/) ;/. ;/. it/pps was/bedz 1/2/cd past/in ten/cd !/."),
+]
 TAGGED = "\n\n" + "\n\n\n".join("\t" + sentence for sentence in SENTENCES) + "\n"
 
 READABLE = (
