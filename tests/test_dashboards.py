@@ -248,3 +248,14 @@ def test_cli_examples_json(tiny, corpus_file, capsys):
         "context",
         "prediction",
     }
+
+
+def test_share_axes_show_real_percentages():
+    from ui.dashboard_view import percent_format
+
+    # the Corpus chart's shares of 0.1–1.2 %: ticks every ~0.2 % must read differently (not 0%, 0%, 1%, 1%)
+    fmt = percent_format(0.012)
+    digits = int(fmt[1 : fmt.index("~")])
+    ticks = [f"{t * 100:.{digits}f}%" for t in (0.002, 0.004, 0.006, 0.008, 0.010, 0.012)]
+    assert len(set(ticks)) == len(ticks) and ticks[0] == "0.20%"
+    assert percent_format(0.0005) == ".3~%" and percent_format(0.5) == ".1~%"

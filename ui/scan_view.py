@@ -7,6 +7,7 @@ from typing import Any
 import streamlit as st
 
 from ui import charts, common, text
+from ui.dashboard_view import percent_axis
 
 
 def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
@@ -21,7 +22,10 @@ def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
         "corr(activation, target logit / prob)",
         f"{correlation.get('logit', float('nan')):.2f} / {correlation.get('prob', float('nan')):.2f}",
     )
-    st.plotly_chart(charts.scan_bins(result.bins, target, label), key=f"{key}:bins")
+    figure = charts.scan_bins(result.bins, target, label)
+    shares = [*result.bins.get("top1_share", []), *result.bins.get("true_next_share", [])]
+    percent_axis(figure, max(shares, default=0.0))  # real percentages on the ticks, however small the shares
+    st.plotly_chart(figure, key=f"{key}:bins")
     common.table(result.bins, f"scan_bins_{label}", key=f"{key}:bins_table", height=200)
     examples = result.examples
     if examples is None or len(examples) == 0:
@@ -36,7 +40,8 @@ def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
             peak = max(range(len(values)), key=lambda i: values[i]) if values else None
         st.markdown(
             f"<div style='margin:2px 0'><code>{row.activation:+.2f}</code> · doc {row.doc}, position "
-            f"{row.position}</div>" + text.activation_text(pieces, values, highlight=peak),
+            f"{row.position} of its context (the Neuron page's dashboards locate examples in documents)</div>"
+            + text.activation_text(pieces, values, highlight=peak),
             unsafe_allow_html=True,
         )
     common.table(

@@ -1,0 +1,96 @@
+"""Benchmark: dashboards of every neuron (core.dashboards.build) vs a plain forward over the same tokens, one run.
+
+Usage: PYTHONPATH=. python bench/dashboards.py [--model smollm2-135m] [--corpus brown] [--max-tokens 100000]
+Both sides read the same contexts (the build's plan), in the same batches, on the same threads:
+- plain forward: the model's forward over every batch, logits of every position (unembedded in the scan's chunks,
+  argmax taken), nothing recorded — what `model(tokens)` costs;
+- dashboards: core.dashboards.build (no cache: nothing read back, nothing written), which also records every
+  layer's neuron activations and keeps every neuron's top-k, histogram and next-token counts.
+overhead = dashboards time / forward time − 1. Peak memory: the kernel's high-water mark (VmHWM) is reset before
+each side (/proc/self/clear_refs), so peak_extra_mb = the build's peak − the plain forward's peak.
+Last line: overhead=X tokens_per_s=Y peak_extra_mb=Z
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from core import dashboards, scan  # noqa: E402
+from core import forward as fw  # noqa: E402
+from core.model import EMBEDDED, load_model  # noqa: E402
+
+
+def status_mb(field: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+@torch.no_grad()
+def plain_forward(model, work) -> None:
+    rows = max(scan.LOGIT_ROWS, dashboards.LOGIT_BYTES // (4 * model.d_vocab))
+    size = work.spec.batch_size
+    for first in range(0, len(work.contexts), size):
+        batch = [ids for _, _, ids in work.contexts[first : first + size]]
+        ids = scan.batch_tokens(model, batch)
+        trace = fw.run(model.weights, ids, record=set())
+        scan.top1(model, trace.resid_final.reshape(-1, trace.resid_final.shape[-1]), rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=EMBEDDED)
+    parser.add_argument("--corpus", default=None)
+    parser.add_argument("--max-tokens", type=int, default=100_000)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    model = load_model(args.model, device=args.device)
+    spec = dashboards.DashboardSpec(args.corpus, args.max_tokens)
+    work = dashboards.plan(model, spec)
+    dashboards.top_tokens(model)  # the W_U search tables: cached once, not part of the pass
+    positions = int(work.starts[-1])
+    print(
+        f"model {model.name} ({model.n_layers} layers × {model.d_mlp} = {model.n_layers * model.d_mlp:,} neurons), "
+        f"device {model.device}, threads {torch.get_num_threads()}, corpus {work.spec.dataset}: {positions:,} "
+        f"positions in {len(work.contexts)} contexts of ≤{work.spec.ctx} (batch {work.spec.batch_size}); "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+    plain_forward(model, dashboards.plan(model, dashboards.DashboardSpec(args.corpus, 2000)))  # warm-up
+    rss = status_mb("VmRSS")
+    reset_peak()
+    start = time.perf_counter()
+    plain_forward(model, work)
+    forward_s = time.perf_counter() - start
+    forward_peak = status_mb("VmHWM") - rss
+    print(f"plain forward: {forward_s:.1f} s ({positions / forward_s:,.0f} tokens/s), peak +{forward_peak:.0f} MB")
+    rss = status_mb("VmRSS")
+    reset_peak()
+    start = time.perf_counter()
+    dashboards.build(model, spec, use_cache=False)
+    build_s = time.perf_counter() - start
+    build_peak = status_mb("VmHWM") - rss
+    print(f"dashboards:    {build_s:.1f} s ({positions / build_s:,.0f} tokens/s), peak +{build_peak:.0f} MB")
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    print(
+        f"overhead={build_s / forward_s - 1:.3f} tokens_per_s={positions / build_s:.0f} "
+        f"peak_extra_mb={build_peak - forward_peak:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
