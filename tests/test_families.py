@@ -217,6 +217,44 @@ def test_cached_activations_equal_the_hugging_face_modules(family):
         torch.testing.assert_close(trace.z[layer].flatten(-2), z, atol=2e-5, rtol=1e-4)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("processing", ["none", "tl-default"])
+def test_every_activation_equals_the_bridge(family, processing):
+    """TransformerLens's bridge wraps every family too: its run_with_cache (with its own processing under
+    compatibility mode) equals our trace, at every layer — the processing done by core.families.process included."""
+    import warnings
+
+    from transformer_lens import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, _, raw, processed = family
+    model = raw if processing == "none" else processed
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    hf.config.architectures = [type(hf).__name__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(
+            str(folder), hf_model=hf, tokenizer=AutoTokenizer.from_pretrained(folder), device="cpu"
+        )
+        if processing == "tl-default":
+            bridge.enable_compatibility_mode(disable_warnings=True)
+    ids = torch.tensor([tokens.pair(model, CLEAN, CORRUPTED)[0].ids])
+    cache = bridge.run_with_cache(ids)[1]
+    trace = fw.run(model.weights, ids)
+    for layer in range(model.n_layers):
+        for ours, hook in (
+            ("resid_pre", "hook_resid_pre"),
+            ("attn_out", "hook_attn_out"),
+            ("mlp_out", "hook_mlp_out"),
+            ("mlp_post", "mlp.hook_post"),
+            ("z", "attn.hook_z"),
+        ):
+            reference = cache[f"blocks.{layer}.{hook}"]
+            torch.testing.assert_close(
+                getattr(trace, ours)[layer].reshape(reference.shape), reference, atol=2e-5, rtol=1e-4
+            )
+
+
 def test_each_switch_matters(family):
     """The switches the family uses change the logits: a forward that ignored them would fail the test above."""
     _, _, raw, _ = family
