@@ -258,4 +258,4 @@ def test_share_axes_show_real_percentages():
     digits = int(fmt[1 : fmt.index("~")])
     ticks = [f"{t * 100:.{digits}f}%" for t in (0.002, 0.004, 0.006, 0.008, 0.010, 0.012)]
     assert len(set(ticks)) == len(ticks) and ticks[0] == "0.20%"
-    assert percent_format(0.0005) == ".3~%" and percent_format(0.5) == ".1~%"
+    assert percent_format(0.0005) == ".3~%" and percent_format(0.5) == ".0~%"
