@@ -171,7 +171,7 @@ class _Reader:
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         """Post-activation from pre-activation(s) [..., k]: [...]."""
-        act = fw._ACTIVATIONS[self.w.arch.act]
+        act = fw.ACTIVATIONS[self.w.arch.act]
         if self.w.arch.gated:
             return act(pre[..., 0]) * pre[..., 1]
         return act(pre[..., 0])
@@ -459,11 +459,11 @@ def path_patch(
     patched_post = reader.activation(reader.exact(base_input + paths.deltas))  # [C, S]
     # The neuron's patched activation at every position goes into the corrupted run: one row per component.
     d_post = patched_post - base_post  # [C, S]
-    after = patching._entry(setup, "mlp_out", layer)[2][:, start:]
+    after = patching.entry(setup, "mlp_out", layer)[2][:, start:]
     change = d_post[:, :, None] * w.W_out[layer][neuron]
-    joins = [fw.Join(layer + 1, "pre", after + patching._mlp_delta(setup, layer, change, start))]
+    joins = [fw.Join(layer + 1, "pre", after + patching.mlp_delta(setup, layer, change, start))]
     batch = max_batch_tokens or patching.default_batch_tokens(model)
-    logit_scores = patching._score_joins(setup, joins, start, batch)
+    logit_scores = patching.score_joins(setup, joins, start, batch)
     if position >= start:
         gap = float(clean_post[position - start] - base_post[position - start])
         moved = (patched_post[:, position - start] - base_post[position - start]).float().cpu().numpy()
@@ -518,10 +518,10 @@ def patterns(model: Model, trace: fw.Trace, layer: int) -> torch.Tensor:
     resid = trace.resid_pre[layer][:1]
     P = resid.shape[1]
     x = fw.norm(w, resid, fw.at(w.ln1_w, layer), fw.at(w.ln1_b, layer)) if a.pre_norms else resid
-    q, k, _ = fw._qk_norm(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])  # [1, P, n, h]
+    q, k, _ = fw.split_qkv(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])  # [1, P, n, h]
     scale = a.attn_scale if a.attn_scale is not None else 1 / math.sqrt(w.d_head)
     if a.rotary_dim is not None:
-        q, k = fw._rotary(w, layer, q, 0, scale), fw._rotary(w, layer, k, 0)
+        q, k = fw.rotary(w, layer, q, 0, scale), fw.rotary(w, layer, k, 0)
     else:
         q = q * scale
     group = w.n_heads // w.n_kv_heads

@@ -261,7 +261,7 @@ def _rotary_tables(
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
-def _rotary(w: Weights, layer: int, x: torch.Tensor, start: int, scale: float = 1.0) -> torch.Tensor:
+def rotary(w: Weights, layer: int, x: torch.Tensor, start: int, scale: float = 1.0) -> torch.Tensor:
     """HF rotary (rotate_half layout) on the first rotary_dim dims of x: [B, S, n, h] at positions start..; × scale.
 
     out = x·cos + rotate_half(x)·sin, written as one multiply and two in-place multiply-adds on the halves (no
@@ -282,7 +282,7 @@ def _rotary(w: Weights, layer: int, x: torch.Tensor, start: int, scale: float = 
     return out
 
 
-def _qk_norm(w: Weights, layer: int, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_qkv(w: Weights, layer: int, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split the fused projection into q, k, v: [B, S, n, h], applying the qk-norm where the model has one."""
     q, k, v = (w._split(qkv, part) for part in range(3))
     if w.arch.qk_norm == "head":
@@ -320,10 +320,10 @@ def attention(
     a = w.arch
     B, S, _ = resid.shape
     x = norm(w, resid, at(w.ln1_w, layer), at(w.ln1_b, layer)) if a.pre_norms else resid
-    q, k, v = _qk_norm(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])  # [B, S, n, h]
+    q, k, v = split_qkv(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])  # [B, S, n, h]
     scale = a.attn_scale if a.attn_scale is not None else 1 / math.sqrt(w.d_head)
     if a.rotary_dim is not None:  # the scale of the scores rides on q's rotary (one pass fewer)
-        q, k = _rotary(w, layer, q, start_pos, scale), _rotary(w, layer, k, start_pos)
+        q, k = rotary(w, layer, q, start_pos, scale), rotary(w, layer, k, start_pos)
     else:
         q = q * scale
     # GQA: query head i reads kv head i // group (HF's repeat_kv order), without materialising the repeat.
@@ -354,7 +354,7 @@ def attention(
     return attn_post(w, layer, attn_pre_norm_out(w, layer, z)), z, k, v
 
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
     "silu": F.silu,
@@ -366,7 +366,7 @@ def mlp_post(w: Weights, layer: int, resid: torch.Tensor) -> torch.Tensor:
     """Neuron activations (TransformerLens `mlp.hook_post`): [B, S, m]. For gated MLPs act(gate)·up."""
     a = w.arch
     x = norm(w, resid, at(w.ln2_w, layer), at(w.ln2_b, layer)) if a.pre_norms else resid
-    act = _ACTIVATIONS[a.act]
+    act = ACTIVATIONS[a.act]
     pre = x @ w.W_in[layer] + w.b_in[layer]
     if a.gated:
         assert w.W_gate is not None

@@ -183,7 +183,7 @@ def _batches(joins: list[fw.Join], max_batch_tokens: int) -> list[list[fw.Join]]
 
 
 @torch.no_grad()
-def _score_joins(
+def score_joins(
     setup: Setup,
     joins: list[fw.Join],
     start_pos: int,
@@ -238,7 +238,7 @@ class LayerPatching:
         return to_jsonable({"scores": self.scores, "all_positions": self.all_positions})
 
 
-def _entry(setup: Setup, kind: str, layer: int) -> tuple[int, fw.Stage, torch.Tensor]:
+def entry(setup: Setup, kind: str, layer: int) -> tuple[int, fw.Stage, torch.Tensor]:
     """Where a patch of activation `kind` of `layer` enters the residual stream: (layer, stage, base residual there).
 
     The base residual is [1, P, d] over all positions. With parallel attention + MLP, the MLP of `layer` reads
@@ -252,7 +252,7 @@ def _entry(setup: Setup, kind: str, layer: int) -> tuple[int, fw.Stage, torch.Te
     return layer + 1, "pre", base.resid_after(layer)
 
 
-def _attn_delta(setup: Setup, layer: int, change: torch.Tensor) -> torch.Tensor:
+def attn_delta(setup: Setup, layer: int, change: torch.Tensor) -> torch.Tensor:
     """What the residual gains when attention's output before its post-norm changes by `change` [n, P, d].
 
     Without a post-norm this is `change` itself (attention's output is linear in each head's). With one (Gemma 2/3,
@@ -265,7 +265,7 @@ def _attn_delta(setup: Setup, layer: int, change: torch.Tensor) -> torch.Tensor:
     return fw.attn_post(w, layer, base_pre + change) - setup.base.attn_out[layer]
 
 
-def _mlp_delta(setup: Setup, layer: int, change: torch.Tensor, start: int) -> torch.Tensor:
+def mlp_delta(setup: Setup, layer: int, change: torch.Tensor, start: int) -> torch.Tensor:
     """What the residual gains at positions start.. when the MLP's linear output (post @ W_out) changes by `change`.
 
     change: [n, S, d] over positions start..; without a post-norm the answer is `change` (Δpost × W_out is exact);
@@ -301,9 +301,9 @@ def patch_layers(setup: Setup, max_batch_tokens: int | None = None, progress: Pr
     for g, pos in enumerate(groups):
         joins = []
         for kind, layer in patches:
-            at, stage, resid = _entry(setup, kind, layer)
+            at, stage, resid = entry(setup, kind, layer)
             joins.append(fw.Join(at, stage, _one_position(resid, deltas[kind, layer][pos][None], pos)))
-        result = _score_joins(setup, joins, pos, batch).reshape(len(LAYER_KINDS), L)
+        result = score_joins(setup, joins, pos, batch).reshape(len(LAYER_KINDS), L)
         for k, kind in enumerate(LAYER_KINDS):
             scores[kind][:, pos] = result[k]
         if progress:
@@ -322,10 +322,10 @@ def patch_layer_totals(setup: Setup, max_batch_tokens: int | None = None) -> dic
     joins = []
     for kind in ("attn_out", "mlp_out"):
         for layer in range(L):
-            at, stage, resid = _entry(setup, kind, layer)
+            at, stage, resid = entry(setup, kind, layer)
             delta = setup.replacement(kind, layer) - getattr(setup.base, kind)[layer]
             joins.append(fw.Join(at, stage, (resid + delta)[:, start:]))
-    result = _score_joins(setup, joins, start, max_batch_tokens or default_batch_tokens(setup.model)).reshape(2, L)
+    result = score_joins(setup, joins, start, max_batch_tokens or default_batch_tokens(setup.model)).reshape(2, L)
     return {"attn_out": result[0], "mlp_out": result[1]}
 
 
@@ -349,13 +349,13 @@ def patch_heads(
     head_delta = []  # per layer [H, P, d]: what each head's patch adds to the residual
     for layer in range(L):
         dz = (setup.replacement("z", layer) - setup.base.z[layer])[0]  # [P, H, h]
-        head_delta.append(_attn_delta(setup, layer, torch.einsum("pnh,nhd->npd", dz, w.W_O[layer])))
-    entries = [_entry(setup, "attn_out", layer) for layer in range(L)]  # where an attention patch joins
+        head_delta.append(attn_delta(setup, layer, torch.einsum("pnh,nhd->npd", dz, w.W_O[layer])))
+    entries = [entry(setup, "attn_out", layer) for layer in range(L)]  # where an attention patch joins
     joins = [
         fw.Join(at, stage, resid[:, start:] + head_delta[layer][:, start:])
         for layer, (at, stage, resid) in enumerate(entries)
     ]
-    all_positions = _score_joins(setup, joins, start, batch).reshape(L, H)
+    all_positions = score_joins(setup, joins, start, batch).reshape(L, H)
     groups = list(range(start, P)) if per_position else []
     if progress:
         progress(1, len(groups) + 1)
@@ -367,7 +367,7 @@ def patch_heads(
                 fw.Join(at, stage, _one_position(resid, head_delta[layer][:, pos], pos))
                 for layer, (at, stage, resid) in enumerate(entries)
             ]
-            per[:, :, pos] = _score_joins(setup, joins, pos, batch).reshape(L, H)
+            per[:, :, pos] = score_joins(setup, joins, pos, batch).reshape(L, H)
             if progress:
                 progress(g + 2, len(groups) + 1)
     return HeadPatching(all_positions, per)
@@ -422,7 +422,7 @@ def patch_neuron_sets(
 
     neurons: layer → neuron ids (None = every neuron of the layer). Patched residual after the MLP =
     base + (replacement − base activation)[:, n] ⊗ W_out[layer, n], exact because W_out is linear; with a
-    post-MLP norm that change goes through the norm (see _mlp_delta).
+    post-MLP norm that change goes through the norm (see mlp_delta).
     """
     model = setup.model
     w, start = model.weights, setup.start_pos
@@ -458,15 +458,15 @@ def patch_neuron_sets(
         joins = []
         for layer, part in wave:
             d_post = d_posts[layer]
-            after = _entry(setup, "mlp_out", layer)[2][:, start:]
+            after = entry(setup, "mlp_out", layer)[2][:, start:]
             W_out = w.W_out[layer]
             if part is None:
                 change = (d_post @ W_out)[None]
             else:
                 picked = ids[layer][part].to(W_out.device)
                 change = d_post[:, picked].T[:, :, None] * W_out[picked][:, None, :]
-            joins.append(fw.Join(layer + 1, "pre", after + _mlp_delta(setup, layer, change, start)))
-        result = _score_joins(setup, joins, start, batch)
+            joins.append(fw.Join(layer + 1, "pre", after + mlp_delta(setup, layer, change, start)))
+        result = score_joins(setup, joins, start, batch)
         offset = 0
         for (layer, part), join in zip(wave, joins):
             n = join.resid.shape[0]
@@ -533,8 +533,8 @@ def neuron_effect(setup: Setup, layer: int, neuron: int | None = None) -> Effect
         delta = d_post[:, neuron : neuron + 1] @ w.W_out[layer][neuron : neuron + 1]
     else:
         delta = d_post @ w.W_out[layer]
-    after = _entry(setup, "mlp_out", layer)[2][:, start:]
-    delta = _mlp_delta(setup, layer, delta[None], start)
+    after = entry(setup, "mlp_out", layer)[2][:, start:]
+    delta = mlp_delta(setup, layer, delta[None], start)
     final = fw.resume_joined(w, [fw.Join(layer + 1, "pre", after + delta)], start, setup.base)[0]
     logits = fw.unembed(w, final).float()
     base_logits = fw.unembed(w, setup.base.resid_final[0, -1]).float()
