@@ -1,13 +1,15 @@
 """Benchmark: dashboards of every neuron (core.dashboards.build) vs a plain forward over the same tokens, one run.
 
 Usage: PYTHONPATH=. python bench/dashboards.py [--model smollm2-135m] [--corpus brown] [--max-tokens 100000]
-Both sides read the same contexts (the build's plan), in the same batches, on the same threads:
-- plain forward: the model's forward over every batch, logits of every position (unembedded in the scan's chunks,
+Both sides read the same contexts (the build's plan), in the same batches, on the same threads, interleaved part
+by part (this machine is shared: its load drifts over minutes, and interleaving gives both sides the same drift):
+- plain forward: the model's forward over every batch, logits of every position (unembedded in the same chunks,
   argmax taken), nothing recorded — what `model(tokens)` costs;
-- dashboards: core.dashboards.build (no cache: nothing read back, nothing written), which also records every
-  layer's neuron activations and keeps every neuron's top-k, histogram and next-token counts.
-overhead = dashboards time / forward time − 1. Peak memory: the kernel's high-water mark (VmHWM) is reset before
-each side (/proc/self/clear_refs), so peak_extra_mb = the build's peak − the plain forward's peak.
+- dashboards: core.dashboards.fold_part on the same part (records every layer's neuron activations and keeps
+  every neuron's top-k, histogram and next-token counts) plus the part's checkpoint write — what build() does.
+overhead = dashboards time / forward time − 1. Peak memory: the kernel's high-water mark (VmHWM) is reset
+(/proc/self/clear_refs) before a first plain forward of one part, then before the interleaved loop:
+peak_extra_mb = the loop's peak (the build's) − the plain forward's peak.
 Last line: overhead=X tokens_per_s=Y peak_extra_mb=Z
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core import dashboards, scan  # noqa: E402
+from core import cache, dashboards, scan  # noqa: E402
 from core import forward as fw  # noqa: E402
 from core.model import EMBEDDED, load_model  # noqa: E402
 
@@ -42,11 +45,11 @@ def reset_peak() -> None:
 
 
 @torch.no_grad()
-def plain_forward(model, work) -> None:
+def plain_forward(model, work, part: range) -> None:
     rows = max(scan.LOGIT_ROWS, dashboards.LOGIT_BYTES // (4 * model.d_vocab))
     size = work.spec.batch_size
-    for first in range(0, len(work.contexts), size):
-        batch = [ids for _, _, ids in work.contexts[first : first + size]]
+    for first in range(part.start, part.stop, size):
+        batch = [ids for _, _, ids in work.contexts[first : min(first + size, part.stop)]]
         ids = scan.batch_tokens(model, batch)
         trace = fw.run(model.weights, ids, record=set())
         scan.top1(model, trace.resid_final.reshape(-1, trace.resid_final.shape[-1]), rows)
@@ -70,20 +73,33 @@ def main() -> None:
         f"positions in {len(work.contexts)} contexts of ≤{work.spec.ctx} (batch {work.spec.batch_size}); "
         f"load {os.getloadavg()[0]:.2f}"
     )
-    plain_forward(model, dashboards.plan(model, dashboards.DashboardSpec(args.corpus, 2000)))  # warm-up
+    parts = work.parts
     rss = status_mb("VmRSS")
     reset_peak()
-    start = time.perf_counter()
-    plain_forward(model, work)
-    forward_s = time.perf_counter() - start
+    plain_forward(model, work, parts[0])  # also the warm-up
     forward_peak = status_mb("VmHWM") - rss
-    print(f"plain forward: {forward_s:.1f} s ({positions / forward_s:,.0f} tokens/s), peak +{forward_peak:.0f} MB")
+    state = dashboards.State(model.n_layers, model.d_mlp, work.spec.top_k, model.device)
+    tokens = dashboards.top_tokens(model)
+    checkpoint = Path(tempfile.mkdtemp()) / "state.npz"
+    forward_s = build_s = 0.0
     rss = status_mb("VmRSS")
     reset_peak()
-    start = time.perf_counter()
-    dashboards.build(model, spec, use_cache=False)
-    build_s = time.perf_counter() - start
+    for part in parts:
+        start = time.perf_counter()
+        plain_forward(model, work, part)
+        middle = time.perf_counter()
+        dashboards.fold_part(model, work, part, state, tokens)
+        cache.save(checkpoint, state.arrays())
+        end = time.perf_counter()
+        forward_s, build_s = forward_s + middle - start, build_s + end - middle
+        print(
+            f"  part of {work.starts[part.stop] - work.starts[part.start]:,} positions: "
+            f"forward {middle - start:.1f} s, dashboards {end - middle:.1f} s, load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
     build_peak = status_mb("VmHWM") - rss
+    checkpoint.unlink()
+    print(f"plain forward: {forward_s:.1f} s ({positions / forward_s:,.0f} tokens/s), peak +{forward_peak:.0f} MB")
     print(f"dashboards:    {build_s:.1f} s ({positions / build_s:,.0f} tokens/s), peak +{build_peak:.0f} MB")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     print(

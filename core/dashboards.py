@@ -237,7 +237,7 @@ def plan(model: Model, spec: DashboardSpec) -> Plan:
         "version": VERSION,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return Plan(spec, corpus, contexts, cache_root() / "dashboards" / digest, 1 if model.prepend_bos else 0)
+    return Plan(spec, corpus, contexts, cache_root() / "dashboards" / digest, len(scan.context_bos(model)))
 
 
 def top_tokens(model: Model) -> torch.Tensor:

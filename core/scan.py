@@ -107,6 +107,16 @@ class ScanResult:
         }
 
 
+def context_bos(model: Model) -> list[int]:
+    """What starts every corpus context: the model's BOS convention, as its prompts get it — TransformerLens's
+    prepended BOS for GPT-2, the tokenizer's own for models whose tokenizer adds one (Gemma's <bos>), else none
+    (SmolLM2). That position is not counted."""
+    if model.prepend_bos:
+        return [model.bos_id] if model.bos_id is not None else []
+    lead = model.prompt_ids("")
+    return lead[:1] if lead and model.bos_id is not None and lead[0] == model.bos_id else []
+
+
 def cut(
     model: Model, texts: list[str], ctx: int, max_tokens: int, spread: bool = False
 ) -> list[tuple[int, int, list[int]]]:
@@ -116,7 +126,7 @@ def cut(
     spread=False: the corpus's first max_tokens positions, document after document (what a scan reads).
     spread=True: contexts chosen evenly over the whole corpus (every document's cut, then every k-th context),
     so a budget smaller than the corpus samples every part of it instead of its first documents."""
-    bos = [model.bos_id] if model.prepend_bos and model.bos_id is not None else []
+    bos = context_bos(model)
     body = ctx - len(bos)
     if not spread:
         out, budget = [], max_tokens
@@ -190,7 +200,7 @@ def _scan_dir(model: Model, corpus: Corpus, spec: ScanSpec) -> Path:
         "ctx": spec.ctx,
         "max_tokens": spec.max_tokens,
         "batch": spec.batch_size,
-        "version": 1,
+        "version": 2,  # 2: contexts start with the tokenizer's own BOS where it adds one (Gemma)
     }
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
     return cache_root() / "scans" / digest
@@ -203,7 +213,7 @@ def _run_batch(
     """Per counted position: chunk, doc, position, token, next token (-1 at a context's end), top-1 prediction,
     target logit and probability, and each neuron's activation."""
     w = model.weights
-    skip = 1 if model.prepend_bos else 0
+    skip = len(context_bos(model))
     tokens = batch_tokens(model, [ids for _, ids in batch])
     layers = sorted({layer for layer, _ in neurons})
     trace = fw.run(w, tokens, record={"mlp_post"}, layers=range(layers[0], layers[-1] + 1))
@@ -344,7 +354,7 @@ def plan(model: Model, spec: ScanSpec) -> Plan:
         corpus,
         batches=[contexts[i : i + size] for i in range(0, len(contexts), size)],
         folder=_scan_dir(model, corpus, spec),
-        total=sum(len(ids) - (1 if model.prepend_bos else 0) for _, ids in contexts),
+        total=sum(len(ids) - len(context_bos(model)) for _, ids in contexts),
     )
 
 

@@ -75,3 +75,20 @@ def test_ray_search_rankings_equal_single_process(setup):
     for kind in (search.standout, search.mutual):
         a, b = kind(model, on_ray, 20), kind(model, single, 20)
         assert list(zip(a.layer, a.neuron, a.id)) == list(zip(b.layer, b.neuron, b.id))
+
+
+def test_ray_dashboards_equal_single_process(setup):
+    """Dashboards on Ray: the same parts (scan pipeline), each folded by a worker and merged; same arrays."""
+    from core import dashboards
+
+    model, corpus, _ = setup
+    spec = dashboards.DashboardSpec(str(corpus), 300, top_k=4, ctx=16, batch_size=2, part_batches=2)
+    single = dashboards.build(model, spec, use_cache=False)
+    on_ray = dashboards.build(model, spec, use_cache=False, ray_address="local")
+    for name, values in single.arrays.items():
+        if name in ("vals", "win"):
+            np.testing.assert_allclose(on_ray.arrays[name], values, rtol=1e-3, atol=1e-3, err_msg=name)
+        elif name != "pos":  # the texts repeat: equal activations at other copies may take each other's place
+            np.testing.assert_array_equal(on_ray.arrays[name], values, err_msg=name)
+    token = single.arrays["token"]
+    assert (np.sort(token[on_ray.arrays["pos"]], -1) == np.sort(token[single.arrays["pos"]], -1)).mean() > 0.95
