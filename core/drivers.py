@@ -29,7 +29,6 @@ Positions count from 0 over the tokens the model sees (BOS included where the mo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -514,25 +513,14 @@ def patterns(model: Model, trace: fw.Trace, layer: int) -> torch.Tensor:
     Recomputed from resid_pre with the engine's own pieces (norm, qk-norm, rotary with the score scale, soft-cap,
     causal and sliding-window masks); keys come from the trace.
     """
-    w, a = model.weights, model.weights.arch
+    w = model.weights
     resid = trace.resid_pre[layer][:1]
-    P = resid.shape[1]
-    x = fw.norm(w, resid, fw.at(w.ln1_w, layer), fw.at(w.ln1_b, layer)) if a.pre_norms else resid
-    q, k, _ = fw.split_qkv(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])  # [1, P, n, h]
-    scale = a.attn_scale if a.attn_scale is not None else 1 / math.sqrt(w.d_head)
-    if a.rotary_dim is not None:
-        q, k = fw.rotary(w, layer, q, 0, scale), fw.rotary(w, layer, k, 0)
-    else:
-        q = q * scale
-    group = w.n_heads // w.n_kv_heads
-    k = k.repeat_interleave(group, dim=2)  # query head i reads kv head i // group
+    q, k, _ = fw.queries_keys_values(w, layer, resid)  # [1, P, n, h]
+    k = k.repeat_interleave(w.n_heads // w.n_kv_heads, dim=2)  # query head i reads kv head i // group
     scores = torch.einsum("qnh,knh->nqk", q[0], k[0])
-    pos = torch.arange(P, device=resid.device)
-    hidden = pos[None, :] > pos[:, None]
-    window = a.window(layer)
-    if window is not None:
-        hidden = hidden | (pos[:, None] - pos[None, :] >= window)
-    return fw.softcap(scores, a.attn_softcap).masked_fill(hidden, torch.finfo(q.dtype).min).softmax(-1)
+    pos = torch.arange(resid.shape[1], device=resid.device)
+    hidden = fw.hidden_keys(w, layer, pos[:, None], pos[None, :])
+    return fw.softcap(scores, w.arch.attn_softcap).masked_fill(hidden, torch.finfo(q.dtype).min).softmax(-1)
 
 
 @dataclass

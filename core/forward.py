@@ -303,6 +303,27 @@ def attn_post(w: Weights, layer: int, pre: torch.Tensor) -> torch.Tensor:
     return rms(pre, at(w.attn_post_w, layer), w.eps) if w.arch.post_norms else pre
 
 
+def queries_keys_values(
+    w: Weights, layer: int, resid: torch.Tensor, start_pos: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of `layer` for positions start_pos.. of resid [B, S, d]: each [B, S, n, h], after the input norm,
+    the qk-norm and rotary; q already carries the score scale (1/√h or the family's)."""
+    a = w.arch
+    x = norm(w, resid, at(w.ln1_w, layer), at(w.ln1_b, layer)) if a.pre_norms else resid
+    q, k, v = split_qkv(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])
+    scale = a.attn_scale if a.attn_scale is not None else 1 / math.sqrt(w.d_head)
+    if a.rotary_dim is not None:  # the scale of the scores rides on q's rotary (one pass fewer)
+        return rotary(w, layer, q, start_pos, scale), rotary(w, layer, k, start_pos), v
+    return q * scale, k, v
+
+
+def hidden_keys(w: Weights, layer: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """True where a query may not see a key: causal, and outside the layer's sliding window. [Sq, 1] × [1, Sk]."""
+    hidden = k_pos > q_pos
+    window = w.arch.window(layer)
+    return hidden | (q_pos - k_pos >= window) if window is not None else hidden
+
+
 def attention(
     w: Weights,
     layer: int,
@@ -317,15 +338,8 @@ def attention(
     last_query_only: attend from the last position alone (keys and values still come from every position).
     Returns attn_out [B, S, d], z [B, S, H, h] (S = 1 with last_query_only), k and v of the S positions [B, S, K, h].
     """
-    a = w.arch
     B, S, _ = resid.shape
-    x = norm(w, resid, at(w.ln1_w, layer), at(w.ln1_b, layer)) if a.pre_norms else resid
-    q, k, v = split_qkv(w, layer, x @ w.W_QKV[layer] + w.b_QKV[layer])  # [B, S, n, h]
-    scale = a.attn_scale if a.attn_scale is not None else 1 / math.sqrt(w.d_head)
-    if a.rotary_dim is not None:  # the scale of the scores rides on q's rotary (one pass fewer)
-        q, k = rotary(w, layer, q, start_pos, scale), rotary(w, layer, k, start_pos)
-    else:
-        q = q * scale
+    q, k, v = queries_keys_values(w, layer, resid, start_pos)  # [B, S, n, h]
     # GQA: query head i reads kv head i // group (HF's repeat_kv order), without materialising the repeat.
     group = w.n_heads // w.n_kv_heads
     q = q.unflatten(2, (w.n_kv_heads, group))  # [B, S, K, g, h]
@@ -335,16 +349,13 @@ def attention(
     has_prefix = prefix_kv is not None and start_pos > 0
     key_start = 0 if has_prefix else start_pos
     k_pos = torch.arange(key_start, start_pos + S, device=resid.device)[None, :]
-    hidden = k_pos > q_pos  # key after query
-    window = a.window(layer)
-    if window is not None:
-        hidden = hidden | (q_pos - k_pos >= window)
+    hidden = hidden_keys(w, layer, q_pos, k_pos)
     scores = torch.einsum("bskgh,btkh->bkgst", q, k)
     if prefix_kv is not None and has_prefix:
         # The prefix's keys/values are the same for every row: one large matmul per kv head, not B small ones.
         pk, pv = prefix_kv[0][0], prefix_kv[1][0]  # [start_pos, K, h]
         scores = torch.cat([torch.einsum("bskgh,tkh->bkgst", q, pk), scores], dim=-1)
-    pattern = softcap(scores, a.attn_softcap).masked_fill(hidden, torch.finfo(q.dtype).min).softmax(-1)
+    pattern = softcap(scores, w.arch.attn_softcap).masked_fill(hidden, torch.finfo(q.dtype).min).softmax(-1)
     if prefix_kv is not None and has_prefix:
         z = torch.einsum("bkgst,tkh->bskgh", pattern[..., :start_pos], pv)
         z = z + torch.einsum("bkgst,btkh->bskgh", pattern[..., start_pos:], v)
