@@ -149,9 +149,14 @@ def cut(
         if len(ids[start : start + body]) >= 2
     ]
     total = sum(n for _, _, n in every)
-    if total > max_tokens:  # evenly spaced contexts, enough to fill the budget
+    if total > max_tokens:  # evenly spaced contexts, enough to fill the budget (short ones at documents' ends)
         want = min(len(every), -(-max_tokens * len(every) // total))
-        picks = np.unique(np.linspace(0, len(every) - 1, want).round().astype(int))
+        while True:
+            picks = np.unique(np.linspace(0, len(every) - 1, want).round().astype(int))
+            got = sum(every[i][2] for i in picks)
+            if got >= max_tokens or want >= len(every):
+                break
+            want = min(len(every), want + -(-(max_tokens - got) // body) + 1)
         every = [every[i] for i in picks]
     out, budget = [], max_tokens
     for doc, start, n in every:
