@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from core import post
+from core import atlas, post
 from core.congruence import MATRICES, check_neuron, describe, label
 from core.drivers import head_label, parse_head
 from core.model import Model
@@ -288,6 +288,21 @@ def corpus_section(model: Model, layer: int, neuron: int, target: str) -> dict:
     return {"scan": view.payload}
 
 
+def atlas_line(model: Model, layer: int, neuron: int) -> dict:
+    """The neuron's class in the atlas and its vocabulary moments, from the disk cache only (never computes)."""
+    entry = atlas.cached_neuron(model, layer, neuron)
+    if entry is None:
+        st.caption("Atlas class: not computed yet for this model (Atlas page or `python -m core atlas`).")
+        return {}
+    label_text = f" · {text.literal(entry['label'])}" if entry["label"] else ""
+    st.markdown(
+        f"**Atlas:** {', '.join(entry['classes']) or 'no class'}{label_text} · kurtosis {entry['kurtosis']:.2f}, "
+        f"skew {entry['skew']:+.2f}, σ {entry['std']:.4f}, stand-out gap {entry['gap']:.2f} σ, "
+        f"null-space share {entry['null_space_share']:.3f}, ‖w‖ {entry['norm']:.2f}"
+    )
+    return {"atlas": entry}
+
+
 def body(model: Model) -> None:
     title = st.empty()  # filled once the neuron is known: the inputs below decide it
     title.title("Neuron")
@@ -300,6 +315,7 @@ def body(model: Model) -> None:
     # the head is `python -m core congruence --neuron … --json`; the page adds the activations and the scan
     congruence, target = congruence_section(model, layer, neuron, matrix)
     payload: dict = {"model": model.facts(), **describe(model, matrix), **congruence}
+    payload.update(atlas_line(model, layer, neuron))
     with Section():
         payload.update(activation_section(model, layer, neuron))
     with Section():

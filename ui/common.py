@@ -30,6 +30,7 @@ PAGES = {
     "token": "pages/4_Token.py",
     "search": "pages/5_Search.py",
     "corpus": "pages/6_Corpus.py",
+    "atlas": "pages/7_Atlas.py",
 }
 
 NAV = {  # sidebar page list: label, icon (Material icons ship with Streamlit: no network needed)
@@ -40,6 +41,7 @@ NAV = {  # sidebar page list: label, icon (Material icons ship with Streamlit: n
     "token": ("Token", ":material/text_fields:"),
     "search": ("Search", ":material/search:"),
     "corpus": ("Corpus", ":material/menu_book:"),
+    "atlas": ("Atlas", ":material/hub:"),
 }
 
 APP_PARAMS = [
