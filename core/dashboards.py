@@ -217,12 +217,14 @@ def _validate(model: Model, spec: DashboardSpec) -> DashboardSpec:
     return dataclasses.replace(spec, dataset=spec.dataset or default_corpus(), ctx=ctx)
 
 
-def plan(model: Model, spec: DashboardSpec) -> Plan:
+def plan(model: Model, spec: DashboardSpec, contexts: bool = True) -> Plan:
+    """Validate, read the corpus, and (contexts=True) cut it into the contexts a build reads. The cache folder
+    depends only on the model, the corpus's identity and the settings: finding a built one cuts nothing."""
     spec = _validate(model, spec)
     assert spec.ctx is not None
     corpus = load_corpus(spec.dataset)
-    contexts = scan.cut(model, corpus.texts, spec.ctx, spec.max_tokens, spread=True)
-    if not contexts:
+    cut = scan.cut(model, corpus.texts, spec.ctx, spec.max_tokens, spread=True) if contexts else []
+    if contexts and not cut:
         raise UserError(f"corpus {corpus.name!r} has no document of 2 tokens or more")
     key = {
         "model": model.fingerprint,
@@ -237,7 +239,7 @@ def plan(model: Model, spec: DashboardSpec) -> Plan:
         "version": VERSION,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return Plan(spec, corpus, contexts, cache_root() / "dashboards" / digest, len(scan.context_bos(model)))
+    return Plan(spec, corpus, cut, cache_root() / "dashboards" / digest, len(scan.context_bos(model)))
 
 
 def top_tokens(model: Model) -> torch.Tensor:
@@ -404,7 +406,7 @@ def _checkpoint_path(work: Plan) -> Path:
 
 
 def is_built(model: Model, spec: DashboardSpec) -> bool:
-    return _result_path(plan(model, spec)).exists()
+    return _result_path(plan(model, spec, contexts=False)).exists()
 
 
 def _finish(model: Model, work: Plan, arrays: dict[str, np.ndarray]) -> Dashboards:
@@ -437,12 +439,13 @@ def build(
     """Build (or read back) the dashboards of every neuron over `spec.max_tokens` positions of a corpus.
 
     Resumes from the last finished part on disk; ray_address ("local" or a cluster) runs the parts on Ray."""
-    work = plan(model, spec)
+    work = plan(model, spec, contexts=False)
     done_path = _result_path(work)
     if use_cache and (hit := cache.load(done_path)) is not None:
         if progress:
-            progress(int(work.starts[-1]), int(work.starts[-1]))
+            progress(len(hit["token"]), len(hit["token"]))
         return _finish(model, work, hit)
+    work = plan(model, spec)
     state = State(model.n_layers, model.d_mlp, work.spec.top_k, model.device)
     total = int(work.starts[-1])
     top1 = np.full(total, -1, dtype=np.int32)
@@ -598,7 +601,7 @@ def cmd_dashboards(args: argparse.Namespace, model: Model) -> dict:
 def cmd_examples(args: argparse.Namespace, model: Model) -> dict:
     layer, neuron = parse_neuron(model, args.neuron)
     spec = DashboardSpec(args.corpus, args.max_tokens)
-    work = plan(model, spec)
+    work = plan(model, spec, contexts=False)
     if not _result_path(work).exists():
         raise UserError(
             f"no dashboards built for {model.name} on {work.spec.dataset} with {work.spec.max_tokens:,} tokens; "

@@ -61,7 +61,8 @@ def inputs(model: Model) -> dict:
         "Corpus",
         key=key("corpus"),
         persist_state="session",
-        help="'bundled' (State of the Union addresses 1981–2021, shipped with the app), a local "
+        help="'bundled' (State of the Union addresses 1981–2021, shipped with the app), 'brown' (the Brown Corpus: "
+        "500 samples, 15 genres; fetched at set-up), a local "
         ".txt/.jsonl/.parquet/.csv file or folder, or a Hugging Face dataset name when online",
     )
     left.text_input("Neurons", key=key("neurons"), persist_state="session", help="e.g. L25.N1527, L27.N554")

@@ -259,3 +259,33 @@ def test_share_axes_show_real_percentages():
     ticks = [f"{t * 100:.{digits}f}%" for t in (0.002, 0.004, 0.006, 0.008, 0.010, 0.012)]
     assert len(set(ticks)) == len(ticks) and ticks[0] == "0.20%"
     assert percent_format(0.0005) == ".3~%" and percent_format(0.5) == ".0~%"
+
+
+def _dashboard_page(folder: str, corpus: str) -> None:
+    import streamlit as st
+
+    from core.model import load_model
+    from ui import dashboard_view
+
+    model = load_model(folder, device="cpu")
+    dashboard_view.dashboard_section(model, 1, 3, corpus, 300)
+    if st.session_state.get("show_pair", True):
+        dashboard_view.clean_vs_corrupted(model, 1, 3, "I picked an apple", "I picked a lemon")
+
+
+def test_neuron_page_section_reads_built_dashboards(tiny, corpus_file):
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_function(_dashboard_page, args=(tiny.name, corpus_file), default_timeout=60).run()
+    assert not app.exception
+    assert any("Build dashboards" in b.label for b in app.button)  # none built yet: a button, no examples
+    built = dash.build(tiny, dash.DashboardSpec(corpus_file, 300))
+    app = AppTest.from_function(_dashboard_page, args=(tiny.name, corpus_file), default_timeout=60).run()
+    assert not app.exception
+    assert [m.label for m in app.metric][:2] == [
+        "positions",
+        f"density (≥ {dash.EDGES[np.searchsorted(dash.EDGES, 1.0)]:.2f})",
+    ]
+    assert app.metric[0].value == f"{built.positions:,}"
+    assert sum("predicts" in m.value for m in app.markdown) == dash.TOP_K
+    assert any("clean:" in c.value for c in app.caption) and any("corrupted:" in c.value for c in app.caption)

@@ -31,10 +31,17 @@ def percent_axis(fig: go.Figure, largest: float, **axis: Any) -> go.Figure:
     return fig
 
 
-@st.cache_resource(max_entries=2, show_spinner=False)
-def _built(_model: Model, fingerprint: str, corpus: str, budget: int) -> dashboards.Dashboards | None:
-    spec = dashboards.DashboardSpec(corpus, budget)
-    return dashboards.build(_model, spec) if dashboards.is_built(_model, spec) else None
+@st.cache_resource(max_entries=2, show_spinner="Reading the built dashboards…")
+def _read(_model: Model, fingerprint: str, corpus: str, budget: int) -> dashboards.Dashboards:
+    return dashboards.build(_model, dashboards.DashboardSpec(corpus, budget))
+
+
+def _built(model: Model, corpus: str, budget: int) -> dashboards.Dashboards | None:
+    """The built dashboards (read once per server), or None: "not built" is never cached, so a build from the
+    command line shows up on the next rerun."""
+    if not dashboards.is_built(model, dashboards.DashboardSpec(corpus, budget)):
+        return None
+    return _read(model, model.fingerprint, corpus, budget)
 
 
 def _build(model: Model, corpus: str, budget: int) -> None:
@@ -46,7 +53,6 @@ def _build(model: Model, corpus: str, budget: int) -> None:
     with admitted(f"dashboards of {model.name}"):
         dashboards.build(model, dashboards.DashboardSpec(corpus, budget), progress)
     bar.empty()
-    _built.clear()
 
 
 def histogram_chart(hist: dict, name: str, top_token: str) -> go.Figure:
@@ -96,7 +102,7 @@ def dashboard_section(
     corpus = corpus or dashboards.default_corpus()
     budget = budget or dashboards.DashboardSpec.max_tokens
     st.subheader("Max-activating examples over a corpus")
-    built = _built(model, model.fingerprint, corpus, budget)
+    built = _built(model, corpus, budget)
     if built is None:
         st.caption(
             f"No dashboards built for {text.literal(model.name)} on {text.literal(corpus)} ({budget:,} tokens). One "
