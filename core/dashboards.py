@@ -5,9 +5,9 @@ the chunked top-1; core.distributed runs parts on Ray) keeps, for every neuron o
 - its top-k activating positions, each with the activations of a window of tokens around it and the model's top-1
   prediction there (a running top-k per neuron: only neurons whose batch maximum beats their current k-th value
   are touched, and those with one torch.topk over [k + batch] candidates);
-- a histogram of its activations over fixed bins shared by every neuron and model (edges evenly spaced in
-  asinh(a / 0.05): ~0.01 wide near zero, ~20 % of |a| in the tails, ±1000 at the ends; values beyond go to the
-  end bins) — the activation density above any threshold is read from it;
+- a histogram of its activations over fixed bins shared by every neuron and model (quarter octaves of |a| from
+  2^-6 to 2^10 on each side, read from the float's bits) — the activation density above any threshold is read
+  from it;
 - per bin, how many positions had the neuron's top congruent token (W_U; core.search) as the model's top-1
   prediction, and as the true next token: the post's corpus chart for every neuron at once.
 
@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -44,14 +43,31 @@ from core.progress import Progress
 
 TOP_K = 20
 LEFT, RIGHT = 12, 4  # tokens of context kept before and after each example
-HIST_BINS = 96
-HIST_SCALE = 0.05
-HIST_LIMIT = 1000.0
-_REACH = math.asinh(HIST_LIMIT / HIST_SCALE)
-EDGES = np.sinh(np.linspace(-_REACH, _REACH, HIST_BINS + 1)) * HIST_SCALE  # EDGES[HIST_BINS // 2] == 0
+# Histogram bins, shared by every neuron and model: quarter octaves of |a| from 2^-6 to 2^10 on each side (each
+# ~19 % of |a| wide), plus [-2^-6, 0) and [0, 2^-6); values beyond ±2^10 go to the end bins. A value's bin is read
+# from its float32 bits (sign, exponent, two mantissa bits: one shift and one table lookup per activation).
+OCTAVE_MIN, OCTAVE_MAX, STEPS = -6, 10, 4
+_SIDE = (OCTAVE_MAX - OCTAVE_MIN) * STEPS  # bins per sign beyond the near-zero ones
+HIST_BINS = 2 * _SIDE + 2
+_MAGNITUDES = np.array([2.0 ** (OCTAVE_MIN + c // STEPS) * (1 + (c % STEPS) / STEPS) for c in range(_SIDE + 1)])
+EDGES = np.concatenate([-_MAGNITUDES[::-1], [0.0], _MAGNITUDES])  # HIST_BINS + 1 edges; EDGES[_SIDE + 1] == 0
+
+
+def _bin_table() -> torch.Tensor:
+    """Bin of every 11-bit key (sign, 8 exponent bits, 2 mantissa bits) of a float32."""
+    table = torch.empty(2048, dtype=torch.long)
+    for key in range(2048):
+        sign, exponent, mantissa = key >> 10, (key >> 2) & 0xFF, key & 3
+        c = (exponent - 127 - OCTAVE_MIN) * STEPS + mantissa
+        c = -1 if exponent - 127 < OCTAVE_MIN else min(c, _SIDE - 1)
+        table[key] = (_SIDE - 1 - c) if sign else (_SIDE + 2 + c)
+    return table
+
+
+BIN_TABLE = _bin_table()
 DENSITY_THRESHOLD = 1.0
 LOGIT_BYTES = 64 << 20  # top-1 logits unembedded at once: at most this many bytes of fp32 logits
-VERSION = 1
+VERSION = 2
 
 
 def default_corpus() -> str:
@@ -71,10 +87,11 @@ class DashboardSpec:
     part_batches: int = 8
 
 
-def bin_of(values: torch.Tensor) -> torch.Tensor:
-    """Histogram bin (0..HIST_BINS-1) of each activation: the EDGES, computed (no search)."""
-    scaled = torch.asinh(values.float() * (1 / HIST_SCALE)).add_(_REACH).mul_(HIST_BINS / (2 * _REACH))
-    return scaled.floor_().clamp_(0, HIST_BINS - 1).long()
+def bin_of(values: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """Histogram bin (0..HIST_BINS-1, int64) of each fp32 activation, from its bits: no search, no float math."""
+    keys = (values.float().contiguous().view(torch.int32) >> 21) & 0x7FF
+    table = BIN_TABLE.to(values.device) if table is None else table
+    return table.index_select(0, keys.reshape(-1)).view(values.shape)  # ~20x faster than table[keys] on CPU
 
 
 # ---------------------------------------------------------------- the running state
@@ -96,6 +113,7 @@ class State:
         self.hit_top1 = torch.zeros_like(self.hist)
         self.hit_next = torch.zeros_like(self.hist)
         self.offsets = torch.arange(-LEFT, RIGHT + 1, device=device)
+        self.table = BIN_TABLE.to(device)
 
     FIELDS = ("vals", "pos", "pred", "win", "hist", "hit_top1", "hit_next")
 
@@ -128,7 +146,7 @@ class State:
         top1/nxt [T]: the model's prediction and the true next token (-1 at a context's end); tokens [m]: each
         neuron's top congruent token."""
         T, m = acts.shape
-        bins = bin_of(acts)
+        bins = bin_of(acts, self.table)
         self.hist[layer].scatter_add_(0, bins, torch.ones(1, dtype=torch.long, device=acts.device).expand(T, m))
         for hits, ids in ((self.hit_top1, top1), (self.hit_next, nxt)):
             chosen = torch.isin(tokens, ids).nonzero().squeeze(1)
@@ -234,7 +252,7 @@ def plan(model: Model, spec: DashboardSpec, contexts: bool = True) -> Plan:
         "ctx": spec.ctx,
         "batch": spec.batch_size,
         "part": spec.part_batches,
-        "bins": [HIST_BINS, HIST_SCALE, HIST_LIMIT],
+        "bins": [OCTAVE_MIN, OCTAVE_MAX, STEPS],
         "window": [LEFT, RIGHT],
         "version": VERSION,
     }
@@ -420,7 +438,8 @@ def _finish(model: Model, work: Plan, arrays: dict[str, np.ndarray]) -> Dashboar
         "top_k": work.spec.top_k,
         "window": [LEFT, RIGHT],
         "sampling": "contexts spread evenly over the corpus",
-        "bins": f"{HIST_BINS} bins evenly spaced in asinh(a / {HIST_SCALE}), ±{HIST_LIMIT:g} at the ends",
+        "bins": f"{HIST_BINS} bins: quarter octaves of |a| from 2^{OCTAVE_MIN} to 2^{OCTAVE_MAX} on each side, "
+        f"[-2^{OCTAVE_MIN}, 0) and [0, 2^{OCTAVE_MIN}); beyond ±2^{OCTAVE_MAX} in the end bins",
         "top_token": "each neuron's most congruent token by W_U (core.search)",
         "bos": model.bos_convention(),
         "neuron_activation": model.facts()["neuron_activation"],
@@ -540,7 +559,7 @@ def neuron_view(model: Model, dash: Dashboards, layer: int, neuron: int, top_k: 
         "density": {
             "threshold": edge,
             "share": density,
-            "positive_share": float(counts[HIST_BINS // 2 :].sum() / max(1, counts.sum())),
+            "positive_share": float(counts[_SIDE + 1 :].sum() / max(1, counts.sum())),
         },
         "top1_is_top_token": int(dash.arrays["hit_top1"][layer, :, neuron].sum()),
         "histogram": dash.histogram(layer, neuron),
