@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="an inclusive layer range, e.g. 20-29 (default: all layers)")
     p.add_argument("--top-k", type=positive_int, default=None, help="neurons to list, by kurtosis (default: all)")
 
+    from core import dashboards
+
+    dashboards.add_parsers(sub, _common, positive_int)
+
     p = sub.add_parser("scan", help="corpus scan: activation bins vs top-1 share, totals, max-activating examples")
     _common(p)
     p.add_argument(
@@ -493,6 +497,22 @@ def cmd_atlas(args: argparse.Namespace) -> dict:
 
 
 COMMANDS["atlas"] = cmd_atlas
+
+
+def cmd_dashboards(args: argparse.Namespace) -> dict:
+    from core import dashboards
+
+    return dashboards.cmd_dashboards(args, _load(args))
+
+
+def cmd_examples(args: argparse.Namespace) -> dict:
+    from core import dashboards
+
+    return dashboards.cmd_examples(args, _load(args))
+
+
+COMMANDS["dashboards"] = cmd_dashboards
+COMMANDS["examples"] = cmd_examples
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,12 +12,11 @@ from core import atlas, post
 from core.congruence import MATRICES, check_neuron, describe, label
 from core.drivers import head_label, parse_head
 from core.model import Model
-from ui import analyses, charts, common, params, scan_view, text
+from ui import analyses, charts, common, dashboard_view, params, text
 from ui.common import Section
 
 PAGE = "neuron"
 TOP_K = 20
-SCAN_TOKENS = 5000  # a quick look; the Corpus page sets the budget
 
 
 def key(name: str) -> str:
@@ -167,6 +166,7 @@ def drivers_section(model: Model, layer: int, neuron: int) -> dict:
     cols[3].text_input("Wrong token", key=key("wrong"), persist_state="session")
     position, corrupted = params.value(PAGE, "position"), params.value(PAGE, "corrupted") or None
     answer, wrong = params.value(PAGE, "answer"), params.value(PAGE, "wrong")
+    side_by_side = dashboard_view.clean_vs_corrupted(model, layer, neuron, prompt, corrupted)
     result = analyses.drivers_view(model, model.fingerprint, prompt, layer, neuron, position, corrupted, answer, wrong)
     p = result.position
     metrics = st.columns(2 + len(result.inputs))
@@ -204,7 +204,7 @@ def drivers_section(model: Model, layer: int, neuron: int) -> dict:
         if row:
             picked = frame.iloc[row["row"]]
             select(str(picked["kind"]), int(picked["layer"]), int(picked["head"]))
-    payload: dict = {"drivers": result.to_json()}
+    payload: dict = {"drivers": result.to_json(), **side_by_side}
     if result.path_patching is not None:
         facts = result.pair or {}
         st.markdown(
@@ -262,30 +262,17 @@ def mlp_view(model: Model, prompt: str, layer: int, neuron: int, position: int, 
 
 
 def corpus_section(model: Model, layer: int, neuron: int, target: str) -> dict:
-    st.subheader("On a corpus")
+    """Max-activating examples, density and histogram from the built dashboards (a Build button when none are),
+    and a link to the Corpus page's scan with every option."""
+    payload = dashboard_view.dashboard_section(model, layer, neuron)
     name = label(layer, neuron)
-    st.caption(
-        f"Scans {SCAN_TOKENS:,} tokens of the bundled corpus: {name}'s activation, binned, against how often "
-        f"the model's top-1 prediction is its top token {text.literal(charts.shown(target))}. The Corpus page "
-        "has every option (corpus, several neurons, token budget)."
-    )
     st.page_link(
         common.PAGES["corpus"],
-        label=f"Corpus page for {name}",
+        label=f"Corpus page for {name}: the post's chart (activation bins vs top-1 {charts.shown(target)!r})",
         icon=":material/menu_book:",
         query_params=common.with_model({"neurons": name, "target": target}),
     )
-    if not common.run_gate(
-        f"Scan the corpus for {name}",
-        "neuron:scan",
-        armed_key="neuron:scan_armed",
-        token=(layer, neuron, target),
-        primary=False,
-    ):
-        return {}
-    view = analyses.corpus_scan(model, model.fingerprint, None, ((layer, neuron),), target, SCAN_TOKENS, 0.5, 10, 12)
-    scan_view.neuron_scan(name, view.neurons[name], target, key="neuron:scan")
-    return {"scan": view.payload}
+    return payload
 
 
 def atlas_line(model: Model, layer: int, neuron: int) -> dict:
