@@ -3,10 +3,10 @@
 Hosted mode is on when TNE_HOSTED=1 (the app also maps `hosted = true` in .streamlit/secrets.toml onto it).
 Then: only allow-listed model names (default: the embedded model the image ships; no local folders, no arbitrary hub
 names), device and weight processing fixed by the host (one shared model: a visitor cannot make the server load
-another copy), the bundled corpus only, and caps on text length, prompt tokens, top-k, corpus token budget, neurons
-and examples per scan, patching batch size, a search block's memory and the disk cache. Each has an environment
-variable (TNE_MODELS, TNE_DEVICE, TNE_PROCESSING, TNE_MAX_TEXT_CHARS, TNE_MAX_PROMPT_TOKENS, TNE_MAX_TOP_K,
-TNE_MAX_SCAN_TOKENS, TNE_MAX_SCAN_NEURONS, TNE_MAX_SCAN_EXAMPLES, TNE_MAX_BATCH_TOKENS, TNE_MAX_BLOCK_MB,
+another copy), the installed corpora only (bundled, brown), and caps on text length, prompt tokens, top-k, corpus
+token budget, neurons and examples per scan, patching batch size, a search block's memory and the disk cache. Each
+has an environment variable (TNE_MODELS, TNE_DEVICE, TNE_PROCESSING, TNE_MAX_TEXT_CHARS, TNE_MAX_PROMPT_TOKENS,
+TNE_MAX_TOP_K, TNE_MAX_SCAN_TOKENS, TNE_MAX_SCAN_NEURONS, TNE_MAX_SCAN_EXAMPLES, TNE_MAX_BATCH_TOKENS, TNE_MAX_BLOCK_MB,
 TNE_CACHE_MAX_MB). Locally nothing is capped beyond the model's own context (text: 32 characters per context
 token) and the disk cache's size (10 GB by default).
 """

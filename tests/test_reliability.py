@@ -52,7 +52,7 @@ def test_hosted_mode_limits(hosted, embedded, gpt2_folder, tmp_path):
     with pytest.raises(UserError, match="token budget 100,000 is out of range; use 1..50,000"):
         scan.scan(embedded, scan.ScanSpec([(25, 1527)], 354, None, max_tokens=100_000))
     (tmp_path / "c.txt").write_text("some text\n")
-    with pytest.raises(UserError, match="only the bundled corpus"):
+    with pytest.raises(UserError, match=r"only the installed corpora \(bundled"):
         scan.scan(embedded, scan.ScanSpec([(25, 1527)], 354, str(tmp_path / "c.txt"), max_tokens=100))
     assert patching.default_batch_tokens(embedded) == 4096
     with pytest.raises(UserError, match="top-k"):
