@@ -104,12 +104,12 @@ def activation_section(model: Model, layer: int, neuron: int) -> dict:
     st.text_area("Prompt", key=key("prompt"), height=80, persist_state="session")
     prompt = params.value(PAGE, "prompt")
     frame = analyses.neuron_activations(model, model.fingerprint, prompt, layer, neuron)
-    peak = int(frame["activation"].idxmax())
+    peak = int(frame["activation"].abs().idxmax())  # a neuron may do its job firing negative (Gemma 3's L13.N1278)
     st.markdown(
         text.activation_text(list(frame["token"]), list(frame["activation"]), highlight=peak), unsafe_allow_html=True
     )
     st.caption(
-        f"Blue = positive, red = negative, hover for values; outlined: the maximum "
+        f"Blue = positive, red = negative, hover for values; outlined: the largest in magnitude "
         f"({frame['activation'].iloc[peak]:+.3f} on {text.literal(charts.shown(frame['token'].iloc[peak]))}). "
         f"Activation = {model.facts()['neuron_activation']}. {model.bos_convention()}."
     )
