@@ -26,26 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from bench.memory import reset_peak, status_mb  # noqa: E402
 from core import atlas, search  # noqa: E402
 from core.congruence import neuron_vectors, token_vectors  # noqa: E402
 from core.model import EMBEDDED, load_model  # noqa: E402
-
-
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_high_water_mark() -> bool:
-    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS (so the peak excludes model loading)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def main() -> None:
@@ -75,7 +59,7 @@ def main() -> None:
     del a, b
 
     before = status_mb("VmRSS")
-    exact = reset_high_water_mark()
+    exact = reset_peak()
     sync()
     start = time.perf_counter()
     arrays = atlas.compute_stats(model)

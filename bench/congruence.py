@@ -22,22 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.memory import reset_peak, status_mb  # noqa: E402
 from core import search  # noqa: E402
 from core.model import EMBEDDED, load_model  # noqa: E402
-
-
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux ≥ 4.0), so the next peak is the search's own."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
 
 
 def main() -> None:

@@ -26,22 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.memory import reset_peak, status_mb  # noqa: E402
 from core import cache, dashboards, scan  # noqa: E402
 from core import forward as fw  # noqa: E402
 from core.model import EMBEDDED, load_model  # noqa: E402
-
-
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
 
 
 @torch.no_grad()
