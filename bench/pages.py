@@ -2,9 +2,12 @@
 
 Two views of the same work, both on the embedded model:
 - engine phases, in the page's order (both runs → each layer whole = the first chart → the neurons: attribution,
-  exact sweeps, absolute effects → layers × positions → heads), timed one by one with the same core calls;
+  sweeps screened in bfloat16 where that pays, absolute effects → heads → layers × positions), timed one by one
+  with the same core calls;
 - the whole page in Streamlit's AppTest (a fresh cache per scenario: results from an earlier scenario never help),
   from the Run click to the end of the script. The first scenario is the first Run after the "server" start.
+  Where the page leaves layers × positions to a press (its estimate is over GRID_AUTO_S), the press is timed too
+  and printed apart: the page settles without it.
 
 Scenarios: the post's pair (apple → lemon) with clean patching and each ablation, and a pair that differs at token 2.
 Run alone (2 cores); `--threads N` sets torch's threads. Last line:
@@ -56,20 +59,22 @@ def engine_phases(model, clean: str, corrupted: str, ablation: str) -> dict[str,
     def neurons():
         if ablation == "clean":
             approx = attribution.attribute(setup)
-            sweep = attribution.find_top_neurons(setup, approx, 50, totals, extra_sweeps=(layer,)).sweeps[layer]
+            found = attribution.find_top_neurons(setup, approx, 50, totals, extra_sweeps=(layer,), screen=True)
+            sweep = found.sweeps[layer]
         else:
-            sweep = patching.patch_neurons(setup, layer)
-        best = int(sweep.frame(1).neuron.iloc[0])
+            sweep = patching.patch_neurons(setup, layer, screen=True)
+        best = int(sweep.winners(1).neuron.iloc[0])
         return patching.neuron_effect(setup, layer, best), patching.neuron_effect(setup, layer)
 
     timed("neurons", neurons)
-    timed("layers × positions", lambda: patching.patch_layers(setup))
     timed("heads", lambda: patching.patch_heads(setup))
+    timed("layers × positions", lambda: patching.patch_layers(setup))
     return times
 
 
-def page_seconds(clean: str, corrupted: str, ablation: str) -> tuple[float, float]:
-    """(seconds to open the page, seconds from the Run click to the end) in AppTest, caches emptied first."""
+def page_seconds(clean: str, corrupted: str, ablation: str) -> tuple[float, float, float | None]:
+    """(seconds to open the page, from the Run click to the end, from the grid's press to the end or None when the
+    grid ran with the page) in AppTest, caches emptied first."""
     import streamlit as st
 
     from tests.test_app import open_page
@@ -86,7 +91,12 @@ def page_seconds(clean: str, corrupted: str, ablation: str) -> tuple[float, floa
     ran = time.perf_counter() - began
     if at.exception or at.error:
         raise SystemExit(f"the page failed: {[e.value for e in at.error]} {at.exception}")
-    return opened, ran
+    grid = None
+    if any(b.key == "patching:grid" for b in at.button):
+        began = time.perf_counter()
+        at.button(key="patching:grid").click().run()
+        grid = time.perf_counter() - began
+    return opened, ran, grid
 
 
 def main() -> None:
@@ -103,7 +113,7 @@ def main() -> None:
     page: dict[str, float] = {}
     first_chart: list[float] = []
     for i, (name, clean, corrupted, ablation) in enumerate(SCENARIOS):
-        opened, ran = page_seconds(clean, corrupted, ablation)  # first: also loads the model (AppTest's process)
+        opened, ran, grid = page_seconds(clean, corrupted, ablation)  # first: also loads the model
         page[name] = ran
         model = load_model(EMBEDDED)  # the engine view reads the cached conversion (≈ 1 s + processing)
         times = engine_phases(model, clean, corrupted, ablation)
@@ -116,9 +126,10 @@ def main() -> None:
         estimate = patching.estimate_seconds(model, sum(work.values()))
         first_chart.append(times["both runs"] + times["layers whole"])
         phases = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
+        on_press = f"; layers × positions on press: {grid:.1f} s more" if grid is not None else ""
         print(
-            f"{name}: page {ran:.1f} s after Run (opened in {opened:.1f} s{' incl. the model load' if i == 0 else ''});"
-            f" engine {sum(times.values()):.1f} s = {phases}; the page's estimate {estimate:.1f} s",
+            f"{name}: page {ran:.1f} s after Run (opened in {opened:.1f} s{' incl. the model load' if i == 0 else ''}"
+            f"{on_press}); engine {sum(times.values()):.1f} s = {phases}; fp32 estimate of all {estimate:.1f} s",
             flush=True,
         )
     clean_worst = max(v for k, v in page.items() if k.endswith("clean"))

@@ -209,11 +209,14 @@ def find_top_neurons(
     layer_totals: np.ndarray | None = None,
     extra_sweeps: tuple[int, ...] = (),
     progress: Progress | None = None,
+    screen: bool = False,
 ) -> TopNeurons:
     """Which neuron anywhere restores most: attribution proposes, exact patching decides (AtP*'s lesson).
 
     layer_totals: mlp_out of each layer patched at all positions ([L]); computed (cheap) when not given.
     extra_sweeps: layers to sweep fully besides the selected ones (e.g. the page's chosen layer), shared work.
+    screen: the full sweeps are screened in bfloat16 (patching.patch_neuron_sets); every row of the table is
+    still exact: a sweep's winners are among its verified rows, and attribution's candidates are verified too.
     """
     model = setup.model
     if layer_totals is None:
@@ -222,16 +225,19 @@ def find_top_neurons(
     sweep_layers = swept_layers(layer_totals)
     full = sorted(set(sweep_layers) | set(extra_sweeps))
     wanted: dict[int, list[int] | None] = {layer: None for layer in full}
+    in_sweeps: dict[int, list[int]] = {}  # attribution's candidates inside a swept layer: verified in fp32
     for layer, neuron in zip(proposed.layer.tolist(), proposed.neuron.tolist()):
-        if layer not in full:
-            listed = wanted.setdefault(int(layer), [])
-            assert listed is not None
-            listed.append(int(neuron))
-    results = patching.patch_neuron_sets(setup, wanted, progress=progress)
+        if layer in full:
+            in_sweeps.setdefault(int(layer), []).append(int(neuron))
+            continue
+        listed = wanted.setdefault(int(layer), [])
+        assert listed is not None
+        listed.append(int(neuron))
+    results = patching.patch_neuron_sets(setup, wanted, progress=progress, screen=screen, verify=in_sweeps)
     exact = {(layer, int(n)): float(v) for layer, r in results.items() for n, v in zip(r.neurons, r.scores)}
     rows = {(int(l), int(n)): "attribution top-k" for l, n in zip(proposed.layer, proposed.neuron)}
     for layer in sweep_layers:
-        for n in results[layer].frame(SWEEP_WINNERS).neuron.tolist():
+        for n in results[layer].winners(SWEEP_WINNERS).neuron.tolist():
             rows.setdefault((layer, int(n)), f"sweep of MLP {layer}")
     keys = list(rows)
     flat = approx.neurons

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=layer_int, help="MLP layer for --level neurons (default: the standout late layer)")
     p.add_argument("--top-k", type=positive_int, help="neurons to list (default: all in JSON, 20 in tables)")
     p.add_argument("--ablation", choices=ABLATIONS, default="clean")
+    p.add_argument(
+        "--screen",
+        action="store_true",
+        help="full neuron sweeps (--level neurons, all-neurons) screened in bfloat16 where that is faster here, "
+        "their top rows recomputed in fp32 (the Patching page does this); default: every row fp32",
+    )
 
     p = sub.add_parser("congruence", help="neuron → tokens (--neuron) or token → neurons (--token): W_out · u_t")
     _common(p)
@@ -266,7 +272,7 @@ def cmd_patch(args: argparse.Namespace) -> dict:
         layer = args.layer
         if layer is None:
             layer = patching.standout_mlp_layer(patching.patch_layers(setup))
-        sweep = patching.patch_neurons(setup, layer)
+        sweep = patching.patch_neurons(setup, layer, screen=args.screen)
         top_k = args.top_k or (None if args.json else 20)  # JSON: every neuron unless --top-k
         if not args.json:
             print(f"layer {layer}: whole-layer score {sweep.layer_score:.4f}")
@@ -285,7 +291,7 @@ def _all_neurons(args: argparse.Namespace, setup) -> dict:
     if not args.json:
         print(attribution.CAVEAT)
     if args.method == "exact-topk":
-        found = attribution.find_top_neurons(setup, approx, top_k)
+        found = attribution.find_top_neurons(setup, approx, top_k, screen=args.screen)
         frame = found.table
         out.update(found.to_json())
         out["neurons"] = to_jsonable(frame[["layer", "neuron", "exact", "attribution", "source", "disagree"]])

@@ -19,11 +19,12 @@ How it is fast, all exact (docs/design.md has the measured speedups):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -189,17 +190,23 @@ def score_joins(
     start_pos: int,
     max_batch_tokens: int,
     progress: Callable[[], None] | None = None,
+    screen: bool = False,
 ) -> np.ndarray:
     """The score of every row of `joins` (in order), each row resumed from its depth at positions start_pos..
 
-    Rows are batched by depth (see fw.resume_joined); progress() is called after each batch.
+    Rows are batched by depth (see fw.resume_joined); progress() is called after each batch. screen: resume in
+    bfloat16 (see SCREEN_DTYPE); the final norm and the metric stay fp32.
     """
     w = setup.model.weights
+    run_w, prefix = (screen_weights(w), screen_prefix(setup)) if screen else (w, setup.base)
     depth_order = sorted(range(len(joins)), key=lambda i: joins[i].depth())
     ordered = [joins[i] for i in depth_order]
     out = []
     for batch in _batches(ordered, max_batch_tokens):
-        out.append(setup.metric(w, fw.resume_joined(w, batch, start_pos, setup.base)))
+        if screen:
+            batch = [fw.Join(j.layer, j.stage, j.resid.to(SCREEN_DTYPE)) for j in batch]
+        final = fw.resume_joined(run_w, batch, start_pos, prefix)
+        out.append(setup.metric(w, final.to(w.W_U.dtype) if screen else final))
         if progress:
             progress()
     if not out:
@@ -210,6 +217,67 @@ def score_joins(
     for k, i in enumerate(depth_order):
         back[i] = scores[sizes[k] : sizes[k + 1]]
     return np.concatenate(back)
+
+
+# ---------------------------------------------------------------- the bfloat16 screen of full neuron sweeps
+#
+# A full sweep is d_mlp rows, each resumed over every position from its layer on: the page's largest FLOP count.
+# Where bfloat16 matmuls run much faster than fp32 (CPUs with AVX-512 BF16 or AMX: 3.4x measured here), a sweep
+# is screened in bfloat16 and its top rows (by score and by |score|) are recomputed in fp32; every other row keeps
+# its screen score, marked as such. Measured on SmolLM2 (bench/pages.py): screen error ≤ 0.024 in score, the
+# verified winner never changed. Accumulation is fp32 inside the matmuls; the final norm and metric run in fp32.
+
+SCREEN_DTYPE = torch.bfloat16
+SCREEN_VERIFY = 32  # rows per screened layer recomputed in fp32 (by score, and by |score|)
+SCREEN_MIN_SPEEDUP = 1.5  # screen only where bfloat16 matmuls are at least this much faster than fp32
+
+_screen_cache: dict[int, tuple[fw.Weights, fw.Weights]] = {}
+
+
+def screen_weights(w: fw.Weights) -> fw.Weights:
+    """The blocks' weights in SCREEN_DTYPE (embedding and unembedding stay fp32: the screen never uses them)."""
+    hit = _screen_cache.get(id(w))
+    if hit is not None and hit[0] is w:
+        return hit[1]
+    keep = {"W_E", "W_pos", "W_U", "b_U", "lnf_w", "lnf_b"}
+    tensors = {f.name: getattr(w, f.name) for f in dataclasses.fields(w) if f.name not in keep}
+    cast: dict[str, Any] = {
+        name: t.to(SCREEN_DTYPE) for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point()
+    }
+    if len(_screen_cache) >= 2:  # one or two models are served at a time; a third evicts the oldest
+        _screen_cache.pop(next(iter(_screen_cache)))
+    _screen_cache[id(w)] = (w, dataclasses.replace(w, **cast))
+    return _screen_cache[id(w)][1]
+
+
+def screen_prefix(setup: Setup) -> fw.Trace:
+    """The base run's keys/values (all a resumed forward reads from its prefix) in SCREEN_DTYPE."""
+    base = setup.base
+    return fw.Trace(
+        k=[k.to(SCREEN_DTYPE) for k in base.k],
+        v=[v.to(SCREEN_DTYPE) for v in base.v],
+        resid_final=base.resid_final.to(SCREEN_DTYPE),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def screen_pays(device: str) -> bool:
+    """True where bfloat16 matmuls are SCREEN_MIN_SPEEDUP× faster than fp32 on `device` (measured once, ~0.2 s).
+
+    GPUs are left exact: their fp32 sweeps already take well under a second.
+    """
+    if not device.startswith("cpu"):
+        return False
+    return matmul_flops_per_s(device, dtype=SCREEN_DTYPE) >= SCREEN_MIN_SPEEDUP * matmul_flops_per_s(device)
+
+
+def screen_share(model: Model) -> float:
+    """The time of a screened full sweep as a share of its fp32 time on this device (1 where it does not pay)."""
+    device = str(model.device)
+    if not screen_pays(device):
+        return 1.0
+    ratio = matmul_flops_per_s(device) / matmul_flops_per_s(device, dtype=SCREEN_DTYPE)
+    return ratio + 2 * SCREEN_VERIFY / model.d_mlp
 
 
 def _one_position(base_resid: torch.Tensor, delta: torch.Tensor, pos: int) -> torch.Tensor:
@@ -379,9 +447,22 @@ class NeuronPatching:
     neurons: np.ndarray  # [n] neuron indices, in the order of scores
     scores: np.ndarray  # [n]
     layer_score: float  # the whole MLP layer patched at all positions
+    exact: np.ndarray | None = None  # [n] bool: False where the score is the bfloat16 screen's; None = all exact
+    screen_error: float | None = None  # largest |fp32 − screen| over the verified rows (screened sweeps only)
+
+    def is_exact(self) -> np.ndarray:
+        return np.ones(len(self.scores), dtype=bool) if self.exact is None else self.exact
+
+    def precision(self) -> str:
+        if self.exact is None:
+            return "fp32, every neuron"
+        return (
+            f"screened in bfloat16, the top {int(self.exact.sum())} (by score and by |score|) recomputed in fp32; "
+            f"largest screen error among them {self.screen_error:.4f}"
+        )
 
     def frame(self, top_k: int | None = None) -> pd.DataFrame:
-        """layer, neuron, label, score; highest score first."""
+        """layer, neuron, label, score, exact (False: a bfloat16 screen score); highest score first."""
         order = np.argsort(-self.scores, kind="stable")
         if top_k is not None:
             order = order[:top_k]
@@ -391,16 +472,24 @@ class NeuronPatching:
                 "neuron": self.neurons[order],
                 "label": [f"L{self.layer}.N{n}" for n in self.neurons[order]],
                 "score": self.scores[order],
+                "exact": self.is_exact()[order],
             }
         )
 
+    def winners(self, k: int = 1) -> pd.DataFrame:
+        """The k best rows by score among the fp32 ones (frame's columns): what a headline may name."""
+        frame = self.frame()
+        return frame[frame.exact].head(k)
+
     def to_json(self, top_k: int | None = None) -> dict:
-        """The layer, its whole-layer score and its neurons (highest score first; all unless top_k)."""
+        """The layer, its whole-layer score, the precision and its neurons (highest score first; all unless top_k)."""
         return to_jsonable(
             {
                 "layer": self.layer,
                 "layer_score": self.layer_score,
-                "neurons": self.frame(top_k)[["layer", "neuron", "score"]],
+                "precision": self.precision(),
+                "screen_error": self.screen_error,
+                "neurons": self.frame(top_k)[["layer", "neuron", "score", "exact"]],
             }
         )
 
@@ -411,35 +500,16 @@ def check_layer(model: Model, layer: int) -> int:
     return layer
 
 
-@torch.no_grad()
-def patch_neuron_sets(
-    setup: Setup,
-    neurons: dict[int, list[int] | None],
-    max_batch_tokens: int | None = None,
-    progress: Progress | None = None,
-) -> dict[int, NeuronPatching]:
-    """Neurons of several layers, each patched alone at all positions, plus each layer whole; batched by depth.
+Piece = tuple[int, slice | None]  # (layer, a slice of that layer's neuron ids, or None: the whole-layer row)
 
-    neurons: layer → neuron ids (None = every neuron of the layer). Patched residual after the MLP =
-    base + (replacement − base activation)[:, n] ⊗ W_out[layer, n], exact because W_out is linear; with a
-    post-MLP norm that change goes through the norm (see mlp_delta).
-    """
-    model = setup.model
-    w, start = model.weights, setup.start_pos
-    batch = max_batch_tokens or default_batch_tokens(model)
-    ids: dict[int, torch.Tensor] = {}
-    for layer, chosen in neurons.items():
-        check_layer(model, layer)
-        ids[layer] = torch.arange(w.d_mlp) if chosen is None else torch.tensor(list(chosen), dtype=torch.long)
-        if ids[layer].numel() and (ids[layer].min() < 0 or ids[layer].max() >= w.d_mlp):
-            raise UserError(f"neurons must be in 0..{w.d_mlp - 1} for {model.name}")
-    S = len(setup.clean.ids) - start
-    # Pieces of ≤ one batch of rows, built lazily a wave (≈ one batch) at a time so memory stays bounded.
-    per = max(1, batch // max(S, 1))
-    pieces: list[tuple[int, slice | None]] = []  # (layer, slice of ids[layer], or None: the whole-layer row)
+
+def _waves(ids: dict[int, torch.Tensor], per: int, whole: bool) -> list[list[Piece]]:
+    """Pieces of ≤ `per` rows grouped into waves of ≤ `per` rows (one resumed batch each: bounded memory)."""
+    pieces: list[Piece] = []
     for layer in ids:
-        pieces += [(layer, slice(i, i + per)) for i in range(0, len(ids[layer]), per)] + [(layer, None)]
-    waves: list[list[tuple[int, slice | None]]] = [[]]
+        pieces += [(layer, slice(i, i + per)) for i in range(0, len(ids[layer]), per)]
+        pieces += [(layer, None)] if whole else []
+    waves: list[list[Piece]] = [[]]
     rows = 0
     for layer, part in pieces:
         n = 1 if part is None else len(ids[layer][part])
@@ -448,13 +518,26 @@ def patch_neuron_sets(
             rows = 0
         waves[-1].append((layer, part))
         rows += n
+    return [wave for wave in waves if wave]
+
+
+def _run_waves(
+    setup: Setup,
+    ids: dict[int, torch.Tensor],
+    waves: list[list[Piece]],
+    batch: int,
+    screen: bool,
+    step: Callable[[], None],
+) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+    """Scores of the waves' rows: (layer → scores in the order of ids[layer], layer → whole-layer score)."""
+    w, start = setup.model.weights, setup.start_pos
     scores: dict[int, list[np.ndarray]] = {layer: [] for layer in ids}
     whole: dict[int, float] = {}
     d_posts = {
         layer: (setup.replacement("mlp_post", layer) - setup.base.mlp_post[layer])[0, start:]  # [S, m]
         for layer in ids
     }
-    for i, wave in enumerate(waves):
+    for wave in waves:
         joins = []
         for layer, part in wave:
             d_post = d_posts[layer]
@@ -466,7 +549,7 @@ def patch_neuron_sets(
                 picked = ids[layer][part].to(W_out.device)
                 change = d_post[:, picked].T[:, :, None] * W_out[picked][:, None, :]
             joins.append(fw.Join(layer + 1, "pre", after + mlp_delta(setup, layer, change, start)))
-        result = score_joins(setup, joins, start, batch)
+        result = score_joins(setup, joins, start, batch, screen=screen)
         offset = 0
         for (layer, part), join in zip(wave, joins):
             n = join.resid.shape[0]
@@ -475,17 +558,102 @@ def patch_neuron_sets(
             else:
                 scores[layer].append(result[offset : offset + n])
             offset += n
+        step()
+    return {layer: np.concatenate(s) if s else np.zeros(0, np.float32) for layer, s in scores.items()}, whole
+
+
+def _to_verify(screen: np.ndarray, must: list[int], ids: torch.Tensor) -> torch.Tensor:
+    """Positions (into ids) of a screened layer's rows to recompute in fp32: top by score, by |score|, and `must`."""
+    k = min(SCREEN_VERIFY, len(screen))
+    picked = set(np.argsort(-screen, kind="stable")[:k]) | set(np.argsort(-np.abs(screen), kind="stable")[:k])
+    where = {int(n): i for i, n in enumerate(ids.tolist())}
+    picked |= {where[n] for n in must if n in where}
+    return torch.tensor(sorted(int(i) for i in picked), dtype=torch.long)
+
+
+@torch.no_grad()
+def patch_neuron_sets(
+    setup: Setup,
+    neurons: dict[int, list[int] | None],
+    max_batch_tokens: int | None = None,
+    progress: Progress | None = None,
+    screen: bool = False,
+    verify: dict[int, list[int]] | None = None,
+) -> dict[int, NeuronPatching]:
+    """Neurons of several layers, each patched alone at all positions, plus each layer whole; batched by depth.
+
+    neurons: layer → neuron ids (None = every neuron of the layer). Patched residual after the MLP =
+    base + (replacement − base activation)[:, n] ⊗ W_out[layer, n], exact because W_out is linear; with a
+    post-MLP norm that change goes through the norm (see mlp_delta).
+    screen: full layers (None) are screened in bfloat16 where that pays on this device (screen_pays), and their
+    top rows plus `verify` (layer → neurons that must be exact) are recomputed in fp32; listed neurons and
+    whole-layer scores are always fp32. Rows left at their screen score are marked (NeuronPatching.exact).
+    """
+    model = setup.model
+    w, start = model.weights, setup.start_pos
+    batch = max_batch_tokens or default_batch_tokens(model)
+    ids: dict[int, torch.Tensor] = {}
+    for layer, chosen in neurons.items():
+        check_layer(model, layer)
+        ids[layer] = torch.arange(w.d_mlp) if chosen is None else torch.tensor(list(chosen), dtype=torch.long)
+        if ids[layer].numel() and (ids[layer].min() < 0 or ids[layer].max() >= w.d_mlp):
+            raise UserError(f"neurons must be in 0..{w.d_mlp - 1} for {model.name}")
+    screened = (
+        [layer for layer, chosen in neurons.items() if chosen is None]
+        if screen and screen_pays(str(model.device))
+        else []
+    )
+    per = max(1, batch // max(len(setup.clean.ids) - start, 1))
+    rough_waves = _waves({layer: ids[layer] for layer in screened}, per, whole=False)
+    # the fp32 pass's size is known only after the screen: count its rows as SCREEN_VERIFY ×2 per screened layer
+    exact_rows = sum(len(ids[l]) for l in ids if l not in screened) + 2 * SCREEN_VERIFY * len(screened) + len(ids)
+    total = len(rough_waves) + max(1, -(-exact_rows // per))
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
         if progress:
-            progress(i + 1, len(waves))
-    return {
-        layer: NeuronPatching(
-            layer,
-            ids[layer].cpu().numpy(),
-            np.concatenate(scores[layer]) if scores[layer] else np.zeros(0, np.float32),
-            whole[layer],
-        )
-        for layer in ids
-    }
+            progress(min(done, total), total)
+
+    rough, _ = _run_waves(setup, {l: ids[l] for l in screened}, rough_waves, batch, True, step)
+    verified = {l: _to_verify(rough[l], (verify or {}).get(l, []), ids[l]) for l in screened}
+    exact_ids = {l: ids[l][verified[l]] if l in verified else ids[l] for l in ids}
+    exact, whole = _run_waves(setup, exact_ids, _waves(exact_ids, per, whole=True), batch, False, step)
+    out = {layer: NeuronPatching(layer, ids[layer].cpu().numpy(), exact[layer], whole[layer]) for layer in ids}
+    close: dict[int, torch.Tensor] = {}
+    for layer in screened:
+        out[layer], close[layer] = _merge_screen(layer, ids[layer], rough[layer], verified[layer], exact[layer])
+        out[layer].layer_score = whole[layer]
+    # Rows whose screen score lies within twice the measured screen error of the best exact ones could still be
+    # the true winners: recompute those too (rare where the best stand out; small gaps make screen errors large).
+    close = {layer: rows for layer, rows in close.items() if len(rows)}
+    if close:
+        more_ids = {layer: ids[layer][rows] for layer, rows in close.items()}
+        more, _ = _run_waves(setup, more_ids, _waves(more_ids, per, whole=False), batch, False, step)
+        for layer, rows in close.items():
+            sweep = out[layer]
+            assert sweep.exact is not None
+            sweep.scores[rows.numpy()], sweep.exact[rows.numpy()] = more[layer], True
+    if progress:
+        progress(total, total)
+    return out
+
+
+def _merge_screen(
+    layer: int, ids: torch.Tensor, rough: np.ndarray, rows: torch.Tensor, exact: np.ndarray
+) -> tuple[NeuronPatching, torch.Tensor]:
+    """A screened sweep with its verified rows in fp32, and the unverified rows close enough to the best to check."""
+    scores, mask = rough.copy(), np.zeros(len(ids), dtype=bool)
+    picked = rows.numpy()
+    error = float(np.abs(scores[picked] - exact).max()) if len(picked) else 0.0
+    scores[picked], mask[picked] = exact, True
+    close = torch.zeros(0, dtype=torch.long)
+    if len(picked):
+        margin = 2 * error
+        near = (~mask) & ((rough + margin >= exact.max()) | (np.abs(rough) + margin >= np.abs(exact).max()))
+        close = torch.from_numpy(np.flatnonzero(near))
+    return NeuronPatching(layer, ids.cpu().numpy(), scores, float("nan"), mask, error), close
 
 
 def patch_neurons(
@@ -494,10 +662,14 @@ def patch_neurons(
     neurons: list[int] | None = None,
     max_batch_tokens: int | None = None,
     progress: Progress | None = None,
+    screen: bool = False,
 ) -> NeuronPatching:
-    """Each neuron of `layer` patched alone at all positions (the post's sweep), batched; default all neurons."""
+    """Each neuron of `layer` patched alone at all positions (the post's sweep), batched; default all neurons.
+
+    screen: see patch_neuron_sets (bfloat16 screen, top rows fp32) where it pays on this device.
+    """
     check_layer(setup.model, layer)
-    return patch_neuron_sets(setup, {layer: neurons}, max_batch_tokens, progress)[layer]
+    return patch_neuron_sets(setup, {layer: neurons}, max_batch_tokens, progress, screen=screen)[layer]
 
 
 def standout_mlp_layer(layers: LayerPatching | np.ndarray) -> int:
@@ -576,10 +748,10 @@ def planned_work(model: Model, n_positions: int, start: int, sweeps: int = 1) ->
     }
 
 
-@functools.lru_cache(maxsize=4)
-def matmul_flops_per_s(device: str, d: int = 576, m: int = 1536) -> float:
-    """This machine's plain fp32 matmul rate, measured once (~0.1 s): the yardstick of every time estimate."""
-    a, b = torch.randn(2048, d, device=device), torch.randn(d, m, device=device)
+@functools.lru_cache(maxsize=8)
+def matmul_flops_per_s(device: str, d: int = 576, m: int = 1536, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's plain matmul rate (fp32 unless told), measured once (~0.1 s): the yardstick of estimates."""
+    a, b = torch.randn(2048, d, device=device, dtype=dtype), torch.randn(d, m, device=device, dtype=dtype)
     a @ b  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -1,8 +1,9 @@
 """Activation patching: which layers, positions, heads and single neurons carry the clean/corrupted difference.
 
 The page renders progressively, cheapest first: both runs, each layer patched whole (the first chart), the neurons
-(the top one anywhere, verified exactly, and the sweep of one layer), then the layer × position grids, then the heads
-(per position only on request: it costs P times as much).
+(the top one anywhere, verified exactly, and the sweep of one layer, screened in bfloat16 where that pays), the heads
+(per position only on request: it costs P times as much), then the layer × position grids (on request where they
+would take more than GRID_AUTO_S here: prompts that differ early, ablations).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from ui.export import jsonable
 PAGE = "patching"
 TOP_NEURONS = 20
 VERIFY_DEFAULT = 50
+# The layers × positions grid runs with the page when this machine should finish it within this many seconds;
+# above (prompts that differ early, ablations: ~6-10 s here) it is one press away, shown last.
+GRID_AUTO_S = 3.0
 # MLP 0's all-positions score above which the page calls it "an extended embedding" (the post's reading).
 EXTENDED_EMBEDDING = 0.5
 
@@ -182,7 +186,7 @@ def sweep_section(model: Model, view: analyses.NeuronsView, ablation: str) -> No
     sweep = view.sweep
     st.subheader(f"Neuron sweep of MLP {sweep.layer}")
     frame = sweep.frame()
-    best = frame.iloc[0]
+    best = sweep.winners(1).iloc[0]  # the best fp32 row (a screened row never heads the page)
     a, b, c = st.columns(3)
     a.metric("top neuron", best["label"], help="click its point or its row to open its page")
     b.metric("its score", f"{best['score']:.3f}")
@@ -196,6 +200,7 @@ def sweep_section(model: Model, view: analyses.NeuronsView, ablation: str) -> No
         + "  \n"
         + effect_text(model, view.layer_effect, f"The whole MLP {sweep.layer}", ablation)
     )
+    st.caption(f"**Precision:** {sweep.precision()} (column 'exact').")
     prompt = {"prompt": params.value(PAGE, "clean")}
     common.neuron_chart(charts.neuron_sweep(frame), "patching:sweep", **prompt)
     st.markdown(f"**Top {TOP_NEURONS} neurons by |score|** — click a row to open the neuron's page")
@@ -205,6 +210,23 @@ def sweep_section(model: Model, view: analyses.NeuronsView, ablation: str) -> No
     )
     with st.expander(f"All {len(frame)} neurons"):
         common.table(by_size, f"neuron_sweep_L{sweep.layer}_all", key="patching:all_neurons", height=300)
+
+
+def grid_wanted(model: Model, key_: tuple, grid_s: float) -> bool:
+    """The layers × positions grid runs by itself when it is cheap here, when it is cached, or once asked for."""
+    if grid_s <= GRID_AUTO_S or analyses.was_completed(model.fingerprint, ("grid", *key_)):
+        return True
+    if st.session_state.get("patching:grid_on") == key_:
+        return True
+    st.subheader("Layers × positions")
+    st.caption(
+        f"Each of the {model.n_layers} layers' resid_pre, attn_out and mlp_out patched at each position alone: "
+        f"≈ {seconds(grid_s)} on this machine for these prompts (the rest of the page is shown first)."
+    )
+    if st.button(f"Compute layers × positions (≈ {seconds(grid_s)})", key="patching:grid"):
+        st.session_state["patching:grid_on"] = key_
+        st.rerun()
+    return False
 
 
 def grid_section(layers: patching.LayerPatching, summary: dict) -> None:
@@ -257,7 +279,7 @@ def heads_section(heads: patching.HeadPatching, summary: dict, per_position_s: f
 # ---------------------------------------------------------------- the page
 
 
-def sections(model: Model, inp: analyses.PatchInputs, key_: tuple, per_position_s: float) -> bool:
+def sections(model: Model, inp: analyses.PatchInputs, key_: tuple, estimates: dict[str, float]) -> bool:
     """Every section of the page, cheapest first; True when all of them ran to the end."""
     summary = analyses.patch_summary(model, model.fingerprint, key_)
     summary_section(model, summary, inp)
@@ -293,18 +315,24 @@ def sections(model: Model, inp: analyses.PatchInputs, key_: tuple, per_position_
         )
         finished.append("neurons")
     with Section():
-        layers = analyses.patch_layers(model, model.fingerprint, key_)
-        payload.update(layers.to_json())
-        grid_section(layers, summary)
-        finished.append("layers")
-    with Section():
         wants = st.session_state.get("patching:heads_pp_on") == key_
         heads = analyses.patch_heads(model, model.fingerprint, key_, per_position=wants)
         payload.update(heads.to_json())
         finished.append("heads")
-        if heads_section(heads, summary, per_position_s):
+        if heads_section(heads, summary, estimates["heads per position"]):
             st.session_state["patching:heads_pp_on"] = key_
             st.rerun()
+    # Last: where prompts differ early (or under an ablation) every position is patched at every layer, the page's
+    # largest job; above GRID_AUTO_S it waits for a press (the JSON then says so).
+    with Section():
+        if grid_wanted(model, key_, estimates["layers × positions"]):
+            layers = analyses.patch_layers(model, model.fingerprint, key_)
+            payload.update(layers.to_json())
+            grid_section(layers, summary)
+            analyses.mark_completed(model.fingerprint, ("grid", *key_))
+        else:
+            payload.update(scores=None, layers_positions="not computed: press 'Compute layers × positions'")
+        finished.append("layers")
     common.json_download(payload, "patching")
     return len(finished) == 4
 
@@ -324,10 +352,12 @@ def body(model: Model) -> None:
     run, stop = st.columns([1, 5])
     common.run_button("Run patching", "patching:run", armed_key="patching:armed", container=run)
     estimates = analyses.estimate_seconds(model, key_, per_position_heads=True)  # bad inputs: their message, here
-    per_position_s = estimates.pop("heads per position")
+    on_run = {k: v for k, v in estimates.items() if k != "heads per position"}
+    if on_run["layers × positions"] > GRID_AUTO_S:
+        on_run.pop("layers × positions")
     waiting = (
-        f"Not computed yet for these inputs. Press **Run patching**: ≈ {seconds(sum(estimates.values()))} "
-        "on this machine (" + ", ".join(f"{k} {seconds(v)}" for k, v in estimates.items()) + "), "
+        f"Not computed yet for these inputs. Press **Run patching**: ≈ {seconds(sum(on_run.values()))} "
+        "on this machine (" + ", ".join(f"{k} {seconds(v)}" for k, v in on_run.items()) + "), "
         "estimated from the work's size and this machine's matmul rate. Afterwards changed inputs "
         "recompute by themselves and results are cached."
     )
@@ -341,7 +371,7 @@ def body(model: Model) -> None:
     # sessions' phases and every visitor's page finished last (bench/load.py). A reopened page is all cache hits.
     whole_page = nullcontext() if analyses.was_completed(model.fingerprint, key_) else admitted("the Patching page")
     with whole_page:
-        finished = sections(model, inp, key_, per_position_s)
+        finished = sections(model, inp, key_, estimates)
     if finished:
         analyses.mark_completed(model.fingerprint, key_)
 

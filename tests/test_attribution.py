@@ -244,3 +244,11 @@ def test_embedded_headline_on_the_orange_pair_is_the_exact_winner(embedded):
     found = attribution.find_top_neurons(setup, approx, top_k=20)
     assert found.best.label == "L21.N29" and found.best.exact == pytest.approx(0.330, abs=0.01)
     assert 21 in found.swept_layers
+    # the page screens its sweeps in bfloat16: the same headline, and every table row still the fp32 number
+    screened = attribution.find_top_neurons(setup, approx, top_k=20, screen=True)
+    assert screened.best.label == "L21.N29" and screened.best.exact == pytest.approx(found.best.exact, abs=1e-5)
+    exact_sweep = patching.patch_neurons(setup, 21).scores
+    for row in screened.table.itertuples():
+        reference = exact_sweep[row.neuron] if row.layer == 21 else found.table.set_index("label").exact.get(row.label)
+        if reference is not None:
+            assert row.exact == pytest.approx(reference, abs=1e-5), row.label

@@ -33,9 +33,18 @@ def test_patch_neurons_json_finds_the_an_neuron(capsys):
     code, out, _ = run(capsys, "patch", "--level", "neurons", "--json", "--top-k", "5")
     data = json.loads(out)
     assert code == 0 and data["layer"] == 25 and "layer_choice" in data
-    assert data["neurons"][0] == {"layer": 25, "neuron": 1527, "score": pytest.approx(0.613, abs=0.02)}
+    assert data["neurons"][0] == {"layer": 25, "neuron": 1527, "score": pytest.approx(0.613, abs=0.02), "exact": True}
     assert len(data["neurons"]) == 5 and data["layer_score"] == pytest.approx(0.652, abs=0.02)
     assert data["clean_logit_diff"] > 0 > data["corrupted_logit_diff"]
+    assert data["precision"] == "fp32, every neuron" and data["screen_error"] is None
+    # --screen: the page's bfloat16 screen; the rows it reports as fp32 equal the all-fp32 sweep
+    code, out, _ = run(capsys, "patch", "--level", "neurons", "--json", "--screen")
+    screened = json.loads(out)
+    assert code == 0 and screened["neurons"][0]["neuron"] == 1527 and screened["neurons"][0]["exact"]
+    assert screened["neurons"][0]["score"] == pytest.approx(data["neurons"][0]["score"], abs=1e-5)
+    if "bfloat16" in screened["precision"]:  # where bfloat16 is fast (this CI's CPU: yes)
+        assert 0 < screened["screen_error"] < 0.05
+        assert 32 <= sum(r["exact"] for r in screened["neurons"]) < len(screened["neurons"])
 
 
 def test_patch_layers_json_shapes(capsys, gpt2_folder):

@@ -162,6 +162,45 @@ def test_ablations_equal_hooked_ablations(tiny, ablation):
             assert layers.scores[kind][layer, pos] == pytest.approx(expected, abs=1e-4)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("ablation", ["clean", "zero"])
+def test_screened_sweep_keeps_fp32_where_it_counts(tiny, monkeypatch, ablation):
+    """The bfloat16 screen: verified rows equal the fp32 sweep, the rest are marked and close; nothing else moves."""
+    setup = setup_for(tiny, ablation=ablation)
+    layer = 1
+    exact = patching.patch_neurons(setup, layer)
+    assert exact.exact is None and exact.precision() == "fp32, every neuron"
+    monkeypatch.setattr(patching, "screen_pays", lambda device: True)
+    monkeypatch.setattr(patching, "SCREEN_VERIFY", 0)
+    raw = patching.patch_neurons(setup, layer, screen=True)  # the bare screen: no row recomputed
+    assert not raw.is_exact().any()
+    monkeypatch.setattr(patching, "SCREEN_VERIFY", 4)
+    must = [int(np.argsort(np.abs(raw.scores))[0])]  # the smallest row: verified only because it is asked for
+    got = patching.patch_neuron_sets(setup, {layer: None, 0: [3, 5]}, screen=True, verify={layer: must})
+    sweep, mask = got[layer], got[layer].is_exact()
+    chosen = set(np.argsort(-raw.scores)[:4]) | set(np.argsort(-np.abs(raw.scores))[:4]) | set(must)
+    assert chosen <= set(np.flatnonzero(mask)) and not mask.all()
+    # beyond those, only rows within twice the measured screen error of the best were recomputed
+    margin = 2 * sweep.screen_error
+    best, best_size = exact.scores[list(chosen)].max(), np.abs(exact.scores[list(chosen)]).max()
+    extra = sorted(set(np.flatnonzero(mask)) - chosen)
+    assert all(raw.scores[i] + margin >= best or abs(raw.scores[i]) + margin >= best_size for i in extra)
+    np.testing.assert_array_equal(sweep.scores[~mask], raw.scores[~mask])
+    np.testing.assert_allclose(sweep.scores[mask], exact.scores[mask], atol=1e-5)
+    screened = np.abs(sweep.scores[~mask] - exact.scores[~mask])
+    assert screened.max() > 1e-6  # they really are the bfloat16 screen's, not fp32 relabelled
+    # the winners are found: no unverified row is better than the best verified one
+    assert exact.scores.argmax() in set(np.flatnonzero(mask)) and np.abs(exact.scores).argmax() in set(
+        np.flatnonzero(mask)
+    )
+    assert sweep.layer_score == pytest.approx(exact.layer_score, abs=1e-5)  # the whole-layer row stays fp32
+    listed = patching.patch_neurons(setup, 0, neurons=[3, 5])
+    assert got[0].exact is None and got[0].scores == pytest.approx(listed.scores, abs=1e-5)  # lists stay fp32
+    assert "bfloat16" in sweep.precision() and sweep.frame().exact.sum() == mask.sum()
+    monkeypatch.setattr(patching, "screen_pays", lambda device: False)  # a GPU, a CPU without fast bf16
+    assert patching.patch_neurons(setup, layer, screen=True).exact is None
+
+
 def test_bad_patching_inputs_are_refused(tiny):
     with pytest.raises(UserError, match="same number of tokens"):
         tokens.pair(tiny, CLEAN, "short")

@@ -108,7 +108,9 @@ def estimate_seconds(model: Model, key: tuple, per_position_heads: bool = False)
     )
     if not per_position_heads:
         work.pop("heads per position")
-    return {phase: patching.estimate_seconds(model, amount) for phase, amount in work.items()}
+    seconds = {phase: patching.estimate_seconds(model, amount) for phase, amount in work.items()}
+    seconds["neuron sweeps"] *= patching.screen_share(model)  # the page screens its full sweeps
+    return seconds
 
 
 @st.cache_data(show_spinner="Patching each layer's attention and MLP at all positions…", max_entries=32)
@@ -145,17 +147,18 @@ def patch_top_neurons(_model: Model, fingerprint: str, key: tuple, layer: int, t
     """Sweep `layer`; for clean patching also attribution over every neuron, verified exactly (shared sweeps)."""
     setup = _setup(_model, PatchInputs(*key))
     totals = patch_layer_totals(_model, fingerprint, key)["mlp_out"]
-    with admitted("patching neurons"), progress_bar("patching neurons exactly (batches)") as progress:
+    # Full sweeps are screened in bfloat16 where that pays (their top rows fp32; every headline number is exact).
+    with admitted("patching neurons"), progress_bar("patching neurons (batches)") as progress:
         if setup.ablation == "clean":
             approx = attribution.attribute(setup)
             found = attribution.find_top_neurons(
-                setup, approx, top_k, layer_totals=totals, extra_sweeps=(layer,), progress=progress
+                setup, approx, top_k, layer_totals=totals, extra_sweeps=(layer,), progress=progress, screen=True
             )
             sweep, neurons = found.sweeps[layer], approx.neurons
         else:
             found, neurons = None, None
-            sweep = patching.patch_neurons(setup, layer, progress=progress)
-    best = int(sweep.frame(1).neuron.iloc[0])
+            sweep = patching.patch_neurons(setup, layer, progress=progress, screen=True)
+    best = int(sweep.winners(1).neuron.iloc[0])
     return NeuronsView(
         sweep, found, neurons, patching.neuron_effect(setup, layer, best), patching.neuron_effect(setup, layer)
     )
