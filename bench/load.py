@@ -226,6 +226,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--budget", type=int, default=10_000, help="corpus tokens per scan")
+    parser.add_argument(
+        "--no-prober", action="store_true", help="no light page loads during the load phase (to isolate their cost)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the server (finally below)
     print(
@@ -248,7 +251,8 @@ def main() -> None:
 
     server = Server()
     try:
-        results, makespan, light, light_errors = asyncio.run(phase(server.url, args.sessions, args.budget, True))
+        load = phase(server.url, args.sessions, args.budget, probe=not args.no_prober)
+        results, makespan, light, light_errors = asyncio.run(load)
         peak = max(server.peak_mb, solo_peak)
     finally:
         server.stop()

@@ -77,11 +77,12 @@ def page_seconds(clean: str, corrupted: str, ablation: str) -> tuple[float, floa
     grid ran with the page) in AppTest, caches emptied first."""
     import streamlit as st
 
+    from core import jobs
     from tests.test_app import open_page
     from ui import analyses
 
     st.cache_data.clear()
-    analyses._cached_setup.clear()
+    jobs._SETUPS.clear()
     analyses._completed().clear()
     began = time.perf_counter()
     at = open_page("2_Patching.py", clean=clean, corrupted=corrupted, ablation=ablation)

@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Heavy jobs run in this process (hosted-mode tests too); tests/test_worker.py turns the worker processes on.
+os.environ.setdefault("TNE_WORKERS", "0")
 
 from pathlib import Path
 

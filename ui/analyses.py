@@ -22,7 +22,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core import attribution, congruence, drivers, lens, patching, predict, scan, search, tokens
+from core import attribution, congruence, drivers, jobs, lens, patching, predict, scan, search, tokens, worker
 from core import forward as fw
 from core.model import Model
 from ui.admission import admitted
@@ -78,24 +78,10 @@ class PatchInputs:
         return (self.clean, self.corrupted, self.answer, self.wrong, self.ablation)
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _cached_setup(_model: Model, fingerprint: str, key: tuple) -> patching.Setup:
-    """Both runs of one input set, shared by every phase of the page (read-only: the engine never mutates it)."""
-    inputs = PatchInputs(*key)
-    clean, corrupted = tokens.pair(_model, inputs.clean, inputs.corrupted)
-    answer = tokens.single_token(_model, inputs.answer, "answer")
-    wrong = tokens.single_token(_model, inputs.wrong, "wrong")
-    return patching.prepare(_model, clean, corrupted, answer, wrong, inputs.ablation)
-
-
-def _setup(model: Model, inputs: PatchInputs) -> patching.Setup:
-    return _cached_setup(model, model.fingerprint, inputs.key())
-
-
 @st.cache_data(show_spinner="Running clean and corrupted prompts…", max_entries=32)
 def patch_summary(_model: Model, fingerprint: str, key: tuple) -> dict:
     """Both runs and the conventions: the setup's to_json() (the head of `python -m core patch --json`)."""
-    return _setup(_model, PatchInputs(*key)).to_json()
+    return jobs.patch_summary(_model, key)
 
 
 def estimate_seconds(model: Model, key: tuple, per_position_heads: bool = False) -> dict[str, float]:
@@ -113,55 +99,35 @@ def estimate_seconds(model: Model, key: tuple, per_position_heads: bool = False)
     return seconds
 
 
+# The heavy phases run through core.worker (a worker process on a hosted server), inside an admission slot.
+
+
 @st.cache_data(show_spinner="Patching each layer's attention and MLP at all positions…", max_entries=32)
 def patch_layer_totals(_model: Model, fingerprint: str, key: tuple) -> dict[str, np.ndarray]:
-    return patching.patch_layer_totals(_setup(_model, PatchInputs(*key)))
+    return worker.run(jobs.patch_layer_totals, _model, key)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_layers(_model: Model, fingerprint: str, key: tuple) -> patching.LayerPatching:
     with admitted("patching layers × positions"), progress_bar("patching every layer × position") as progress:
-        return patching.patch_layers(_setup(_model, PatchInputs(*key)), progress=progress)
+        return worker.run(jobs.patch_layers, _model, key, progress=progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_heads(_model: Model, fingerprint: str, key: tuple, per_position: bool = False) -> patching.HeadPatching:
     label = "patching every head at each position" if per_position else "patching every head"
     with admitted("patching heads"), progress_bar(label) as progress:
-        return patching.patch_heads(_setup(_model, PatchInputs(*key)), per_position=per_position, progress=progress)
+        return worker.run(jobs.patch_heads, _model, key, per_position, progress=progress)
 
 
-@dataclass
-class NeuronsView:
-    """The page's neuron results: the sweep of one layer and (clean patching) the top neuron anywhere."""
-
-    sweep: patching.NeuronPatching
-    top: attribution.TopNeurons | None  # None for ablations (attribution approximates clean patching only)
-    attribution: np.ndarray | None  # [L, d_mlp]
-    effect: patching.Effect  # the sweep's top neuron in absolute terms
-    layer_effect: patching.Effect  # the whole swept layer in absolute terms
+NeuronsView = jobs.NeuronsView
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_top_neurons(_model: Model, fingerprint: str, key: tuple, layer: int, top_k: int) -> NeuronsView:
     """Sweep `layer`; for clean patching also attribution over every neuron, verified exactly (shared sweeps)."""
-    setup = _setup(_model, PatchInputs(*key))
-    totals = patch_layer_totals(_model, fingerprint, key)["mlp_out"]
-    # Full sweeps are screened in bfloat16 where that pays (their top rows fp32; every headline number is exact).
     with admitted("patching neurons"), progress_bar("patching neurons (batches)") as progress:
-        if setup.ablation == "clean":
-            approx = attribution.attribute(setup)
-            found = attribution.find_top_neurons(
-                setup, approx, top_k, layer_totals=totals, extra_sweeps=(layer,), progress=progress, screen=True
-            )
-            sweep, neurons = found.sweeps[layer], approx.neurons
-        else:
-            found, neurons = None, None
-            sweep = patching.patch_neurons(setup, layer, progress=progress, screen=True)
-    best = int(sweep.winners(1).neuron.iloc[0])
-    return NeuronsView(
-        sweep, found, neurons, patching.neuron_effect(setup, layer, best), patching.neuron_effect(setup, layer)
-    )
+        return worker.run(jobs.patch_top_neurons, _model, key, layer, top_k, progress=progress)
 
 
 @st.cache_resource
@@ -264,7 +230,7 @@ def search_table(_model: Model, fingerprint: str, kind: str, matrix: str, top_k:
     if search.is_cached(_model, matrix):  # read back from the disk cache: light work, no slot needed
         return search.search(_model, kind, matrix, top_k)
     with admitted("the search"), progress_bar("congruence of every neuron × token, in blocks") as progress:
-        return search.search(_model, kind, matrix, top_k, progress=progress)
+        return worker.run(jobs.search_table, _model, kind, matrix, top_k, progress=progress)
 
 
 # ---------------------------------------------------------------- corpus scan
@@ -296,7 +262,7 @@ def corpus_scan(
     )
     with admitted("the corpus scan"), progress_bar("scanning the corpus (positions)") as progress:
         if ray_address is None:
-            result = scan.scan(_model, spec, progress=progress)
+            result = worker.run(jobs.corpus_scan, _model, spec, progress=progress)
         else:
             from core import distributed
 

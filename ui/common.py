@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core import worker
 from core.congruence import MATRICES, MATRIX_HELP
 from core.errors import UserError
 from core.hosting import limits
@@ -75,7 +76,9 @@ def setup_page(title: str) -> Model | None:
 )
 def _load(name: str, device: str, processing: str) -> Model:
     # max_entries=1: one model in memory at a time (GPT-2 XL alone is 6 GB in fp32).
-    return load_model(name, device=device, processing=processing)
+    model = load_model(name, device=device, processing=processing)
+    worker.warm_up(model)  # hosted: the heavy-job workers load it now, not on a visitor's first Run
+    return model
 
 
 def apply_hosting_secrets() -> None:

@@ -1,0 +1,109 @@
+"""The heavy analyses as jobs: module-level functions of (model, plain inputs) → picklable results.
+
+The pages call them through core.worker.run, which runs them in this process or, on a hosted server, in a worker
+process (its own interpreter and GIL, see core/worker.py). So everything here takes and returns plain data: input
+texts and numbers in, dataclasses of numpy arrays and DataFrames out; no Streamlit.
+
+Patching inputs travel as one key, (clean, corrupted, answer, wrong, ablation); both runs of a key are computed once
+per process and shared by the page's phases (`setup`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core import attribution, patching, scan, search, tokens
+from core.model import Model
+from core.progress import Progress
+
+PatchKey = tuple[str, str, str, str, str]  # clean, corrupted, answer, wrong, ablation
+
+_SETUPS: OrderedDict[tuple[str, PatchKey], patching.Setup] = OrderedDict()
+_SETUPS_LOCK = threading.Lock()
+SETUPS_KEPT = 4  # both runs of the last few input sets (one per visitor working on the page at the same time)
+
+
+def setup(model: Model, key: PatchKey) -> patching.Setup:
+    """Both runs of one input set, computed once per process (read-only: the engine never mutates a Setup)."""
+    with _SETUPS_LOCK:
+        hit = _SETUPS.get((model.fingerprint, key))
+        if hit is not None:
+            _SETUPS.move_to_end((model.fingerprint, key))
+            return hit
+    clean_text, corrupted_text, answer_text, wrong_text, ablation = key
+    clean, corrupted = tokens.pair(model, clean_text, corrupted_text)
+    answer = tokens.single_token(model, answer_text, "answer")
+    wrong = tokens.single_token(model, wrong_text, "wrong")
+    made = patching.prepare(model, clean, corrupted, answer, wrong, ablation)  # type: ignore[arg-type]
+    with _SETUPS_LOCK:
+        _SETUPS[(model.fingerprint, key)] = made
+        while len(_SETUPS) > SETUPS_KEPT:
+            _SETUPS.popitem(last=False)
+    return made
+
+
+def patch_summary(model: Model, key: PatchKey) -> dict:
+    """Both runs and the conventions: the setup's to_json() (the head of `python -m core patch --json`)."""
+    return setup(model, key).to_json()
+
+
+def patch_layer_totals(model: Model, key: PatchKey, progress: Progress | None = None) -> dict[str, np.ndarray]:
+    return patching.patch_layer_totals(setup(model, key))
+
+
+def patch_layers(model: Model, key: PatchKey, progress: Progress | None = None) -> patching.LayerPatching:
+    return patching.patch_layers(setup(model, key), progress=progress)
+
+
+def patch_heads(
+    model: Model, key: PatchKey, per_position: bool = False, progress: Progress | None = None
+) -> patching.HeadPatching:
+    return patching.patch_heads(setup(model, key), per_position=per_position, progress=progress)
+
+
+@dataclass
+class NeuronsView:
+    """The Patching page's neuron results: the sweep of one layer and (clean patching) the top neuron anywhere."""
+
+    sweep: patching.NeuronPatching
+    top: attribution.TopNeurons | None  # None for ablations (attribution approximates clean patching only)
+    attribution: np.ndarray | None  # [L, d_mlp]
+    effect: patching.Effect  # the sweep's top neuron in absolute terms
+    layer_effect: patching.Effect  # the whole swept layer in absolute terms
+
+
+def patch_top_neurons(
+    model: Model, key: PatchKey, layer: int, top_k: int, progress: Progress | None = None
+) -> NeuronsView:
+    """Sweep `layer`; for clean patching also attribution over every neuron, verified exactly (shared sweeps).
+
+    Full sweeps are screened in bfloat16 where that pays (their top rows fp32; every headline number is exact).
+    """
+    made = setup(model, key)
+    totals = patching.patch_layer_totals(made)["mlp_out"]
+    if made.ablation == "clean":
+        approx = attribution.attribute(made)
+        found = attribution.find_top_neurons(
+            made, approx, top_k, layer_totals=totals, extra_sweeps=(layer,), progress=progress, screen=True
+        )
+        sweep, neurons = found.sweeps[layer], approx.neurons
+    else:
+        found, neurons = None, None
+        sweep = patching.patch_neurons(made, layer, progress=progress, screen=True)
+    best = int(sweep.winners(1).neuron.iloc[0])
+    return NeuronsView(
+        sweep, found, neurons, patching.neuron_effect(made, layer, best), patching.neuron_effect(made, layer)
+    )
+
+
+def search_table(model: Model, kind: str, matrix: str, top_k: int, progress: Progress | None = None) -> pd.DataFrame:
+    return search.search(model, kind, matrix, top_k, progress=progress)  # type: ignore[arg-type]
+
+
+def corpus_scan(model: Model, spec: scan.ScanSpec, progress: Progress | None = None) -> scan.ScanResult:
+    return scan.scan(model, spec, progress=progress)
