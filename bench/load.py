@@ -13,7 +13,8 @@ its page rendering does not count as the server's contention.
 
 Measured: errors (error boxes, exceptions, timeouts, results that differ from solo), the 95th percentile of light page
 loads during the load phase, heavy_makespan_ratio = (load phase's heavy makespan) / (N × solo heavy time) — 1.0 is
-perfect queueing, more is time lost to contention —, and the server's peak RSS over both phases.
+perfect queueing, more is time lost to contention —, and the peak memory over both phases of the server and every
+process it started (its heavy-job workers): their proportional set sizes summed (shared pages counted once).
 Last line: `sessions=N errors=E p95_light_s=X heavy_makespan_ratio=Y peak_rss_mb=Z`
 (goal at N=10: E = 0, X <= 2, Y <= 1.2, Z <= 4096).
 """
@@ -108,6 +109,7 @@ class Server:
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.peak_mb = 0.0
+        self.peak_parts: dict[str, int] = {}  # process → MB at the peak
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
         end = time.monotonic() + 120
@@ -120,13 +122,38 @@ class Server:
         raise TimeoutError("the server did not start")
 
     def _sample(self) -> None:
+        """Peak memory of the server and every process it started (heavy-job workers, their manager): the sum of
+        their proportional set sizes, so shared pages count once (with one process, PSS ≈ RSS)."""
         while not self._stop.wait(0.25):
-            try:
-                status = Path(f"/proc/{self.process.pid}/status").read_text()
-            except OSError:
+            if self.process.poll() is not None:
                 return
-            rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-            self.peak_mb = max(self.peak_mb, rss / 1024)
+            family = {self.process.pid}
+            parents = {}
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit():
+                        parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+            grew = True
+            while grew:
+                grown = {pid for pid, parent in parents.items() if parent in family} - family
+                family |= grown
+                grew = bool(grown)
+            sizes = {}
+            for pid in family:  # PSS: pages shared between them (torch's libraries) are counted once in all
+                try:
+                    status = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                    sizes[pid] = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Pss:"))
+                except (OSError, StopIteration):
+                    continue
+            total = sum(sizes.values())
+            if total / 1024 > self.peak_mb:
+                self.peak_mb = total / 1024
+                self.peak_parts = {
+                    ("server" if pid == self.process.pid else f"child {pid}"): round(kb / 1024)
+                    for pid, kb in sizes.items()
+                }
 
     def stop(self) -> None:
         self._stop.set()
@@ -245,7 +272,7 @@ def main() -> None:
         server.stop()
     print(
         f"solo: {solo_s:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in solo['seconds'].items())}), "
-        f"peak RSS {solo_peak:.0f} MB, errors {solo['errors']}",
+        f"peak memory {solo_peak:.0f} MB ({server.peak_parts}), errors {solo['errors']}",
         flush=True,
     )
 
@@ -254,6 +281,7 @@ def main() -> None:
         load = phase(server.url, args.sessions, args.budget, probe=not args.no_prober)
         results, makespan, light, light_errors = asyncio.run(load)
         peak = max(server.peak_mb, solo_peak)
+        print(f"load phase: peak memory {server.peak_mb:.0f} MB ({server.peak_parts})", flush=True)
     finally:
         server.stop()
     errors = light_errors + [e for r in results for e in r["errors"]] + solo["errors"]

@@ -1,30 +1,34 @@
-"""Heavy jobs in worker processes: their own interpreter, GIL and copy of the model, beside the serving process.
+"""Heavy jobs in worker processes: their own interpreter and GIL, beside the serving process, sharing its weights.
 
 Why: in one serving process a heavy job's Python (thousands of small torch calls per forward) shares the GIL with
-every visitor's page run. Under load (bench/load.py, 4 sessions and a prober loading light pages) a Patching job
-took 23–25 s against 10 s alone although the admission gate ran the jobs one at a time. A worker process keeps only
-the matmuls' two cores in common with the server.
+every visitor's page run. Under load (bench/load.py, 4 sessions and a prober loading light pages) the four Patching
+jobs finished at 42–95 s in one process and at 14–41 s with a worker, although the admission gate ran them one at
+a time either way.
 
-How: one worker per admission slot (core/admission.py bounds the jobs running at once to the slots, so a job never
-waits for a worker). A job is a module-level function of core.jobs, `fn(model, *args, progress=…)`; its arguments
-and result are pickled. The worker loads the model itself from the same (name, device, processing) and checks the
-fingerprint. Progress streams back through a queue; when the visitor stops (Streamlit stops the page's run), the
-job's cancel event is set and the worker's next progress call raises Cancelled, freeing it within one batch.
+How: one worker per admission slot (core/admission.py bounds the jobs running at once to the slots). A job is a
+module-level function of core.jobs, `fn(model, *args, progress=…)`; its arguments and result are pickled over a
+pipe. The server's model reaches each worker at its start as shared memory (the weights exist once in RAM); a
+worker asked for another model loads it itself and checks its fingerprint. Progress streams back on the pipe; when
+the visitor stops (Streamlit stops the page's run), the worker's cancel event is set and its next progress call
+raises Cancelled, freeing it within one batch. A worker that dies (out of memory, killed) is replaced and the page
+says so. The serving process then lowers its own CPU priority (yield_to_workers): queued heavy work goes first,
+light pages run in the gaps.
 
 On by default in hosted mode (TNE_WORKERS=0 turns it off, TNE_WORKERS=1 turns it on anywhere); otherwise jobs run
-in the calling process, as do jobs whose model the worker cannot load by name (a model object built in a test).
+in the calling process.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import dataclasses
 import os
-import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, TypeVar
+
+import torch
 
 from core import admission
 from core.errors import UserError
@@ -34,6 +38,8 @@ from core.progress import Progress
 
 T = TypeVar("T")
 POLL_S = 0.25
+SERVER_NICE = 5  # the serving process's nice value above the workers' (TNE_SERVER_NICE; 0 = equal)
+BASE_NICE = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0  # at import, before yielding
 
 
 class Cancelled(Exception):
@@ -52,140 +58,212 @@ def enabled() -> bool:
 _models: dict[tuple[str, str, str], Model] = {}
 
 
-def _initialise(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _model(spec: tuple[str, str, str], fingerprint: str) -> Model:
-    from core.model import load_model
-
-    model = _models.get(spec)
-    if model is None:
-        name, device, processing = spec
-        _models.clear()  # one model per worker: a visitor switching models replaces it (memory stays bounded)
-        model = _models[spec] = load_model(name, device=device, processing=processing)  # type: ignore[arg-type]
-    if model.fingerprint != fingerprint:
-        raise UserError(f"the worker loaded {spec[0]} with different weights than the server; restart the server")
-    return model
-
-
-def _call(fn: Callable[..., Any], spec: tuple, fingerprint: str, args: tuple, kwargs: dict, events: Any, cancel: Any):
-    """Run one job in the worker; progress goes to `events`, `cancel` stops it at the next progress call."""
-    model = _model(spec, fingerprint)
-
-    def progress(done: int, total: int) -> None:
-        if cancel.is_set():
-            raise Cancelled()
-        events.put((done, total))
-
-    return fn(model, *args, progress=progress, **kwargs)
-
-
-# ---------------------------------------------------------------- in the serving process
-
-
-class Workers:
-    """A pool of worker processes (spawned: a forked torch with live OpenMP threads can hang) and a manager whose
-    queues and events carry progress and cancel between processes."""
-
-    def __init__(self, slots: int, threads: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.slots, self.threads = slots, threads
-        self.manager = context.Manager()
-        self.pool = ProcessPoolExecutor(
-            max_workers=slots, mp_context=context, initializer=_initialise, initargs=(threads,)
-        )
-
-    def submit(self, fn: Callable[..., T], model: Model, args: tuple, kwargs: dict) -> tuple[Future, Any, Any]:
-        events, cancel = self.manager.Queue(), self.manager.Event()
-        return self.pool.submit(_call, fn, spec(model), model.fingerprint, args, kwargs, events, cancel), events, cancel
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.manager.shutdown()
-
-
-_workers: Workers | None = None
-_lock = threading.Lock()
-
-
-def workers() -> Workers:
-    global _workers
-    with _lock:
-        if _workers is None:
-            _workers = Workers(admission.heavy_slots(), admission.threads_per_job())
-        return _workers
-
-
-def _reset() -> None:
-    """Drop a broken pool (a worker died: out of memory, killed); the next job starts a fresh one."""
-    global _workers
-    with _lock:
-        broken, _workers = _workers, None
-    if broken is not None:
-        try:
-            broken.close()
-        except Exception:  # noqa: BLE001 - a dead pool may fail to shut down; it is dropped either way
-            pass
-
-
 def spec(model: Model) -> tuple[str, str, str]:
     """What a worker needs to load the same model: (name, device, processing)."""
     return model.name, str(model.device), str(model.processing.get("name"))
 
 
+def _model(key: tuple[str, str, str], fingerprint: str) -> Model:
+    from core.model import load_model
+
+    model = _models.get(key)
+    if model is None:
+        name, device, processing = key
+        _models.clear()  # one model per worker: a visitor switching models replaces it (memory stays bounded)
+        model = _models[key] = load_model(name, device=device, processing=processing)  # type: ignore[arg-type]
+    if model.fingerprint != fingerprint:
+        raise UserError(f"the worker loaded {key[0]} with different weights than the server; restart the server")
+    return model
+
+
+def _serve(conn: Connection, cancel: Any, threads: int, model: Model | None) -> None:
+    """A worker's life: jobs come in on `conn`; progress, then ("done", result) or ("error", exception) go out."""
+    torch.set_num_threads(threads)
+    if model is not None:
+        _models[spec(model)] = model  # its weights arrived as shared memory
+    while True:
+        try:
+            fn, key, fingerprint, args, kwargs = conn.recv()
+        except (EOFError, OSError):  # the server went away
+            return
+
+        def progress(done: int, total: int) -> None:
+            if cancel.is_set():
+                raise Cancelled()
+            conn.send(("progress", (done, total)))
+
+        try:
+            conn.send(("done", fn(_model(key, fingerprint), *args, progress=progress, **kwargs)))
+        except Exception as err:  # noqa: BLE001 - every failure goes back to the page that asked
+            try:
+                conn.send(("error", err))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: its text does
+                conn.send(("error", RuntimeError(f"{type(err).__name__}: {err}")))
+
+
+# ---------------------------------------------------------------- in the serving process
+
+
+class Worker:
+    """One worker process (spawned: a forked torch with live OpenMP threads can hang), its pipe and cancel flag.
+
+    `model` (the server's) is handed over at the start with its tensors in shared memory (torch's multiprocessing
+    pickler sends a handle, not the bytes): the weights exist once in RAM however many processes read them, and the
+    worker starts without loading anything. Other models it is asked for it loads itself.
+    """
+
+    def __init__(self, threads: int, model: Model | None) -> None:
+        import torch.multiprocessing  # registers the shared-memory pickling of tensors
+
+        context = torch.multiprocessing.get_context("spawn")
+        if model is not None:
+            share(model)
+            model = dataclasses.replace(model, bridge=None)  # a kept TransformerLens bridge does not pickle
+        self.conn, child = context.Pipe()
+        self.cancel = context.Event()
+        self.process = context.Process(target=_serve, args=(child, self.cancel, threads, model), daemon=True)
+        self.process.start()
+        child.close()
+        self.lock = threading.Lock()  # held by the job using this worker, until its last message is read
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.process.terminate()
+
+
+def share(model: Model) -> None:
+    """Move the model's weights into shared memory, in place (the server keeps using them as before)."""
+    for value in vars(model.weights).values():
+        if isinstance(value, torch.Tensor):
+            value.share_memory_()
+
+
+_workers: list[Worker] = []
+_lock = threading.Lock()
+
+
+def workers(model: Model | None = None) -> list[Worker]:
+    """One worker per admission slot, started on first use (with `model` shared into them when given); a worker
+    that died (out of memory, killed) is replaced."""
+    with _lock:
+        if not _workers:
+            threads = admission.threads_per_job()
+            _workers.extend(Worker(threads, model) for _ in range(admission.heavy_slots()))
+        for i, worker in enumerate(_workers):
+            if not worker.alive() and not worker.lock.locked():
+                worker.close()
+                _workers[i] = Worker(admission.threads_per_job(), model)
+        return list(_workers)
+
+
+def _reset() -> None:
+    """Stop every worker (tests; a server shutting down)."""
+    with _lock:
+        for worker in _workers:
+            worker.close()
+        _workers.clear()
+
+
 def warm_up(model: Model) -> None:
-    """Start the workers and load `model` in them now (hosted mode, at server start), not on a visitor's first job."""
+    """Start the workers now with `model` shared into them (hosted mode, at the model's load), not on a visitor's
+    first job; then let them outrank the serving process (yield_to_workers)."""
     if enabled():
-        pool = workers()
-        for _ in range(pool.slots):
-            pool.pool.submit(_model, spec(model), model.fingerprint)
+        workers(model)
+        yield_to_workers()
+
+
+def server_nice() -> int:
+    raw = os.environ.get("TNE_SERVER_NICE", "").strip()
+    if raw and not raw.isdigit():
+        raise UserError(f"setting TNE_SERVER_NICE={raw!r} must be a whole number from 0 to 19")
+    return min(int(raw), 19) if raw else SERVER_NICE
+
+
+def yield_to_workers() -> None:
+    """Lower the serving process's CPU priority by server_nice() (every thread; later threads inherit it).
+
+    A visitor loading pages nonstop (bench/load.py's prober) kept one of two cores busy in the server and doubled
+    every heavy job's time; at nice 5 a page run still gets ~25% of a core the workers saturate (CFS weights 335 vs
+    1024), enough for light pages, and the queued heavy work goes first. Raising a nice value needs no privilege.
+    """
+    step = server_nice()
+    if step == 0 or not hasattr(os, "setpriority"):
+        return
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    tids = [int(t.name) for t in tasks.iterdir()] if tasks.exists() else [0]
+    for tid in tids:
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            if current < BASE_NICE + step:
+                os.setpriority(os.PRIO_PROCESS, tid, BASE_NICE + step)
+        except OSError:  # a thread that ended meanwhile
+            continue
+
+
+def _take(pool: list[Worker]) -> Worker:
+    """A free worker (the admission gate keeps one free per running job; one still finishing a stopped job is
+    waited for)."""
+    for worker in pool:
+        if worker.lock.acquire(blocking=False):
+            return worker
+    pool[0].lock.acquire()
+    return pool[0]
 
 
 def run(fn: Callable[..., T], model: Model, *args: Any, progress: Progress | None = None, **kwargs: Any) -> T:
     """fn(model, *args, progress=progress, **kwargs), in a worker process where enabled, else here.
 
-    The caller holds an admission slot. Progress is relayed every POLL_S; any exception of the job is raised here
+    The caller holds an admission slot. Progress is relayed as it comes; any exception of the job is raised here
     (a UserError keeps its message). If the caller is interrupted (Streamlit stopping the run raises inside the
-    progress relay), the job is cancelled in the worker.
+    progress relay), the job is cancelled in the worker, which is free again after its current batch.
     """
     if not enabled():
         return fn(model, *args, progress=progress, **kwargs)
+    worker = _take(workers(model))
+    handed_back = False
     try:
-        future, events, cancel = workers().submit(fn, model, args, kwargs)
-    except (BrokenProcessPool, RuntimeError):
-        _reset()
-        future, events, cancel = workers().submit(fn, model, args, kwargs)
-    finished = False
+        worker.cancel.clear()
+        worker.conn.send((fn, spec(model), model.fingerprint, args, kwargs))
+        while True:
+            if not worker.conn.poll(POLL_S):
+                if not worker.alive():
+                    raise EOFError
+                continue
+            kind, value = worker.conn.recv()
+            if kind == "progress":
+                if progress is not None:
+                    progress(*value)
+                continue
+            handed_back = True
+            if kind == "error":
+                raise value
+            return value
+    except (EOFError, OSError, BrokenPipeError) as err:
+        handed_back = True
+        raise UserError(
+            "the worker process running this job stopped (out of memory?); it is restarted: press Run again"
+        ) from err
+    finally:
+        if handed_back:
+            worker.lock.release()
+        else:  # stopped by the visitor: cancel, and read the job's last message before the worker is reused
+            worker.cancel.set()
+            threading.Thread(target=_drain, args=(worker,), daemon=True).start()
+
+
+def _drain(worker: Worker) -> None:
     try:
         while True:
-            try:
-                result = future.result(timeout=POLL_S)
-                finished = True
-                _relay(events, progress)
-                return result
-            except TimeoutError:
-                _relay(events, progress)
-            except BrokenProcessPool as err:
-                finished = True
-                _reset()
-                raise UserError(
-                    "the worker process running this job stopped (out of memory?); it was restarted: press Run again"
-                ) from err
+            if not worker.conn.poll(POLL_S):
+                if not worker.alive():
+                    return
+                continue
+            if worker.conn.recv()[0] != "progress":
+                return
+    except (EOFError, OSError):
+        return
     finally:
-        if not finished:
-            cancel.set()
-
-
-def _relay(events: Any, progress: Progress | None) -> None:
-    """Pass the worker's latest progress on (only the newest event matters)."""
-    latest = None
-    while True:
-        try:
-            latest = events.get_nowait()
-        except (queue.Empty, EOFError, BrokenPipeError):
-            break
-    if latest is not None and progress is not None:
-        progress(*latest)
+        worker.lock.release()

@@ -16,6 +16,7 @@ KEY = (CLEAN, CORRUPTED, ANSWER, WRONG, "clean")
 def workers_on(embedded):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TNE_WORKERS", "1")
+        patch.setenv("TNE_SERVER_NICE", "0")  # the test process keeps its priority
         worker.warm_up(embedded)
         yield embedded
     worker._reset()
@@ -29,7 +30,21 @@ def test_a_job_in_the_worker_equals_the_job_here(workers_on, monkeypatch):
     here = worker.run(jobs.patch_heads, model, KEY, False)
     np.testing.assert_allclose(there.all_positions, here.all_positions, atol=1e-6)
     assert seen and seen[-1][0] == seen[-1][1]  # the worker's progress reached the caller, up to done
-    assert worker._workers is not None and worker._workers.slots >= 1
+    assert len(worker._workers) >= 1
+
+
+def shares_the_servers_weights(model, progress=None) -> bool:
+    """A job run in the worker: are its weights the server's shared memory (no second copy)?"""
+    return model.weights.W_in.is_shared() and model.weights.W_U.is_shared()
+
+
+def test_the_worker_reads_the_servers_weights_and_a_dead_worker_is_replaced(workers_on):
+    assert worker.run(shares_the_servers_weights, workers_on)
+    first = worker._workers[0].process
+    first.kill()
+    first.join()
+    assert worker.run(shares_the_servers_weights, workers_on)  # a fresh worker, the same shared weights
+    assert worker._workers[0].process.pid != first.pid
 
 
 def test_the_jobs_user_error_reaches_the_caller(workers_on):
@@ -57,3 +72,17 @@ def test_a_stopped_job_frees_its_worker(workers_on):
     worker.run(jobs.patch_layer_totals, model, KEY)  # the next job: the worker is free within one batch
     assert time.perf_counter() - began < uncut / 2
     assert full.scores["mlp_out"].shape == (model.n_layers, len(full.scores["mlp_out"][0]))
+
+
+def test_search_and_scan_jobs_cross_the_process_boundary(workers_on, gpt2_folder, monkeypatch):
+    from core import scan, tokens
+    from core.model import load_model
+
+    tiny = load_model(str(gpt2_folder), device="cpu")  # the worker loads it by its folder, replacing the model
+    there = worker.run(jobs.search_table, tiny, "standout", "W_U", 5)
+    spec = scan.ScanSpec(((2, 3), (3, 7)), tokens.single_token(workers_on, ANSWER), max_tokens=300, top_examples=3)
+    scanned = worker.run(jobs.corpus_scan, workers_on, spec)
+    monkeypatch.setenv("TNE_WORKERS", "0")
+    here = worker.run(jobs.search_table, tiny, "standout", "W_U", 5)
+    assert there.equals(here)
+    assert scanned.to_json() == scan.scan(workers_on, spec).to_json()
