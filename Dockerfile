@@ -1,7 +1,8 @@
 # The hosted demo: CPU torch, the pinned stack, the embedded model converted at build time, hosted-mode limits.
 #   docker build -t token-neuron-explorer . && docker run -p 8501:8501 token-neuron-explorer
-# Memory: one session running Patching → Search → Corpus (10k tokens) peaked at 2.7 GB RSS here (bench/load.py, solo
-# phase, 1 torch thread per job); heavy jobs beyond TNE_HEAVY_JOBS wait in a queue instead of adding memory. 2 cores.
+# Memory: the server and its heavy-job worker peaked at 3.7–4.5 GB together (bench/load.py, 1 and 10 sessions, each
+# Patching → Search → Corpus 10k tokens); heavy jobs beyond TNE_HEAVY_JOBS wait in a queue instead of adding memory.
+# Give it 2 cores and 5 GB (docs/hosting.md); TNE_WORKERS=0 runs jobs in the server itself (~2.7 GB, slower under load).
 FROM python:3.11-slim
 WORKDIR /app
 ENV TNE_CACHE_DIR=/app/.cache/tne \

@@ -20,6 +20,7 @@ in the calling process.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import threading
@@ -99,6 +100,15 @@ def _serve(conn: Connection, cancel: Any, threads: int, model: Model | None) -> 
                 conn.send(("error", err))
             except Exception:  # noqa: BLE001 - an exception that does not pickle: its text does
                 conn.send(("error", RuntimeError(f"{type(err).__name__}: {err}")))
+        _give_back_memory()
+
+
+def _give_back_memory() -> None:
+    """Return the job's freed heap to the OS (glibc keeps it otherwise, and the next job's peak stacks on it)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 # ---------------------------------------------------------------- in the serving process
