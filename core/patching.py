@@ -623,8 +623,9 @@ def patch_neuron_sets(
     out = {layer: NeuronPatching(layer, ids[layer].cpu().numpy(), exact[layer], whole[layer]) for layer in ids}
     close: dict[int, torch.Tensor] = {}
     for layer in screened:
-        out[layer], close[layer] = _merge_screen(layer, ids[layer], rough[layer], verified[layer], exact[layer])
-        out[layer].layer_score = whole[layer]
+        out[layer], close[layer] = _merge_screen(
+            layer, ids[layer], rough[layer], verified[layer], exact[layer], whole[layer]
+        )
     # Rows whose screen score lies within twice the measured screen error of the best exact ones could still be
     # the true winners: recompute those too (rare where the best stand out; small gaps make screen errors large).
     close = {layer: rows for layer, rows in close.items() if len(rows)}
@@ -641,7 +642,7 @@ def patch_neuron_sets(
 
 
 def _merge_screen(
-    layer: int, ids: torch.Tensor, rough: np.ndarray, rows: torch.Tensor, exact: np.ndarray
+    layer: int, ids: torch.Tensor, rough: np.ndarray, rows: torch.Tensor, exact: np.ndarray, layer_score: float
 ) -> tuple[NeuronPatching, torch.Tensor]:
     """A screened sweep with its verified rows in fp32, and the unverified rows close enough to the best to check."""
     scores, mask = rough.copy(), np.zeros(len(ids), dtype=bool)
@@ -653,7 +654,7 @@ def _merge_screen(
         margin = 2 * error
         near = (~mask) & ((rough + margin >= exact.max()) | (np.abs(rough) + margin >= np.abs(exact).max()))
         close = torch.from_numpy(np.flatnonzero(near))
-    return NeuronPatching(layer, ids.cpu().numpy(), scores, float("nan"), mask, error), close
+    return NeuronPatching(layer, ids.cpu().numpy(), scores, layer_score, mask, error), close
 
 
 def patch_neurons(

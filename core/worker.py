@@ -20,6 +20,7 @@ in the calling process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -106,10 +107,8 @@ def _serve(conn: Connection, cancel: Any, threads: int, model: Model | None) -> 
 
 def _give_back_memory() -> None:
     """Return the job's freed heap to the OS (glibc keeps it otherwise, and the next job's peak stacks on it)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to give back this way
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 # ---------------------------------------------------------------- in the serving process
