@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import post
+from core import story
 from ui import common, params
 from ui.common import PAGES
 
@@ -16,8 +16,8 @@ from ui.common import PAGES
 def story_links() -> list[tuple[str, str, str, list[tuple[str, str, dict[str, str]]]]]:
     """(step title, question, what the embedded model shows, [(page, link label, query params)])."""
     model_name = params.value("app", "model")
-    layer, neuron = post.KNOWN_NEURONS.get(model_name, (None, None))
-    pair = {"clean": post.CLEAN, "corrupted": post.CORRUPTED, "answer": post.ANSWER, "wrong": post.WRONG}
+    layer, neuron = story.KNOWN_NEURONS.get(model_name, (None, None))
+    pair = {"clean": story.CLEAN, "corrupted": story.CORRUPTED, "answer": story.ANSWER, "wrong": story.WRONG}
     neuron_query = {"layer": str(layer), "neuron": str(neuron)} if layer is not None else {}
     sweep_query = {**pair, "layer": str(layer)} if layer is not None else pair
     corpus_query = {"neurons": f"L{layer}.N{neuron}"} if layer is not None else {}
@@ -31,7 +31,7 @@ def story_links() -> list[tuple[str, str, str, list[tuple[str, str, dict[str, st
                 (
                     "lens",
                     "Logit lens on the post's prompt",
-                    {"prompt": post.CLEAN, "answer": post.ANSWER, "wrong": post.WRONG},
+                    {"prompt": story.CLEAN, "answer": story.ANSWER, "wrong": story.WRONG},
                 )
             ],
         ),
@@ -56,7 +56,7 @@ def story_links() -> list[tuple[str, str, str, list[tuple[str, str, dict[str, st
             "with ' an'.",
             [
                 ("neuron", "The an-neuron's page", neuron_query),
-                ("token", "Every neuron's congruence with ' an'", {"token": post.ANSWER}),
+                ("token", "Every neuron's congruence with ' an'", {"token": story.ANSWER}),
             ],
         ),
         (

@@ -23,11 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core import attribution, patching, post, tokens  # noqa: E402
-from core.model import EMBEDDED, load_model  # noqa: E402
+from core import story
+from core.analyses import attribution, patching
+from core.engine import tokens  # noqa: E402
+from core.engine.model import EMBEDDED, load_model  # noqa: E402
 
 PAIRS = [
-    ("post: apple→lemon", post.CLEAN, post.CORRUPTED, post.ANSWER, post.WRONG),
+    ("post: apple→lemon", story.CLEAN, story.CORRUPTED, story.ANSWER, story.WRONG),
     (
         "orange→banana",
         "My favourite fruit is the orange, so for lunch I ate",

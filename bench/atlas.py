@@ -8,7 +8,8 @@ Prints the class counts per layer, the top neurons by kurtosis, the token neuron
   and three reductions per element, the normalised copies and W_U's null space.
 - peak_extra_mb: the process's high-water mark during the pass (VmHWM, reset just before it through
   /proc/self/clear_refs) minus the resident memory before it: the model's weights and their loading are excluded.
-- seconds: the streamed pass (core.atlas.compute_stats); building the table (labels, token strings) is printed apart.
+- seconds: the streamed pass (core.analyses.atlas.compute_stats); building the table (labels, token strings) is
+  printed apart.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from bench.memory import reset_peak, status_mb  # noqa: E402
-from core import atlas, search  # noqa: E402
-from core.congruence import neuron_vectors, token_vectors  # noqa: E402
-from core.model import EMBEDDED, load_model  # noqa: E402
+from core.analyses import atlas, search  # noqa: E402
+from core.analyses.congruence import neuron_vectors, token_vectors  # noqa: E402
+from core.engine.model import EMBEDDED, load_model  # noqa: E402
 
 
 def main() -> None:

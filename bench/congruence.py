@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.memory import reset_peak, status_mb  # noqa: E402
-from core import search  # noqa: E402
-from core.model import EMBEDDED, load_model  # noqa: E402
+from core.analyses import search  # noqa: E402
+from core.engine.model import EMBEDDED, load_model  # noqa: E402
 
 
 def main() -> None:

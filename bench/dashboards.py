@@ -1,11 +1,11 @@
-"""Benchmark: dashboards of every neuron (core.dashboards.build) vs a plain forward over the same tokens, one run.
+"""Benchmark: dashboards of every neuron (core.corpus.dashboards.build) vs a plain forward over the same tokens.
 
 Usage: PYTHONPATH=. python bench/dashboards.py [--model smollm2-135m] [--corpus brown] [--max-tokens 100000]
 Both sides read the same contexts (the build's plan), in the same batches, on the same threads, interleaved part
 by part (this machine is shared: its load drifts over minutes, and interleaving gives both sides the same drift):
 - plain forward: the model's forward over every batch, logits of every position (unembedded in the same chunks,
   argmax taken), nothing recorded — what `model(tokens)` costs;
-- dashboards: core.dashboards.fold_part on the same part (records every layer's neuron activations and keeps
+- dashboards: core.corpus.dashboards.fold_part on the same part (records every layer's neuron activations and keeps
   every neuron's top-k, histogram and next-token counts) plus the part's checkpoint write — what build() does.
 overhead = dashboards time / forward time − 1. Peak memory: the kernel's high-water mark (VmHWM) is reset
 (/proc/self/clear_refs) before a first plain forward of one part, then before the interleaved loop:
@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.memory import reset_peak, status_mb  # noqa: E402
-from core import cache, dashboards, scan  # noqa: E402
-from core import forward as fw  # noqa: E402
-from core.model import EMBEDDED, load_model  # noqa: E402
+from core import cache
+from core.corpus import dashboards, scan  # noqa: E402
+from core.engine import forward as fw  # noqa: E402
+from core.engine.model import EMBEDDED, load_model  # noqa: E402
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 On the embedded model, for L25.N1527 on the post's pair: the decomposition of the neuron's input plus path patching
 of every upstream component (the embedding, every head of layers 0..25, every MLP of layers 0..24), as
-`core.drivers.drivers` computes it (both runs once, one batched pass resuming from layer 26), against a hooked loop
+`core.analyses.drivers.drivers` computes it (both runs once, one batched pass resuming from layer 26), against a
+hooked loop
 on TransformerLens's bridge: for each component, a first forward of the corrupted prompt with the component's
 clean − corrupted output added to the MLP's input only (`blocks.25.ln2.hook_in`) that reads the neuron (stopping
 after block 25), and a second full forward with that activation put into `mlp.hook_post`. Both measured here, in
@@ -21,8 +22,10 @@ import time
 import numpy as np
 import torch
 
-from core import drivers, post, tokens
-from core.model import EMBEDDED, load_model
+from core import story
+from core.analyses import drivers
+from core.engine import tokens
+from core.engine.model import EMBEDDED, load_model
 
 
 def hooked_loop(model, clean, corrupted, answer, wrong, layer, neuron, labels):
@@ -73,9 +76,9 @@ def hooked_loop(model, clean, corrupted, answer, wrong, layer, neuron, labels):
 @torch.no_grad()
 def main() -> None:
     model = load_model(EMBEDDED, device="cpu", keep_bridge=True)
-    layer, neuron = post.KNOWN_NEURONS[model.name]
-    clean, corrupted = tokens.pair(model, post.CLEAN, post.CORRUPTED)
-    answer, wrong = tokens.single_token(model, post.ANSWER), tokens.single_token(model, post.WRONG)
+    layer, neuron = story.KNOWN_NEURONS[model.name]
+    clean, corrupted = tokens.pair(model, story.CLEAN, story.CORRUPTED)
+    answer, wrong = tokens.single_token(model, story.ANSWER), tokens.single_token(model, story.WRONG)
     pair = (clean, corrupted, answer, wrong)
     print(
         f"{model.name} L{layer}.N{neuron}; {len(clean.ids)} tokens; torch threads {torch.get_num_threads()} "

@@ -40,8 +40,8 @@ from urllib.parse import quote, urlencode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import post  # noqa: E402
-from core.model import EMBEDDED, cache_root  # noqa: E402
+from core import story  # noqa: E402
+from core.engine.model import EMBEDDED, cache_root  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -169,14 +169,14 @@ def heavy_urls(session: int, budget: int) -> list[tuple[str, str, str]]:
     """(name, page path with query, button) of one session's heavy mix."""
     name = NAMES[session % len(NAMES)]
     pair = {
-        "clean": post.CLEAN.replace("I climbed", f"{name} climbed"),
-        "corrupted": post.CORRUPTED.replace("I climbed", f"{name} climbed"),
-        "answer": post.ANSWER,
-        "wrong": post.WRONG,
+        "clean": story.CLEAN.replace("I climbed", f"{name} climbed"),
+        "corrupted": story.CORRUPTED.replace("I climbed", f"{name} climbed"),
+        "answer": story.ANSWER,
+        "wrong": story.WRONG,
     }
     kind, matrix = SEARCHES[session % len(SEARCHES)]
-    layer, neuron = post.KNOWN_NEURONS[EMBEDDED]
-    corpus = {"neurons": f"L{layer}.N{neuron + session}", "target": post.ANSWER, "budget": str(budget)}
+    layer, neuron = story.KNOWN_NEURONS[EMBEDDED]
+    corpus = {"neurons": f"L{layer}.N{neuron + session}", "target": story.ANSWER, "budget": str(budget)}
     return [
         ("patching", f"Patching?{urlencode(pair, quote_via=quote)}", "Run patching"),
         ("search", f"Search?{urlencode({'kind': kind, 'matrix': matrix})}", "Run search"),

@@ -4,8 +4,8 @@ Run alone (other processes on the cores distort it):  python bench/neuron_patchi
 Prints the figures, then a last line `speedup_vs_loop=X matmul_efficiency=Y peak_rss_mb=Z`.
 - loop: a full TransformerLens forward per neuron with a hook on blocks.L.mlp.hook_post (the post's method),
   timed on --loop-neurons neurons and extrapolated to the whole layer; for families loaded without the bridge
-  (core.families: Gemma 3, …) a full Hugging Face forward per neuron with a hook on the down-projection's input;
-- batched: core.patching.patch_neurons over every neuron (resume from layer L+1, suffix positions only);
+  (core.engine.families: Gemma 3, …) a full Hugging Face forward per neuron with a hook on the down-projection's input;
+- batched: core.analyses.patching.patch_neurons over every neuron (resume from layer L+1, suffix positions only);
 - matmul_efficiency: FLOPs the batched path must do (counted analytically) per second, over this machine's plain
   fp32 matmul rate measured in the same run on a matmul of the same shape.
 """
@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core import patching, post, tokens  # noqa: E402
-from core.model import EMBEDDED, load_model, resolve  # noqa: E402
+from core import story
+from core.analyses import patching
+from core.engine import tokens  # noqa: E402
+from core.engine.model import EMBEDDED, load_model, resolve  # noqa: E402
 
 
 def resumed_flops(w, n_rows: int, first_layer: int, S: int, P: int) -> float:
@@ -111,8 +113,8 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model, device=args.device, keep_bridge=not args.no_loop)
-    clean, corrupted = tokens.pair(model, *post.STORY_PAIRS.get(model.name, (post.CLEAN, post.CORRUPTED)))
-    an, a = tokens.single_token(model, post.ANSWER), tokens.single_token(model, post.WRONG)
+    clean, corrupted = tokens.pair(model, *story.STORY_PAIRS.get(model.name, (story.CLEAN, story.CORRUPTED)))
+    an, a = tokens.single_token(model, story.ANSWER), tokens.single_token(model, story.WRONG)
     setup = patching.prepare(model, clean, corrupted, an, a)
     layer = args.layer if args.layer is not None else patching.standout_mlp_layer(patching.patch_layers(setup))
     w = model.weights

@@ -29,14 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core import attribution, patching, post, tokens  # noqa: E402
+from core import story  # noqa: E402
+from core.analyses import attribution, patching  # noqa: E402
+from core.engine import tokens  # noqa: E402
 
 SCENARIOS = [
-    ("post pair, clean", post.CLEAN, post.CORRUPTED, "clean"),
-    ("post pair, zero", post.CLEAN, post.CORRUPTED, "zero"),
-    ("post pair, mean", post.CLEAN, post.CORRUPTED, "mean"),
-    ("post pair, negate", post.CLEAN, post.CORRUPTED, "negate"),
-    ("differs at token 2, clean", post.EARLY_CLEAN, post.EARLY_CORRUPTED, "clean"),
+    ("post pair, clean", story.CLEAN, story.CORRUPTED, "clean"),
+    ("post pair, zero", story.CLEAN, story.CORRUPTED, "zero"),
+    ("post pair, mean", story.CLEAN, story.CORRUPTED, "mean"),
+    ("post pair, negate", story.CLEAN, story.CORRUPTED, "negate"),
+    ("differs at token 2, clean", story.EARLY_CLEAN, story.EARLY_CORRUPTED, "clean"),
 ]
 
 
@@ -51,7 +53,7 @@ def engine_phases(model, clean: str, corrupted: str, ablation: str) -> dict[str,
         return out
 
     c, k = tokens.pair(model, clean, corrupted)
-    answer, wrong = tokens.single_token(model, post.ANSWER), tokens.single_token(model, post.WRONG)
+    answer, wrong = tokens.single_token(model, story.ANSWER), tokens.single_token(model, story.WRONG)
     setup = timed("both runs", lambda: patching.prepare(model, c, k, answer, wrong, ablation))
     totals = timed("layers whole", lambda: patching.patch_layer_totals(setup))["mlp_out"]
     layer = patching.standout_mlp_layer(totals)
@@ -77,7 +79,7 @@ def page_seconds(clean: str, corrupted: str, ablation: str) -> tuple[float, floa
     grid ran with the page) in AppTest, caches emptied first."""
     import streamlit as st
 
-    from core import jobs
+    from core.serving import jobs
     from tests.test_app import open_page
     from ui import analyses
 
@@ -105,7 +107,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from core.model import EMBEDDED, load_model
+    from core.engine.model import EMBEDDED, load_model
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

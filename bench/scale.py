@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core import distributed, post, scan, tokens  # noqa: E402
-from core.model import EMBEDDED, load_model  # noqa: E402
+from core import story
+from core.corpus import distributed, scan
+from core.engine import tokens  # noqa: E402
+from core.engine.model import EMBEDDED, load_model  # noqa: E402
 
 
 def timed(run) -> float:
@@ -40,7 +42,7 @@ def main() -> None:
     budget = args.max_tokens
     print(f"model={model.name} threads(single)={torch.get_num_threads()} cores={os.cpu_count()} tokens={budget}")
     rates = {}
-    spec = scan.ScanSpec((post.KNOWN_NEURONS[EMBEDDED],), tokens.single_token(model, post.ANSWER), max_tokens=budget)
+    spec = scan.ScanSpec((story.KNOWN_NEURONS[EMBEDDED],), tokens.single_token(model, story.ANSWER), max_tokens=budget)
 
     single_s = timed(lambda: scan.scan(model, spec, use_cache=False))
     rates["single"] = budget / single_s

@@ -2,7 +2,7 @@
 
 Run alone:  python bench/scan.py [--model M] [--max-tokens N]
 The scan runs with use_cache=False (no disk parts), so both sides compute everything.
-The plain forward is the same batches through core.forward.run with nothing recorded, plus the unembedding of
+The plain forward is the same batches through core.engine.forward.run with nothing recorded, plus the unembedding of
 every position (what any forward that yields logits does). The scan adds recording the neurons' activations,
 top-1 / target statistics, corpus loading and tokenization.
 Last line: `hook_overhead=X tokens_per_s=Y` (goal: overhead <= 0.15).
@@ -22,10 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core import forward as fw  # noqa: E402
-from core import post, scan, tokens  # noqa: E402
-from core.corpus import load_corpus  # noqa: E402
-from core.model import EMBEDDED, load_model  # noqa: E402
+from core import story
+from core.corpus import scan
+from core.corpus.sources import load_corpus  # noqa: E402
+from core.engine import forward as fw  # noqa: E402
+from core.engine import tokens  # noqa: E402
+from core.engine.model import EMBEDDED, load_model  # noqa: E402
 
 
 @torch.no_grad()
@@ -49,7 +51,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     model = load_model(args.model, device=args.device)
-    neurons = post.EMBEDDED_SCAN_NEURONS if model.name == EMBEDDED else [(model.n_layers - 1, 0)]
+    neurons = story.EMBEDDED_SCAN_NEURONS if model.name == EMBEDDED else [(model.n_layers - 1, 0)]
     ctx = min(scan.DEFAULT_CTX, model.n_ctx)
     contexts = scan.chunks(model, load_corpus().texts, ctx, args.max_tokens)
     positions = sum(len(ids) for _, ids in contexts)
@@ -62,7 +64,7 @@ def main() -> None:
     plain_forward(model, contexts, 8)
     plain_s = time.perf_counter() - start
     start = time.perf_counter()
-    spec = scan.ScanSpec(tuple(neurons), tokens.single_token(model, post.ANSWER), max_tokens=args.max_tokens, ctx=ctx)
+    spec = scan.ScanSpec(tuple(neurons), tokens.single_token(model, story.ANSWER), max_tokens=args.max_tokens, ctx=ctx)
     result = scan.scan(model, spec, use_cache=False)
     scan_s = time.perf_counter() - start
     print(

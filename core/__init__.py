@@ -1,4 +1,15 @@
-"""Token Neuron Explorer's engine: analyses over plain weight tensors (no UI imports here)."""
+"""Token Neuron Explorer's core: everything headless (no Streamlit here), in layers that import only downwards.
+
+    layer 0  core/errors, progress, jsonable, hosting, cache   leaf modules: no imports from core/ but each other
+    layer 1  core/engine/      the model adapter, families, the hook-free forward, tokens, the metric
+    layer 2  core/analyses/    one analysis per module (predict, lens, patching, attribution, congruence, ...)
+    layer 3  core/corpus/      corpora and the analyses over them (scan, dashboards, distributed)
+    layer 4  core/serving/     admission, jobs, worker processes for a hosted app
+    layer 5  core/cli/, reproduce, story, __main__    entry points and the post's facts
+
+A module may import its own layer and those below, never above; no cycles. tests/test_layers.py checks it.
+The app (app.py, pages/, ui/) sits above all of core/.
+"""
 
 import os
 

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from core.hosting import limits
-from core.model import cache_root
+
+
+def cache_root() -> Path:
+    """Where converted weights and analysis results live: $TNE_CACHE_DIR or ~/.cache/token-neuron-explorer."""
+    env = os.environ.get("TNE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "token-neuron-explorer"
 
 
 def key_path(fingerprint: str, analysis: str, params: dict[str, Any]) -> Path:

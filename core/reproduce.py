@@ -3,10 +3,10 @@
 Steps, in the post's order: predictions, logit lens, layer × position patching, the an-neuron (the top neuron
 anywhere by exact patching) and its layer's sweep, its congruence, the corpus check, the two searches, and negating
 the neuron. A model that does not say " an" on the post's prompt (Gemma 3) is told so, and the story goes on with
-the pair in core.post.STORY_PAIRS. Writes
+the pair in core.story.STORY_PAIRS. Writes
 report.md, report.html (figures inline), figures/*.png (matplotlib: installs from PyPI, renders offline) and
 results.json. For GPT-2 large the post's published numbers stand next to the measured ones with a verdict each;
-for the embedded model the reference is this project's own measurement (both in core.post).
+for the embedded model the reference is this project's own measurement (both in core.story).
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from core import attribution, congruence, drivers, lens, patching, predict, scan, search, tokens
+from core.analyses import attribution, congruence, drivers, lens, patching, predict, search
+from core.corpus import scan
+from core.engine import tokens
+from core.engine.model import Model
 from core.jsonable import to_jsonable
-from core.model import Model
-from core.post import ANSWER, CLEAN, CORRUPTED, EXPECTED, STORY_PAIRS, WRONG, Expected
+from core.story import ANSWER, CLEAN, CORRUPTED, EXPECTED, STORY_PAIRS, WRONG, Expected
 
 STEPS = (
     "predictions",

@@ -7,14 +7,14 @@ from typing import Any
 
 import streamlit as st
 
-from core import post
-from core.drivers import head_label, parse_head
-from core.model import Model
+from core import story
+from core.analyses.drivers import head_label, parse_head
+from core.engine.model import Model
 from ui import analyses, charts, common, params, text
 from ui.export import jsonable
 
 PAGE = "lens"
-PARAMS = [params.Param("prompt", post.CLEAN), params.Param("answer", post.ANSWER), params.Param("wrong", post.WRONG)]
+PARAMS = [params.Param("prompt", story.CLEAN), params.Param("answer", story.ANSWER), params.Param("wrong", story.WRONG)]
 
 
 def page_params(model: Model) -> list[params.Param]:

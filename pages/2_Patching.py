@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import attribution, patching, post
+from core import story
+from core.analyses import attribution, patching
+from core.analyses.patching import ABLATION_HELP, ABLATIONS
+from core.engine.model import Model
 from core.hosting import limits
-from core.model import Model
-from core.patching import ABLATION_HELP, ABLATIONS
 from ui import analyses, charts, common, params, text
 from ui.admission import admitted
 from ui.common import Section
@@ -39,10 +40,10 @@ def key(name: str) -> str:
 
 def page_params(model: Model) -> list[params.Param]:
     return [
-        params.Param("clean", post.CLEAN),
-        params.Param("corrupted", post.CORRUPTED),
-        params.Param("answer", post.ANSWER),
-        params.Param("wrong", post.WRONG),
+        params.Param("clean", story.CLEAN),
+        params.Param("corrupted", story.CORRUPTED),
+        params.Param("answer", story.ANSWER),
+        params.Param("wrong", story.WRONG),
         params.Param("ablation", "clean", params.choice("ablation", ABLATIONS)),
         params.Param("layer", None, params.whole_number("layer", 0, model.n_layers - 1)),
     ]

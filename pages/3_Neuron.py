@@ -8,10 +8,11 @@ from typing import Any
 
 import streamlit as st
 
-from core import atlas, post
-from core.congruence import MATRICES, check_neuron, describe, label
-from core.drivers import head_label, parse_head
-from core.model import Model
+from core import story
+from core.analyses import atlas
+from core.analyses.congruence import MATRICES, check_neuron, describe, label
+from core.analyses.drivers import head_label, parse_head
+from core.engine.model import Model
 from ui import analyses, charts, common, dashboard_view, params, text
 from ui.common import Section
 
@@ -28,11 +29,11 @@ def page_params(model: Model) -> list[params.Param]:
         params.Param("layer", None, params.whole_number("layer", 0, model.n_layers - 1)),
         params.Param("neuron", None, params.whole_number("neuron", 0, model.d_mlp - 1)),
         params.Param("matrix", "W_U", params.choice("matrix", MATRICES)),
-        params.Param("prompt", post.CLEAN),
+        params.Param("prompt", story.CLEAN),
         params.Param("position", None, params.whole_number("position", 0)),
         params.Param("corrupted", ""),
-        params.Param("answer", post.ANSWER),
-        params.Param("wrong", post.WRONG),
+        params.Param("answer", story.ANSWER),
+        params.Param("wrong", story.WRONG),
         params.Param("head", None, lambda text: parse_head(model, text), lambda value: head_label(*value)),
         params.Param("mlp", None, params.whole_number("mlp", 0, model.n_layers - 1)),
     ]
@@ -52,7 +53,7 @@ def chosen_neuron(model: Model) -> tuple[int, int] | None:
     params.publish(PAGE, spec)
     layer, neuron = params.value(PAGE, "layer"), params.value(PAGE, "neuron")
     if layer is None and neuron is None:
-        known = post.KNOWN_NEURONS.get(model.name)
+        known = story.KNOWN_NEURONS.get(model.name)
         if known is None:
             st.info("Choose a layer and a neuron, or click a neuron on the Patching, Token or Search page.")
             return None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import post
-from core.congruence import MATRICES, describe, label
-from core.model import Model
+from core import story
+from core.analyses.congruence import MATRICES, describe, label
+from core.engine.model import Model
 from ui import analyses, charts, common, params, text
 
 PAGE = "token"
@@ -17,7 +17,7 @@ def key(name: str) -> str:
     return params.key(PAGE, name)
 
 
-PARAMS = [params.Param("token", post.ANSWER), params.Param("matrix", "W_U", params.choice("matrix", MATRICES))]
+PARAMS = [params.Param("token", story.ANSWER), params.Param("matrix", "W_U", params.choice("matrix", MATRICES))]
 
 
 def inputs() -> tuple[str, str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import search
-from core.congruence import MATRICES, describe
-from core.model import Model
-from core.search import KIND_HELP, KINDS
+from core.analyses import search
+from core.analyses.congruence import MATRICES, describe
+from core.analyses.search import KIND_HELP, KINDS
+from core.engine.model import Model
 from ui import analyses, common, params
 
 PAGE = "search"

@@ -9,11 +9,12 @@ import re
 
 import streamlit as st
 
-from core import post, scan
-from core.congruence import label, parse_neuron
+from core import story
+from core.analyses.congruence import label, parse_neuron
+from core.corpus import scan
+from core.engine.model import Model
 from core.errors import UserError
 from core.hosting import limits
-from core.model import Model
 from ui import analyses, common, params, scan_view, text
 
 PAGE = "corpus"
@@ -36,7 +37,7 @@ def parse_neurons(model: Model, text: str) -> tuple[tuple[int, int], ...]:
 
 
 def page_params(model: Model) -> list[params.Param]:
-    known = post.KNOWN_NEURONS.get(model.name)
+    known = story.KNOWN_NEURONS.get(model.name)
     return [
         params.Param("corpus", BUNDLED),
         params.Param(
@@ -44,7 +45,7 @@ def page_params(model: Model) -> list[params.Param]:
             label(*known) if known else "",
             lambda text: ", ".join(label(*n) for n in parse_neurons(model, text)),
         ),
-        params.Param("target", post.ANSWER),
+        params.Param("target", story.ANSWER),
         params.Param(
             "budget",
             min(20000, limits().max_scan_tokens),

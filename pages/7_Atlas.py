@@ -1,4 +1,4 @@
-"""The neuron atlas: every neuron classified by what its output weights do to the vocabulary (core/atlas.py)."""
+"""The neuron atlas: every neuron classified by what its output weights do to the vocabulary (core/analyses/atlas)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import atlas
-from core.atlas import CLASSES
-from core.model import EMBEDDED_MODELS, Model, installed
+from core.analyses import atlas
+from core.analyses.atlas import CLASSES
+from core.engine.model import EMBEDDED_MODELS, Model, installed
 from ui import analyses, common, params, text
 from ui.admission import admitted
 from ui.charts import shown

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.corpus import BROWN_PATH, brown_text  # noqa: E402  (after the path: run as a script)
+from core.corpus.sources import BROWN_PATH, brown_text  # noqa: E402  (after the path: run as a script)
 
 FIRST_YEAR = 1981
 OUT = ROOT / "data" / f"sotu-{FIRST_YEAR}-2021.jsonl"

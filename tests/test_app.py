@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.post import CLEAN as POST_CLEAN
-from core.post import CORRUPTED as POST_CORRUPTED
+from core.story import CLEAN as POST_CLEAN
+from core.story import CORRUPTED as POST_CORRUPTED
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAIR = {"clean": POST_CLEAN, "corrupted": POST_CORRUPTED, "answer": " an", "wrong": " a"}
@@ -428,7 +428,7 @@ def test_corpus_scan_on_ray_equals_the_local_scan(embedded):
     pytest.importorskip("ray", reason="Ray is an optional extra (requirements-scale.txt)")
     import ray
 
-    from core import scan
+    from core.corpus import scan
 
     budget = 613  # a budget no other test uses: the Ray workers compute it (not the disk cache)
     at = open_page("6_Corpus.py", neurons="L25.N1527", target=" an", budget=str(budget))

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import atlas, cache
-from core.congruence import neuron_vectors, token_vectors
+from core import cache
+from core.analyses import atlas
+from core.analyses.congruence import neuron_vectors, token_vectors
+from core.engine.model import load_model
 from core.errors import UserError
-from core.model import load_model
 
 
 @pytest.fixture(scope="module")

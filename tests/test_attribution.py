@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import attribution, patching, tokens
-from core import forward as fw
+from core.analyses import attribution, patching
+from core.engine import forward as fw
+from core.engine import tokens
 from core.errors import UserError
-from core.post import CLEAN, CORRUPTED
+from core.story import CLEAN, CORRUPTED
 
 EPS = 1e-4
 
@@ -205,7 +206,7 @@ def plant_gated_pair(model, neuron: int):
 
 
 def test_the_headline_is_the_best_exact_score_even_where_attribution_misses_it(gpt2_folder):
-    from core.model import load_model
+    from core.engine.model import load_model
 
     planted_neuron = 7
     model = plant_gated_pair(in_double(load_model(str(gpt2_folder), device="cpu")), planted_neuron)

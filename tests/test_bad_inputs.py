@@ -170,7 +170,7 @@ def test_widgets(case, page, widget, value, button, needle):
 
 def test_nothing_cached_is_damaged(capsys):
     """After all of the above, the cache holds no half-written entry and a good run gives the right answer."""
-    from core.model import cache_root
+    from core.engine.model import cache_root
 
     assert not list(cache_root().rglob(".tmp-*")) and not list(cache_root().rglob(".convert-*"))
     assert main(["patch", "--level", "neurons", "--layer", "25", "--top-k", "1", "--json"]) == 0

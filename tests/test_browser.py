@@ -21,8 +21,8 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from core.post import CLEAN as POST_CLEAN
-from core.post import CORRUPTED as POST_CORRUPTED
+from core.story import CLEAN as POST_CLEAN
+from core.story import CORRUPTED as POST_CORRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"

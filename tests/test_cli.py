@@ -188,10 +188,10 @@ def test_all_neurons_cli(capsys):
 
 
 def test_drivers_json_on_the_post_pair(capsys):
-    from core import post
+    from core import story
 
     code, out, _ = run(
-        capsys, "drivers", "--neuron", "L25.N1527", "--clean", post.CLEAN, "--corrupted", post.CORRUPTED, "--json"
+        capsys, "drivers", "--neuron", "L25.N1527", "--clean", story.CLEAN, "--corrupted", story.CORRUPTED, "--json"
     )
     data = json.loads(out)
     assert code == 0 and data["neuron"] == {"layer": 25, "neuron": 1527, "label": "L25.N1527"}

@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from core import cache, congruence, search
+from core import cache
+from core.analyses import congruence, search
 from core.errors import UserError
 
 
@@ -15,7 +16,7 @@ def dense(model, matrix):
 
 @pytest.mark.parametrize("rows", [100, 767, 5000])
 def test_streamed_tables_equal_dense(gpt2_folder, rows):
-    from core.model import load_model
+    from core.engine.model import load_model
 
     model = load_model(str(gpt2_folder), device="cpu")
     for matrix in ("W_U", "W_E"):
@@ -67,7 +68,7 @@ def test_planted_pair_comes_first_everywhere(tiny, matrix):
 
 
 def test_tables_are_cached_and_a_corrupt_entry_is_recomputed(gpt2_folder, tmp_path, monkeypatch):
-    from core.model import load_model
+    from core.engine.model import load_model
 
     monkeypatch.setenv("TNE_CACHE_DIR", str(tmp_path))
     model = load_model(str(gpt2_folder), device="cpu")

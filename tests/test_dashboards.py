@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core import dashboards as dash
-from core import forward as fw
-from core import scan
-from core.corpus import BROWN, brown_text, brown_words, installed, load_corpus
+from core.corpus import dashboards as dash
+from core.corpus import scan
+from core.corpus.sources import BROWN, brown_text, brown_words, installed, load_corpus
+from core.engine import forward as fw
 from core.errors import UserError
 
 TEXTS = [
@@ -264,7 +264,7 @@ def test_share_axes_show_real_percentages():
 def _dashboard_page(folder: str, corpus: str) -> None:
     import streamlit as st
 
-    from core.model import load_model
+    from core.engine.model import load_model
     from ui import dashboard_view
 
     model = load_model(folder, device="cpu")

@@ -9,8 +9,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (requirements-scale.txt)")
 
-from core import distributed, scan, search  # noqa: E402
-from core.model import load_model  # noqa: E402
+from core.analyses import search  # noqa: E402
+from core.corpus import distributed, scan  # noqa: E402
+from core.engine.model import load_model  # noqa: E402
 
 TEXTS = [
     "An owl is an animal that hunts at night, and a cat is a pet.",
@@ -79,7 +80,7 @@ def test_ray_search_rankings_equal_single_process(setup):
 
 def test_ray_dashboards_equal_single_process(setup):
     """Dashboards on Ray: the same parts (scan pipeline), each folded by a worker and merged; same arrays."""
-    from core import dashboards
+    from core.corpus import dashboards
 
     model, corpus, _ = setup
     spec = dashboards.DashboardSpec(str(corpus), 300, top_k=4, ctx=16, batch_size=2, part_batches=2)

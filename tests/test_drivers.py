@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import drivers, tokens
-from core import forward as fw
+from core.analyses import drivers
+from core.engine import forward as fw
+from core.engine import tokens
+from core.engine.model import Model, load_model
 from core.errors import UserError
-from core.model import Model, load_model
 from tests.conftest import CLEAN, CORRUPTED, save_random
 from tests.test_families import hf_capture, layer_modules, module, tiny_configs
 
@@ -285,7 +286,7 @@ def test_path_patching_equals_hooked_hugging_face(family):
 @torch.no_grad()
 def test_every_path_together_is_the_clean_input(tiny):
     """Σ of the path deltas = clean − corrupted input; with all of them the neuron is its clean self."""
-    from core import patching
+    from core.analyses import patching
 
     pair = pair_of(tiny)
     setup = patching.prepare(tiny, *pair)
@@ -412,10 +413,10 @@ def test_a_planted_head_ranks_first(gpt2_folder):
 
 @torch.no_grad()
 def test_embedded_an_neuron_sums_and_path_patches(embedded):
-    from core import post
+    from core import story
 
-    prompt = tokens.prompt(embedded, post.CLEAN)
-    layer, neuron = post.KNOWN_NEURONS[embedded.name]
+    prompt = tokens.prompt(embedded, story.CLEAN)
+    layer, neuron = story.KNOWN_NEURONS[embedded.name]
     result = check_sums(embedded, prompt, layer, neuron)
     assert set(result.inputs) == {"gate", "up"} and result.post_activation > 0.5
     full = drivers.drivers(embedded, prompt, layer, neuron, pair=pair_of(embedded), reads_from_heads=1)

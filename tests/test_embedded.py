@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from core import lens, patching, predict, tokens
-from core.post import CLEAN, CORRUPTED
+from core.analyses import lens, patching, predict
+from core.engine import tokens
+from core.story import CLEAN, CORRUPTED
 
 
 @pytest.fixture(scope="module")

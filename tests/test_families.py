@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from core import attribution, families, patching, tokens
-from core import forward as fw
+from core.analyses import attribution, patching
+from core.engine import families, tokens
+from core.engine import forward as fw
+from core.engine.model import load_model
 from core.errors import UserError
-from core.model import load_model
-from core.post import CLEAN, CORRUPTED
+from core.story import CLEAN, CORRUPTED
 from tests.conftest import save_random
 
 
@@ -221,7 +222,8 @@ def test_cached_activations_equal_the_hugging_face_modules(family):
 @pytest.mark.parametrize("processing", ["none", "tl-default"])
 def test_every_activation_equals_the_bridge(family, processing):
     """TransformerLens's bridge wraps every family too: its run_with_cache (with its own processing under
-    compatibility mode) equals our trace, at every layer — the processing done by core.families.process included."""
+    compatibility mode) equals our trace, at every layer — the processing done by core.engine.families.process
+    included."""
     import warnings
 
     from transformer_lens import TransformerBridge

@@ -4,7 +4,7 @@ attention + MLP, partial rotary, LayerNorm with biases), picked by folder path i
 
 import pytest
 
-from core.post import CLEAN, CORRUPTED
+from core.story import CLEAN, CORRUPTED
 from tests.conftest import save_random
 from tests.test_app import assert_clean, metrics, open_page
 from tests.test_families import tiny_configs

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from core import forward as fw
-from core import tokens
-from core.model import load_model
-from core.post import CLEAN, CORRUPTED
+from core.engine import forward as fw
+from core.engine import tokens
+from core.engine.model import load_model
+from core.story import CLEAN, CORRUPTED
 
 HOOKS = {
     "resid_pre": "blocks.{}.hook_resid_pre",
@@ -53,7 +53,7 @@ def test_logits_match_hugging_face(gpt2_folder, llama_folder, processing):
 
 @torch.no_grad()
 def test_embedded_logits_match_hugging_face(embedded):
-    from core.model import embedded_folder
+    from core.engine.model import embedded_folder
 
     ids = tokens.prompt(embedded, CLEAN).tensor(embedded.device)
     ours = fw.unembed(embedded.weights, fw.run(embedded.weights, ids).resid_final)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import forward as fw
-from core import lens, patching, tokens
-from core.model import GEMMA3, embedded_folder, load_model
-from core.post import CLEAN, GEMMA3_CLEAN, GEMMA3_CORRUPTED
+from core.analyses import lens, patching
+from core.engine import forward as fw
+from core.engine import tokens
+from core.engine.model import GEMMA3, embedded_folder, load_model
+from core.story import CLEAN, GEMMA3_CLEAN, GEMMA3_CORRUPTED
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

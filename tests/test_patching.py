@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import forward as fw
-from core import patching, tokens
+from core.analyses import patching
+from core.engine import forward as fw
+from core.engine import tokens
 from core.errors import UserError
-from core.post import CLEAN, CORRUPTED
+from core.story import CLEAN, CORRUPTED
 
 ANSWER, WRONG = " an", " a"
 

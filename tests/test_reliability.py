@@ -5,10 +5,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from core import cache, congruence, patching, predict, scan, search, tokens
+from core import cache
+from core.analyses import congruence, patching, predict, search
+from core.corpus import scan
+from core.engine import tokens
+from core.engine.model import load_model
 from core.errors import UserError
-from core.model import load_model
-from core.post import CLEAN, CORRUPTED
+from core.story import CLEAN, CORRUPTED
 
 
 def jobs(model):

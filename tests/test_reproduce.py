@@ -7,7 +7,7 @@ import pytest
 
 from core import reproduce
 from core.cli import main
-from core.post import POST_GPT2_LARGE, Expected
+from core.story import POST_GPT2_LARGE, Expected
 
 SECTIONS = {
     "model",
@@ -66,7 +66,7 @@ def test_reproduce_on_the_embedded_model(capsys, tmp_path):
 
 def test_gpt2_large_verdicts_plumbing_on_a_random_gpt2(tmp_path, gpt2_folder, monkeypatch):
     """GPT-2 large cannot be downloaded here: check its expected-value path on a random GPT-2 named as it."""
-    from core.model import load_model
+    from core.engine.model import load_model
 
     monkeypatch.setenv("TNE_CACHE_DIR", str(tmp_path / "cache"))
     model = dataclasses.replace(load_model(str(gpt2_folder), device="cpu"), name="gpt2-large")

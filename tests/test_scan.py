@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core import scan
-from core.corpus import load_corpus
+from core.corpus import scan
+from core.corpus.sources import load_corpus
 from core.errors import UserError
 
 TEXTS = [

@@ -1,8 +1,8 @@
 import pytest
 
-from core import tokens
+from core.engine import tokens
 from core.errors import UserError
-from core.post import CLEAN
+from core.story import CLEAN
 
 
 def test_single_tokens_and_helpful_refusals(tiny):

@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from core import jobs, worker
 from core.errors import UserError
-from core.post import ANSWER, CLEAN, CORRUPTED, WRONG
+from core.serving import jobs, worker
+from core.story import ANSWER, CLEAN, CORRUPTED, WRONG
 
 KEY = (CLEAN, CORRUPTED, ANSWER, WRONG, "clean")
 
@@ -75,8 +75,9 @@ def test_a_stopped_job_frees_its_worker(workers_on):
 
 
 def test_search_and_scan_jobs_cross_the_process_boundary(workers_on, gpt2_folder, monkeypatch):
-    from core import scan, tokens
-    from core.model import load_model
+    from core.corpus import scan
+    from core.engine import tokens
+    from core.engine.model import load_model
 
     tiny = load_model(str(gpt2_folder), device="cpu")  # the worker loads it by its folder, replacing the model
     there = worker.run(jobs.search_table, tiny, "standout", "W_U", 5)

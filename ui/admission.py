@@ -19,10 +19,10 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx, in_cached_function
 
-from core import admission
+from core.serving import admission
 
 REFRESH_S = 0.5
-# The serving process runs at most `slots` heavy jobs, each with this many torch threads (see core/admission.py).
+# The serving process runs at most `slots` heavy jobs, each with this many torch threads (core/serving/admission.py).
 torch.set_num_threads(admission.threads_per_job())
 
 _holding: contextvars.ContextVar[bool] = contextvars.ContextVar("holding_heavy_slot", default=False)

@@ -22,9 +22,12 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core import attribution, congruence, drivers, jobs, lens, patching, predict, scan, search, tokens, worker
-from core import forward as fw
-from core.model import Model
+from core.analyses import attribution, congruence, drivers, lens, patching, predict, search
+from core.corpus import scan
+from core.engine import forward as fw
+from core.engine import tokens
+from core.engine.model import Model
+from core.serving import jobs, worker
 from ui.admission import admitted
 
 
@@ -99,7 +102,7 @@ def estimate_seconds(model: Model, key: tuple, per_position_heads: bool = False)
     return seconds
 
 
-# The heavy phases run through core.worker (a worker process on a hosted server), inside an admission slot.
+# The heavy phases run through core.serving.worker (a worker process on a hosted server), inside an admission slot.
 
 
 @st.cache_data(show_spinner="Patching each layer's attention and MLP at all positions…", max_entries=32)
@@ -264,7 +267,7 @@ def corpus_scan(
         if ray_address is None:
             result = worker.run(jobs.corpus_scan, _model, spec, progress=progress)
         else:
-            from core import distributed
+            from core.corpus import distributed
 
             result = distributed.ray_scan(
                 _model, spec, address=None if ray_address == "local" else ray_address, progress=progress

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.tokens import shown  # noqa: F401 - tokens with visible spaces, for every label here
+from core.engine.tokens import shown  # noqa: F401 - tokens with visible spaces, for every label here
 
 DIVERGING = "RdBu"  # red = negative, blue = positive; every signed map is centred on 0
 ANSWER_COLOUR, WRONG_COLOUR = "#1f5fa8", "#b5443b"

@@ -10,12 +10,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import worker
-from core.congruence import MATRICES, MATRIX_HELP
+from core.analyses.congruence import MATRICES, MATRIX_HELP
+from core.engine.metric import DESCRIPTION as METRIC_DESCRIPTION
+from core.engine.model import EMBEDDED, PROCESSINGS, Model, available_models, load_model
 from core.errors import UserError
 from core.hosting import limits
-from core.metric import DESCRIPTION as METRIC_DESCRIPTION
-from core.model import EMBEDDED, PROCESSINGS, Model, available_models, load_model
+from core.serving import worker
 from ui import params, text
 from ui.charts import shown as shown_token
 from ui.export import json_bytes

@@ -1,4 +1,5 @@
-"""The Neuron page's dashboard section (core.dashboards): max-activating examples over a varied corpus, activation
+"""The Neuron page's dashboard section (core.corpus.dashboards): max-activating examples over a varied corpus,
+activation
 density and histogram with the next-token share, read instantly from built dashboards (or a button that builds
 them for every neuron at once, through the admission gate), and the neuron's clean vs corrupted activation."""
 
@@ -11,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import dashboards
-from core.congruence import label
-from core.model import Model
+from core.analyses.congruence import label
+from core.corpus import dashboards
+from core.engine.model import Model
 from ui import analyses, charts, common, text
 from ui.admission import admitted
 

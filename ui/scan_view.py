@@ -1,4 +1,4 @@
-"""Showing a corpus scan (core.scan): the post's activation-bin chart, totals, and max-activating examples."""
+"""Showing a corpus scan (core.corpus.scan): the post's activation-bin chart, totals, and max-activating examples."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ every visitor's page run. Under load (bench/load.py, 4 sessions and a prober loa
 jobs finished at 42–95 s in one process and at 14–41 s with a worker, although the admission gate ran them one at
 a time either way.
 
-How: one worker per admission slot (core/admission.py bounds the jobs running at once to the slots). A job is a
-module-level function of core.jobs, `fn(model, *args, progress=…)`; its arguments and result are pickled over a
+How: one worker per admission slot (core/serving/admission.py bounds the jobs running at once to the slots). A job is a
+module-level function of core.serving.jobs, `fn(model, *args, progress=…)`; its arguments and result are pickled over a
 pipe. The server's model reaches each worker at its start as shared memory (the weights exist once in RAM); a
 worker asked for another model loads it itself and checks its fingerprint. Progress streams back on the pipe; when
 the visitor stops (Streamlit stops the page's run), the worker's cancel event is set and its next progress call
@@ -32,11 +32,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from core import admission
+from core.engine.model import Model
 from core.errors import UserError
 from core.hosting import limits
-from core.model import Model
 from core.progress import Progress
+from core.serving import admission
 
 T = TypeVar("T")
 POLL_S = 0.25
@@ -66,7 +66,7 @@ def spec(model: Model) -> tuple[str, str, str]:
 
 
 def _model(key: tuple[str, str, str], fingerprint: str) -> Model:
-    from core.model import load_model
+    from core.engine.model import load_model
 
     model = _models.get(key)
     if model is None:

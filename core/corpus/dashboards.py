@@ -1,17 +1,18 @@
 """Neuron dashboards: every neuron's max-activating examples and activation profile, from one pass over a corpus.
 
-One streamed pass (the scan's pipeline: core.scan cuts the corpus into contexts and batches, runs the forward and
-the chunked top-1; core.distributed runs parts on Ray) keeps, for every neuron of every layer, in fixed memory:
+One streamed pass (the scan's pipeline: core.corpus.scan cuts the corpus into contexts and batches, runs the forward and
+the chunked top-1; core.corpus.distributed runs parts on Ray) keeps, for every neuron of every layer, in fixed memory:
 - its top-k activating positions, each with the activations of a window of tokens around it and the model's top-1
   prediction there (a running top-k per neuron: only neurons whose batch maximum beats their current k-th value
   are touched, and those with one torch.topk over [k + batch] candidates);
 - a histogram of its activations over fixed bins shared by every neuron and model (quarter octaves of |a| from
   2^-6 to 2^10 on each side, read from the float's bits) — the activation density above any threshold is read
   from it;
-- per bin, how many positions had the neuron's top congruent token (W_U; core.search) as the model's top-1
+- per bin, how many positions had the neuron's top congruent token (W_U; core.analyses.search) as the model's top-1
   prediction, and as the true next token: the post's corpus chart for every neuron at once.
 
-The corpus is sampled evenly (core.scan.cut with spread=True), not read from its start. The pass is cut into parts
+The corpus is sampled evenly (core.corpus.scan.cut with spread=True), not read from its start. The pass is cut into
+parts
 (`part_batches` batches each); after each part the running state is written to disk, so an interrupted build
 resumes where it stopped; the finished dashboards are cached (keyed by model, corpus and settings).
 Examples are located: document, title and genre, the token's index in the document and its character span.
@@ -19,12 +20,9 @@ Examples are located: document, title and genre, the token's index in the docume
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import cache, scan
-from core import forward as fw
-from core.congruence import check_neuron, label, parse_neuron
-from core.corpus import BROWN, BUNDLED, Corpus, installed, load_corpus
+from core import cache
+from core.analyses.congruence import check_neuron, label
+from core.corpus import scan
+from core.corpus.sources import BROWN, BUNDLED, Corpus, installed, load_corpus
+from core.engine import forward as fw
+from core.engine.model import Model, cache_root
 from core.errors import UserError
 from core.hosting import limits
-from core.model import Model, cache_root
 from core.progress import Progress
 
 TOP_K = 20
@@ -261,8 +260,8 @@ def plan(model: Model, spec: DashboardSpec, contexts: bool = True) -> Plan:
 
 
 def top_tokens(model: Model) -> torch.Tensor:
-    """Every neuron's most congruent token (W_U; cached by core.search): [L, m]."""
-    from core import search
+    """Every neuron's most congruent token (W_U; cached by core.analyses.search): [L, m]."""
+    from core.analyses import search
 
     ids = search.tables(model, "W_U").neuron_top_ids[:, 0]
     return torch.from_numpy(ids.astype(np.int64)).reshape(model.n_layers, model.d_mlp).to(model.device)
@@ -440,7 +439,7 @@ def _finish(model: Model, work: Plan, arrays: dict[str, np.ndarray]) -> Dashboar
         "sampling": "contexts spread evenly over the corpus",
         "bins": f"{HIST_BINS} bins: quarter octaves of |a| from 2^{OCTAVE_MIN} to 2^{OCTAVE_MAX} on each side, "
         f"[-2^{OCTAVE_MIN}, 0) and [0, 2^{OCTAVE_MIN}); beyond ±2^{OCTAVE_MAX} in the end bins",
-        "top_token": "each neuron's most congruent token by W_U (core.search)",
+        "top_token": "each neuron's most congruent token by W_U (core.analyses.search)",
         "bos": model.bos_convention(),
         "neuron_activation": model.facts()["neuron_activation"],
     }
@@ -485,7 +484,7 @@ def build(
 
     todo = [i for i in range(len(parts)) if not done[i]]
     if ray_address is not None and todo:
-        from core import distributed
+        from core.corpus import distributed
 
         kwargs = {
             "model_name": model.name,
@@ -527,7 +526,7 @@ class DashboardWorker:
     """A Ray Data actor: loads the model once, folds one part into a fresh state and returns it (packed)."""
 
     def __init__(self, model_name: str, processing: Any, spec: dict, gpu: bool) -> None:
-        from core.model import load_model
+        from core.engine.model import load_model
 
         torch.set_num_threads(1)
         self.model = load_model(model_name, device="cuda" if gpu else "cpu", processing=processing)
@@ -535,7 +534,7 @@ class DashboardWorker:
         self.tokens = top_tokens(self.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from core import distributed
+        from core.corpus import distributed
 
         out = []
         for index in batch["index"]:
@@ -565,109 +564,3 @@ def neuron_view(model: Model, dash: Dashboards, layer: int, neuron: int, top_k: 
         "histogram": dash.histogram(layer, neuron),
         "examples": examples(model, dash, layer, neuron, top_k),
     }
-
-
-# ---------------------------------------------------------------- CLI (python -m core dashboards build / examples)
-
-
-def add_parsers(sub: Any, common: Any, positive_int: Any) -> None:
-    """The `dashboards build` and `examples` subcommands, on core.cli's subparsers."""
-    p = sub.add_parser("dashboards", help="every neuron's max-activating examples and activation profile")
-    inner = p.add_subparsers(dest="action", required=True)
-    b = inner.add_parser("build", help="build the dashboards of every neuron in one pass over a corpus")
-    common(b)
-    b.add_argument("--corpus", default=None, help="brown (default when installed), bundled, a file/folder, a hub name")
-    b.add_argument("--max-tokens", type=positive_int, default=DashboardSpec.max_tokens, help="positions read")
-    b.add_argument("--top-k", type=positive_int, default=TOP_K, help="examples kept per neuron")
-    b.add_argument("--ray", default=None, metavar="ADDRESS", help="run the parts on Ray: 'local' or a cluster")
-    e = sub.add_parser("examples", help="a neuron's max-activating examples from built dashboards")
-    common(e)
-    e.add_argument("--neuron", required=True, help="L25.N1527")
-    e.add_argument("--corpus", default=None)
-    e.add_argument("--max-tokens", type=positive_int, default=DashboardSpec.max_tokens)
-    e.add_argument("--top-k", type=positive_int, default=None, help="examples shown (default: all kept)")
-
-
-def _progress_bar(description: str) -> Progress:
-    from tqdm import tqdm
-
-    bar: Any = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=description, file=sys.stderr, leave=False, unit="tok")
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update
-
-
-def cmd_dashboards(args: argparse.Namespace, model: Model) -> dict:
-    spec = DashboardSpec(args.corpus, args.max_tokens, args.top_k)
-    started = time.perf_counter()
-    dash = build(model, spec, None if args.json else _progress_bar("dashboards"), ray_address=args.ray)
-    seconds = time.perf_counter() - started
-    if not args.json:
-        print(
-            f"dashboards of {model.n_layers * model.d_mlp:,} neurons of {model.name} over {dash.positions:,} "
-            f"positions of {dash.settings['corpus']} ({dash.settings['documents']} documents) in {seconds:.1f} s"
-        )
-    return {"model": model.facts(), "settings": dash.settings, "seconds": seconds}
-
-
-def cmd_examples(args: argparse.Namespace, model: Model) -> dict:
-    layer, neuron = parse_neuron(model, args.neuron)
-    spec = DashboardSpec(args.corpus, args.max_tokens)
-    work = plan(model, spec, contexts=False)
-    if not _result_path(work).exists():
-        raise UserError(
-            f"no dashboards built for {model.name} on {work.spec.dataset} with {work.spec.max_tokens:,} tokens; "
-            f"run: python -m core dashboards build --model {model.name} --corpus {work.spec.dataset} "
-            f"--max-tokens {work.spec.max_tokens}"
-        )
-    view = neuron_view(model, build(model, spec), layer, neuron, args.top_k)
-    if not args.json:
-        print(
-            f"{view['neuron']} on {view['corpus']}: density {view['density']['share']:.3%} "
-            f"at ≥ {view['density']['threshold']:.2f}"
-        )
-        for ex in view["examples"]:
-            text = "".join(ex["context"]["tokens"]).replace("\n", " ")
-            print(
-                f"{ex['activation']:+7.2f}  {ex['title'][:30]:30s} {ex['token']!r:>12} → {ex['prediction']!r:10} {text}"
-            )
-    return view
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m core.dashboards build|examples …` (the same commands core.cli offers)."""
-    from core import cli
-
-    parser = cli._Parser(prog="python -m core.dashboards")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parsers(sub, cli._common, cli.positive_int)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "build":
-        argv = ["dashboards", *argv]
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as done:
-        return int(done.code or 0)
-    try:
-        model = cli._load(args)
-        result = (cmd_dashboards if args.command == "dashboards" else cmd_examples)(args, model)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        from core.jsonable import to_jsonable
-
-        json.dump(to_jsonable(result), sys.stdout, ensure_ascii=False)
-        print()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.engine.model import Model
 from core.errors import UserError
 from core.hosting import check_top_k
 from core.jsonable import to_jsonable
-from core.model import Model
 
 Matrix = Literal["W_U", "W_E"]
 MATRICES: tuple[Matrix, ...] = get_args(Matrix)

@@ -2,7 +2,7 @@
 
 It loads a model by name (the embedded `smollm2-135m` and `gemma3-270m`, the GPT-2 family) or from a local
 Hugging Face folder. GPT-2 and Llama go through TransformerLens's `TransformerBridge` (which applies the post's
-weight processing: fold_ln, centring); the other families (core.families) are read from the Hugging Face module
+weight processing: fold_ln, centring); the other families (core.engine.families) are read from the Hugging Face module
 and processed by the same rules. The rest of `core` gets a `Model`: plain weight tensors (`forward.Weights`, with
 the architecture's switches), the tokenizer and the conventions (BOS, processing) every result must state.
 """
@@ -23,9 +23,10 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from core import families
+from core.cache import cache_root
+from core.engine import families
+from core.engine.forward import Weights
 from core.errors import UserError
-from core.forward import Weights
 from core.hosting import check_model
 
 
@@ -92,15 +93,6 @@ def available_models() -> list[str]:
 _conversion_lock = threading.Lock()
 
 
-def cache_root() -> Path:
-    """Where converted weights and analysis results live: $TNE_CACHE_DIR or ~/.cache/token-neuron-explorer."""
-    env = os.environ.get("TNE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "token-neuron-explorer"
-
-
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
@@ -124,7 +116,7 @@ class Model:
 
     name: str  # what the user typed (alias or folder)
     source: str  # where the weights came from
-    model_type: str  # the Hugging Face config's model_type (a key of core.families.FAMILIES)
+    model_type: str  # the Hugging Face config's model_type (a key of core.engine.families.FAMILIES)
     weights: Weights
     tokenizer: Any
     prepend_bos: bool
@@ -451,7 +443,7 @@ def _processing(processing: str, weights: Weights, by_bridge: bool) -> dict[str,
         "note": (
             "TransformerLens HookedTransformer defaults, as the post's code used"
             if by_bridge
-            else "TransformerLens HookedTransformer defaults, applied by core.families.process"
+            else "TransformerLens HookedTransformer defaults, applied by core.engine.families.process"
         ),
     }
 

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from core import cache, scan, search
+from core import cache
+from core.analyses import search
+from core.corpus import scan
+from core.engine.model import Model, Processing
 from core.errors import UserError
-from core.model import Model, Processing
 from core.progress import Progress
 
 # Called in a worker after each batch it ran, with how many it has run (a test passes one that kills the worker).
@@ -87,7 +89,7 @@ class ScanWorker:
     ) -> None:
         import torch
 
-        from core.model import load_model
+        from core.engine.model import load_model
 
         torch.set_num_threads(1)  # one worker per core
         self.model = load_model(model_name, device="cuda" if gpu else "cpu", processing=processing)
@@ -114,7 +116,7 @@ def pipeline(
     """The one Ray Data pipeline of corpus work: each item (a dict of plain values) goes to one call of a `worker`
     actor (built once per worker with `kwargs`: it loads the model), rows come back as they finish. A killed
     worker is replaced and its item retried. Used by the scan (ScanWorker) and the dashboards
-    (core.dashboards.DashboardWorker)."""
+    (core.corpus.dashboards.DashboardWorker)."""
     ray = connect(address, workers)
     data = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         worker,
@@ -174,7 +176,7 @@ class TablesWorker:
     def __init__(self, model_name: str, processing: Processing, gpu: bool) -> None:
         import torch
 
-        from core.model import load_model
+        from core.engine.model import load_model
 
         torch.set_num_threads(1)
         self.model = load_model(model_name, device="cuda" if gpu else "cpu", processing=processing)

@@ -24,12 +24,12 @@ import pandas as pd
 import torch
 
 from core import cache
-from core import forward as fw
-from core.congruence import check_neuron, label
-from core.corpus import Corpus, load_corpus
+from core.analyses.congruence import check_neuron, label
+from core.corpus.sources import Corpus, load_corpus
+from core.engine import forward as fw
+from core.engine.model import Model, cache_root
 from core.errors import UserError
 from core.hosting import limits
-from core.model import Model, cache_root
 from core.progress import Progress
 
 DEFAULT_CTX = 256
@@ -44,10 +44,10 @@ PART_FIELDS = ("chunk", "doc", "position", "token", "next", "top1", "logit", "pr
 @dataclass(frozen=True)
 class ScanSpec:
     """What a corpus scan reads and how it is summarised: the one set of inputs of `scan`, `records` and
-    `core.distributed.ray_scan` (the CLI, the pages and reproduce build it).
+    `core.corpus.distributed.ray_scan` (the CLI, the pages and reproduce build it).
 
     neurons: (layer, neuron) pairs; target: the token id whose top-1 share is binned; dataset: None = the bundled
-    corpus, else a file, folder or hub dataset name (core.corpus); ctx: None = min(256, the model's context).
+    corpus, else a file, folder or hub dataset name (core.corpus.sources); ctx: None = min(256, the model's context).
     """
 
     neurons: tuple[tuple[int, int], ...]
@@ -419,7 +419,7 @@ def summarise(model: Model, seen: Records, spec: ScanSpec, **extra: str) -> Scan
 
 
 def scan(model: Model, spec: ScanSpec, progress: Progress | None = None, use_cache: bool = True) -> ScanResult:
-    """Scan `spec.max_tokens` positions of a corpus (see core.corpus): bins, totals, correlation, examples."""
+    """Scan `spec.max_tokens` positions of a corpus (see core.corpus.sources): bins, totals, correlation, examples."""
     check_view(spec)
     work = plan(model, spec)
     return summarise(model, _read(model, work, progress, use_cache), work.spec)

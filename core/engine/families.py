@@ -2,7 +2,7 @@
 
 A `Family` says which switches of `forward.Arch` a family uses and where its weights sit in the Hugging Face
 checkpoint; `arch_of(config)` reads the per-model values (eps, rotary bases, windows, soft-caps) from the config.
-GPT-2 and Llama are loaded through TransformerLens's bridge (its processed weights; see core.model); every
+GPT-2 and Llama are loaded through TransformerLens's bridge (its processed weights; see core.engine.model); every
 other family is read here from the Hugging Face module and processed with the same rules (fold_ln, centring,
 value-bias folding), and checked against Hugging Face's own forward and hooked patching in tests/test_families.py.
 Adding a family is adding a record to FAMILIES.
@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import torch
 
+from core.engine.forward import Arch, Weights
 from core.errors import UserError
-from core.forward import Arch, Weights
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from core.engine.model import Model
 from core.errors import UserError
 from core.hosting import check_text_length, limits
-from core.model import Model
 
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\xa0": "⍽"}
 

@@ -7,7 +7,8 @@ live on the shared model (two sessions patching at once would race). This module
 bridge (and Hugging Face's own forward) computes, from plain tensors, so it is thread-safe and can start anywhere.
 
 The forward is driven by an `Arch`: one record of switches per model (the ones TransformerLens's config uses),
-read from the Hugging Face config by `core.families`. Adding a family is adding a record there, not a branch here.
+read from the Hugging Face config by `core.engine.families`. Adding a family is adding a record there, not a
+branch here.
 
 Shapes: B batch, P positions, d d_model, H heads, K key/value heads, h d_head, m d_mlp, V vocab.
 """

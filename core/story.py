@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.model import EMBEDDED, GEMMA3
+from core.engine.model import EMBEDDED, GEMMA3
 
 # The post's prompt pair: GPT-2 large says " an" after the apple prompt and " a" after the lemon one.
 CLEAN = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"

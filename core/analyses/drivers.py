@@ -8,7 +8,7 @@ norm's scale frozen at its value in this run (LayerNorm also subtracts the mean,
 linear, so each pre-activation — `in` for plain MLPs, `gate` and `up` for gated ones — splits exactly into one
 term per component plus a constant (`bias`: b_in, the norm's bias, the attention output biases). Through a
 post-attention norm (Gemma 2/3, OLMo 2) each head's share of attn_out is taken with that norm's scale frozen
-too (as core.lens does for DLA), so the heads of a layer sum to attn_out exactly; an MLP's output is what
+too (as core.analyses.lens does for DLA), so the heads of a layer sum to attn_out exactly; an MLP's output is what
 joins the residual (after its post-norm).
 
 First-order share: the component's term in the post-activation to first order, ∂post/∂pre × contribution
@@ -36,14 +36,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core import forward as fw
-from core import patching
-from core.congruence import check_neuron
+from core.analyses import patching
+from core.analyses.congruence import check_neuron
+from core.engine import forward as fw
+from core.engine.metric import DESCRIPTION
+from core.engine.model import Model
+from core.engine.tokens import Prompt
 from core.errors import UserError
 from core.jsonable import to_jsonable
-from core.metric import DESCRIPTION
-from core.model import Model
-from core.tokens import Prompt
 
 NORM_NOTE = (
     "the neuron's input norm (and any post-attention norm) has its scale frozen at its value in this run, so "
@@ -186,7 +186,7 @@ class _Reader:
 def _head_outputs(model: Model, trace: fw.Trace, layer: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each head's and the bias's share of attn_out of `layer` at `position`: ([H, d], [d]); they sum to attn_out.
 
-    Through a post-attention norm its scale is frozen at this run's value (as in core.lens).
+    Through a post-attention norm its scale is frozen at this run's value (as in core.analyses.lens).
     """
     w = model.weights
     heads = torch.einsum("nh,nhd->nd", trace.z[layer][0, position], w.W_O[layer])

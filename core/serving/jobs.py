@@ -1,7 +1,8 @@
 """The heavy analyses as jobs: module-level functions of (model, plain inputs) → picklable results.
 
-The pages call them through core.worker.run, which runs them in this process or, on a hosted server, in a worker
-process (its own interpreter and GIL, see core/worker.py). So everything here takes and returns plain data: input
+The pages call them through core.serving.worker.run, which runs them in this process or, on a hosted server, in a
+worker process (its own interpreter and GIL, see core/serving/worker.py). So everything here takes and returns plain
+data: input
 texts and numbers in, dataclasses of numpy arrays and DataFrames out; no Streamlit.
 
 Patching inputs travel as one key, (clean, corrupted, answer, wrong, ablation); both runs of a key are computed once
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core import attribution, patching, scan, search, tokens
-from core.model import Model
+from core.analyses import attribution, patching, search
+from core.corpus import scan
+from core.engine import tokens
+from core.engine.model import Model
 from core.progress import Progress
 
 PatchKey = tuple[str, str, str, str, str]  # clean, corrupted, answer, wrong, ablation

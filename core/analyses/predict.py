@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from core import forward as fw
+from core.engine import forward as fw
+from core.engine.model import Model
+from core.engine.tokens import Prompt
 from core.hosting import check_top_k
-from core.model import Model
-from core.tokens import Prompt
 
 
 @torch.no_grad()

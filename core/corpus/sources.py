@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.engine.model import hub_offline
 from core.errors import UserError
 from core.hosting import limits
-from core.model import hub_offline
 
 BUNDLED = "bundled"
 BUNDLED_PATH = Path(__file__).resolve().parents[1] / "data" / "sotu-1981-2021.jsonl"

@@ -6,7 +6,7 @@ Taylor expansion around the corrupted run,
 with the same normalisation as exact patching, from one clean forward, one corrupted forward and one backward.
 Known to be poor where the model is far from linear in the activation: MLP 0 (its output feeds every later
 layer's norms at once) and the residual stream (a large patch); the top candidates are therefore re-scored with
-exact patching (core.patching), and both scores are shown side by side.
+exact patching (core.analyses.patching), and both scores are shown side by side.
 Only clean patching is approximated (zero / mean / negate ablations have no attribution form here).
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core import forward as fw
-from core import patching
-from core.congruence import label
+from core.analyses import patching
+from core.analyses.congruence import label
+from core.engine import forward as fw
 from core.errors import UserError
 from core.hosting import check_top_k
 from core.jsonable import to_jsonable

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core import forward as fw
-from core.model import Model
+from core.engine import forward as fw
+from core.engine.model import Model
 
 DESCRIPTION = "logit diff = logit(answer) − logit(wrong) at the last position"
 SCORE = "score = (patched − corrupted) / (clean − corrupted) of the logit diff"

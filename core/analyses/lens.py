@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from core import forward as fw
+from core.engine import forward as fw
+from core.engine.metric import LogitDiff
+from core.engine.model import Model
+from core.engine.tokens import Prompt
 from core.errors import UserError
 from core.jsonable import to_jsonable
-from core.metric import LogitDiff
-from core.model import Model
-from core.tokens import Prompt
 
 
 @dataclass

@@ -30,14 +30,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core import forward as fw
+from core.engine import forward as fw
+from core.engine.metric import DESCRIPTION, LogitDiff
+from core.engine.model import Model
+from core.engine.tokens import Prompt, first_difference
 from core.errors import UserError
 from core.hosting import limits
 from core.jsonable import to_jsonable
-from core.metric import DESCRIPTION, LogitDiff
-from core.model import Model
 from core.progress import Progress
-from core.tokens import Prompt, first_difference
 
 Ablation = Literal["clean", "zero", "mean", "negate"]
 ABLATIONS: tuple[Ablation, ...] = get_args(Ablation)

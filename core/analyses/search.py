@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 
 from core import cache
-from core.congruence import label, neuron_vectors, token_vectors
+from core.analyses.congruence import label, neuron_vectors, token_vectors
+from core.engine.model import Model
 from core.errors import UserError
 from core.hosting import check_top_k, limits
 from core.jsonable import to_jsonable
-from core.model import Model
 from core.progress import Progress
 
 Kind = Literal["standout", "mutual"]
@@ -95,7 +95,7 @@ def blocks(
     neurons: torch.Tensor, vectors: torch.Tensor, rows: int, progress: Progress | None = None
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """The one streamed pass over neurons × vocabulary that every whole-model analysis shares (the searches here,
-    the atlas in core.atlas): yields (start, scores) where scores = (neurons[start:start + rows] @ vectors) in
+    the atlas in core.analyses.atlas): yields (start, scores) where scores = (neurons[start:start + rows] @ vectors) in
     fp32, [rows, V], then reports progress(done, total) once the caller has consumed the block.
 
     The [rows, V] buffer is reused from block to block (no fresh allocation, no page faults per block): a caller

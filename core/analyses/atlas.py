@@ -1,11 +1,12 @@
 """The neuron atlas: every neuron of a model classified, from its weights alone, by what it does to the vocabulary.
 
 A neuron's *vocabulary composition* is c_t = cos(w, W_U[:, t]) over every token t, where w is the neuron's output
-direction (core.congruence.neuron_vectors: W_out[L, n], or W_out[L, n] ⊙ w_post[L] behind a post-MLP norm) and W_U
+direction (core.analyses.congruence.neuron_vectors: W_out[L, n], or W_out[L, n] ⊙ w_post[L] behind a post-MLP
+norm) and W_U
 the unembedding after the model's weight processing (under "tl-default" the final norm's weight is folded into W_U
 and W_U is centred over the vocabulary). This is Gurnee et al. 2024's `compute_vocab_composition` (their
 `W_U / ‖W_U‖` against `W_out / ‖W_out‖`). From it, per neuron, in one streamed pass over neurons × vocabulary
-(core.search.blocks, the searches' own block loop):
+(core.analyses.search.blocks, the searches' own block loop):
 
 - its mean, standard deviation, skew (Fisher–Pearson, m3 / m2^1.5) and kurtosis (Pearson, m4 / m2²: a Gaussian
   gives 3) — population moments over the V tokens, as the paper's `utils.vector_moments`;
@@ -38,11 +39,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core import cache, search
-from core.congruence import label, neuron_vectors, token_vectors
+from core import cache
+from core.analyses import search
+from core.analyses.congruence import label, neuron_vectors, token_vectors
+from core.engine.model import Model
 from core.errors import UserError
 from core.jsonable import to_jsonable
-from core.model import Model
 from core.progress import Progress
 
 VERSION = 1  # bump when what is cached changes meaning
@@ -140,7 +142,7 @@ def compute_stats(
     model: Model, layers: Any = None, progress: Progress | None = None, rows_per_block: int | None = None
 ) -> dict[str, np.ndarray]:
     """Per neuron of the layer range (flat order, layer-major): the composition's moments, top/bottom tokens,
-    ‖w‖ and null-space share. One pass over neurons × vocabulary through core.search.blocks."""
+    ‖w‖ and null-space share. One pass over neurons × vocabulary through core.analyses.search.blocks."""
     first, last = check_layers(model, layers)
     m = model.d_mlp
     raw = neuron_vectors(model)[first * m : (last + 1) * m].float()  # [N, d]
