@@ -77,32 +77,14 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
         }
     )
 
-    # DLA: each component's output through the frozen final norm, onto the answer−wrong direction.
-    scale = fw.norm_scale(w, trace.resid_final[0, -1])
-
-    def through_norm(vectors: torch.Tensor) -> torch.Tensor:
-        return fw.norm_scale_apply(w, vectors, scale, w.lnf_w, None) @ metric.direction
-
-    head_out = torch.einsum("lnh,lnhd->lnd", trace.stacked("z")[:, 0, -1], w.W_O)  # [L, H, d]
-    bias_out = w.b_O
-    notes = []
-    if w.attn_post_w is not None:
-        # attn_out = RMSNorm(Σ heads + b_O): with its scale frozen too, each head's share is exact and they sum.
-        pre = head_out.sum(1) + w.b_O  # [L, d]
-        scale_post = fw.rms_scale(pre, w.eps)  # [L, 1]
-        head_out = head_out / scale_post[:, None] * w.attn_post_w[:, None]
-        bias_out = w.b_O / scale_post * w.attn_post_w
-        notes.append("heads: through the post-attention norm with its scale frozen at the real run's")
+    dla = direct_attribution(w, trace, -1, metric.direction, metric.bias)
+    head_dla, bias_dla, mlp_dla, embed_dla, final_bias = dla.heads, dla.attn_bias, dla.mlp, dla.embed, dla.final_bias
+    notes = list(dla.notes)
     if w.arch.final_softcap is not None:
         notes.append(
             f"DLA splits the logit diff before the final soft-cap ({w.arch.final_softcap}); the lens and "
             "the total are after it"
         )
-    head_dla = through_norm(head_out).float()  # [L, H]
-    bias_dla = through_norm(bias_out).float()  # [L]
-    mlp_dla = through_norm(trace.stacked("mlp_out")[:, 0, -1]).float()  # [L]
-    embed_dla = float(through_norm(trace.resid_pre[0][0, -1]))
-    final_bias = metric.bias + (float(w.lnf_b @ metric.direction) if w.lnf_b is not None else 0.0)
 
     rows = [("embed", "embed", -1, embed_dla)]
     for layer in range(w.n_layers):
@@ -123,4 +105,57 @@ def logit_lens(model: Model, prompt: Prompt, answer: int, wrong: int) -> LensRes
         (model.token_str(answer), answer),
         (model.token_str(wrong), wrong),
         tuple(notes),
+    )
+
+
+@dataclass
+class DirectAttribution:
+    """Each component's share of a linear readout of the residual at one position, with the final norm's scale
+    (and each post-attention norm's) frozen at the real run: embed + Σ heads + Σ attn_bias + Σ mlp + final_bias
+    equals the readout of the final residual exactly.
+
+    heads [L, H], attn_bias [L] (b_O, after the post-norm where there is one), mlp [L] (mlp_out: all neurons and
+    b_out together), embed (token + learned position embedding), final_bias (the final norm's bias + `bias`).
+    """
+
+    heads: torch.Tensor
+    attn_bias: torch.Tensor
+    mlp: torch.Tensor
+    embed: float
+    final_bias: float
+    notes: tuple[str, ...] = ()
+
+
+def direct_attribution(
+    w: fw.Weights, trace: fw.Trace, position: int, direction: torch.Tensor, bias: float
+) -> DirectAttribution:
+    """DLA at `position` of a batch-1 trace onto `direction` [d] (+ `bias`, e.g. b_U[answer] − b_U[wrong]).
+
+    The readout is direction · norm(resid_final) + bias with the final norm's scale frozen at this run: linear in
+    the residual, so it splits exactly over the components that sum to it. Shared by the logit lens and
+    core.analyses.effects (which adds each neuron's share of its MLP).
+    """
+    # DLA: each component's output through the frozen final norm, onto the direction.
+    scale = fw.norm_scale(w, trace.resid_final[0, position])
+
+    def through_norm(vectors: torch.Tensor) -> torch.Tensor:
+        return fw.norm_scale_apply(w, vectors, scale, w.lnf_w, None) @ direction
+
+    head_out = torch.einsum("lnh,lnhd->lnd", trace.stacked("z")[:, 0, position], w.W_O)  # [L, H, d]
+    bias_out = w.b_O
+    notes = []
+    if w.attn_post_w is not None:
+        # attn_out = RMSNorm(Σ heads + b_O): with its scale frozen too, each head's share is exact and they sum.
+        pre = head_out.sum(1) + w.b_O  # [L, d]
+        scale_post = fw.rms_scale(pre, w.eps)  # [L, 1]
+        head_out = head_out / scale_post[:, None] * w.attn_post_w[:, None]
+        bias_out = w.b_O / scale_post * w.attn_post_w
+        notes.append("heads: through the post-attention norm with its scale frozen at the real run's")
+    return DirectAttribution(
+        heads=through_norm(head_out).float(),  # [L, H]
+        attn_bias=through_norm(bias_out).float(),  # [L]
+        mlp=through_norm(trace.stacked("mlp_out")[:, 0, position]).float(),  # [L]
+        embed=float(through_norm(trace.resid_pre[0][0, position])),
+        final_bias=bias + (float(w.lnf_b @ direction) if w.lnf_b is not None else 0.0),
+        notes=tuple(notes),
     )
