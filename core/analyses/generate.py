@@ -1,0 +1,431 @@
+"""Text generation on the hook-free forward: a preallocated KV cache, greedy and sampled decoding, edits.
+
+Why not transformers' `generate`: the engine's weights are TransformerLens-processed plain tensors shared by every
+session (no hooks on a shared module), and an edit to a neuron must reach the cached keys and values of every
+position it covers — an edit applied when the prompt is first read is *in* the cache, so every later token sees it,
+exactly as if the whole sequence were recomputed with the edit (tests/test_generate.py checks both: against a
+no-cache recompute and against transformers' own `generate` with a hook doing the same edit).
+
+How it is fast (decoding one token reads every weight once; bench/generate.py measures how close to that limit):
+- one preallocated cache per model run, [L, B, K, T, h] for keys and values, written in place (no concatenation);
+- a sliding-window layer reads only its window's keys (Gemma 3's local layers, Mistral), a global layer all;
+- only the last position is unembedded; at the last layer only the last position's query and MLP run in a prefill;
+- several continuations (baseline and steered rows, several seeds) share each matmul as rows of one batch.
+
+Sampling: each row draws from its own CPU generator seeded with its seed, one uniform number per step, so a
+row's text depends only on its seed, never on what else is in the batch or on the device. A baseline and a steered
+row with the same seed use the same random numbers: their texts differ only where the edit changed the
+distribution (coupled sampling).
+
+Shapes: B rows, P prompt positions, S positions in one step, T cache length, d d_model, K key/value heads,
+g query heads per key/value head, h d_head, m d_mlp, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from core.engine import forward as fw
+from core.engine.model import Model
+from core.errors import UserError
+from core.hosting import limits
+
+# Caps on one generation (the CLI and the page wire them; hosted mode uses the smaller ones).
+MAX_NEW_TOKENS = 1024
+HOSTED_MAX_NEW_TOKENS = 64
+MAX_ROWS = 64  # continuations in one batch (baseline + steered × seeds)
+HOSTED_MAX_ROWS = 8
+
+Positions = Literal["all", "prompt", "new"] | tuple[int, ...]
+Site = Literal["post", "resid"]
+
+
+def new_token_cap() -> int:
+    return HOSTED_MAX_NEW_TOKENS if limits().hosted else MAX_NEW_TOKENS
+
+
+def row_cap() -> int:
+    return HOSTED_MAX_ROWS if limits().hosted else MAX_ROWS
+
+
+# ---------------------------------------------------------------- edits
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One change made inside the forward, to some rows of the batch at some positions.
+
+    site "post": the MLP hidden activation of `layer` (the input of W_out, [B, S, m]), column `neuron`:
+        op "set" → value, "scale" → × value, "add" → + value.
+    site "resid": the residual stream right after block `layer`'s MLP (after its post-norm, if any):
+        op "add" → + value × W_out[layer, neuron] (a direction steer; without a post-norm this equals
+        adding `value` to the activation).
+    positions: "all" (prompt and every new token), "prompt", "new", or absolute indices.
+    rows: the batch rows it applies to; None = every row.
+    """
+
+    layer: int
+    neuron: int
+    site: Site
+    op: Literal["set", "scale", "add"]
+    value: float
+    positions: Positions = "all"
+    rows: tuple[int, ...] | None = None
+
+
+def _position_mask(
+    positions: Positions, prompt_len: int, start: int, S: int, device: torch.device
+) -> torch.Tensor | None:
+    """Which of positions start..start+S-1 an edit covers: None = none, else a bool [S] (all-True is common)."""
+    if positions == "all":
+        return torch.ones(S, dtype=torch.bool, device=device)
+    pos = torch.arange(start, start + S, device=device)
+    if positions == "prompt":
+        mask = pos < prompt_len
+    elif positions == "new":
+        mask = pos >= prompt_len
+    else:
+        mask = torch.isin(pos, torch.tensor(list(positions), device=device, dtype=torch.long))
+    return mask if bool(mask.any()) else None
+
+
+def _covers_all(positions: Positions, prompt_len: int, start: int, S: int) -> bool | None:
+    """Cheap answers without tensors: True = every position, False = none, None = some (compute a mask)."""
+    end = start + S
+    if positions == "all":
+        return True
+    if positions == "prompt":
+        return True if end <= prompt_len else (False if start >= prompt_len else None)
+    if positions == "new":
+        return True if start >= prompt_len else (False if end <= prompt_len else None)
+    inside = [p for p in positions if start <= p < end]
+    return False if not inside else (True if len(inside) == S else None)
+
+
+class _Edits:
+    """Edits grouped by layer and site, applied in place to a step's activations."""
+
+    def __init__(self, edits: Sequence[Edit], w: fw.Weights, batch: int, prompt_len: int) -> None:
+        self.by_site: dict[tuple[int, Site], list[Edit]] = {}
+        for e in edits:
+            self.by_site.setdefault((e.layer, e.site), []).append(e)
+        self.w, self.batch, self.prompt_len = w, batch, prompt_len
+        self._rows: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def row_mask(self, rows: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        if rows not in self._rows:
+            mask = torch.zeros(self.batch, dtype=torch.bool, device=device)
+            mask[list(rows)] = True
+            self._rows[rows] = mask
+        return self._rows[rows]
+
+    def apply(self, layer: int, site: Site, x: torch.Tensor, start: int, rows: torch.Tensor | None = None) -> None:
+        """Edit x ([B, S, m] for "post", [B, S, d] for "resid") at absolute positions start..start+S-1.
+
+        rows: which batch rows x holds (None = all; a prefill's last layer keeps them all)."""
+        todo = self.by_site.get((layer, site))
+        if not todo:
+            return
+        S = x.shape[1]
+        for e in todo:
+            covered = _covers_all(e.positions, self.prompt_len, start, S)
+            if covered is False:
+                continue
+            pos_mask = None if covered else _position_mask(e.positions, self.prompt_len, start, S, x.device)
+            row_mask = None if e.rows is None or len(e.rows) == self.batch else self.row_mask(e.rows, x.device)
+            if site == "post":
+                column = x[:, :, e.neuron]  # a view [B, S]
+                new = _op(e.op, column, e.value)
+                if pos_mask is None and row_mask is None:
+                    column.copy_(new)
+                else:
+                    column.copy_(torch.where(_mask2d(row_mask, pos_mask, column), new, column))
+            else:
+                delta = (e.value * self.w.W_out[layer, e.neuron]).to(x.dtype)  # [d]
+                if pos_mask is None and row_mask is None:
+                    x.add_(delta)
+                else:
+                    x.add_(_mask2d(row_mask, pos_mask, x[..., 0])[..., None] * delta)
+
+
+def _op(op: str, column: torch.Tensor, value: float) -> torch.Tensor:
+    if op == "set":
+        return torch.full_like(column, value)
+    if op == "scale":
+        return column * value
+    if op == "add":
+        return column + value
+    raise ValueError(f"unknown op {op!r}")
+
+
+def _mask2d(rows: torch.Tensor | None, positions: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """[B, S] bool from an optional row mask [B] and position mask [S]."""
+    out = torch.ones(like.shape, dtype=torch.bool, device=like.device)
+    if rows is not None:
+        out &= rows[:, None]
+    if positions is not None:
+        out &= positions[None, :]
+    return out
+
+
+# ---------------------------------------------------------------- the cached forward
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, preallocated: k, v [L, B, K, T, h] (keys after qk-norm and rotary).
+
+    `length` positions are filled. Layers keep every position (a sliding-window layer reads only its window);
+    T is prompt + new tokens, which generation has checked against the model's context."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, w: fw.Weights, batch: int, capacity: int, device: torch.device) -> KVCache:
+        shape = (w.n_layers, batch, w.n_kv_heads, capacity, w.d_head)
+        dtype = w.W_QKV.dtype
+        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+
+def _embed_at(w: fw.Weights, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    """Residual entering block 0 for tokens [B, S] at positions start..: [B, S, d] (fw.embed starts at 0)."""
+    resid = w.W_E[tokens]
+    if w.arch.embed_scale != 1.0:
+        resid = resid * w.arch.embed_scale
+    if w.W_pos is not None:
+        resid = resid + w.W_pos[start : start + tokens.shape[1]]
+    return resid
+
+
+def _cached_attention(
+    w: fw.Weights, layer: int, resid: torch.Tensor, cache: KVCache, start: int, last_query_only: bool
+) -> torch.Tensor:
+    """Attention of `layer` for positions start..start+S-1 of resid [B, S, d], writing their keys/values into the
+    cache and reading every visible earlier one from it. Returns what joins the residual: [B, S', d] (S' = 1 with
+    last_query_only, else S)."""
+    B, S, _ = resid.shape
+    K, h = w.n_kv_heads, w.d_head
+    g = w.n_heads // K
+    q, k, v = fw.queries_keys_values(w, layer, resid, start)  # [B, S, n, h]; q carries the score scale
+    end = start + S
+    cache.k[layer, :, :, start:end] = k.transpose(1, 2)
+    cache.v[layer, :, :, start:end] = v.transpose(1, 2)
+    if last_query_only:
+        q, S, first = q[:, -1:], 1, end - 1
+    else:
+        first = start
+    window = w.arch.window(layer)
+    # The earliest key any of these queries may see: a sliding-window layer reads only its window.
+    lo = 0 if window is None else max(0, first - window + 1)
+    keys, values = cache.k[layer, :, :, lo:end], cache.v[layer, :, :, lo:end]  # [B, K, T', h]
+    # GQA: query head i reads kv head i // g (HF's repeat_kv order); the g heads and S positions of one kv head
+    # go in one matmul with its keys, no repeated keys materialised.
+    q = q.reshape(B, S, K, g, h).permute(0, 2, 3, 1, 4).reshape(B, K, g * S, h)
+    scores = (q @ keys.transpose(-1, -2)).view(B, K, g, S, end - lo)
+    scores = fw.softcap(scores, w.arch.attn_softcap)
+    if S > 1:  # a single query at the newest position sees exactly keys lo..end-1: no mask needed
+        q_pos = torch.arange(first, end, device=resid.device)[:, None]
+        k_pos = torch.arange(lo, end, device=resid.device)[None, :]
+        scores = scores.masked_fill(fw.hidden_keys(w, layer, q_pos, k_pos), torch.finfo(scores.dtype).min)
+    pattern = scores.softmax(-1).view(B, K, g * S, end - lo)
+    z = (pattern @ values).view(B, K, g, S, h).permute(0, 3, 1, 2, 4).reshape(B, S, K * g, h)
+    return fw.attn_post(w, layer, fw.attn_pre_norm_out(w, layer, z))
+
+
+def forward_step(w: fw.Weights, tokens: torch.Tensor, cache: KVCache, edits: _Edits | None = None) -> torch.Tensor:
+    """Run tokens [B, S] at positions cache.length.. through every layer, filling the cache; apply the edits.
+
+    Returns the final residual at the last position: [B, d] (unembed it with fw.unembed)."""
+    start = cache.length
+    S = tokens.shape[1]
+    if start + S > cache.capacity:
+        raise ValueError(f"cache holds {cache.capacity} positions; asked for {start + S}")
+    a = w.arch
+    last = w.n_layers - 1
+    resid = _embed_at(w, tokens, start)
+    for layer in range(w.n_layers):
+        # At the last layer only the last position reaches the logits: its keys/values are cached for all S
+        # positions, its query, W_O and MLP run for the last alone.
+        trim = layer == last and S > 1
+        attn_out = _cached_attention(w, layer, resid, cache, start, last_query_only=trim)
+        first = start + S - 1 if trim else start
+        if trim:
+            resid = resid[:, -1:]
+        mid = resid + attn_out
+        post = fw.mlp_post(w, layer, resid if a.parallel else mid)
+        if edits is not None:
+            edits.apply(layer, "post", post, first)
+        out = fw.mlp_out_from_post(w, layer, post)
+        if edits is not None:
+            edits.apply(layer, "resid", out, first)
+        resid = mid + out
+    cache.length = start + S
+    return resid[:, -1]
+
+
+# ---------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """temperature 0 = greedy (argmax); else softmax(logits / temperature) restricted to the smallest set of
+    tokens whose probability reaches top_p, drawn with the row's seed."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """What the streaming callback gets after each step: one entry per row."""
+
+    step: int  # 0-based index of the new token
+    token_ids: list[int]
+    logprobs: list[float]
+    finished: list[bool]  # the row stopped at this step or before (its later entries repeat its EOS)
+
+
+@dataclass
+class Generation:
+    """The continuations of one batch. token_ids/logprobs per row: generated tokens only (a final EOS included);
+    logprob = log softmax of the model's own logits (temperature 1, no top-p) at the chosen token.
+    logits: [steps, B, V] float32 when asked for (tests), else None. finish per row: "eos" | "length" | "stopped"."""
+
+    prompt_ids: list[int]
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    finish: list[str]
+    logits: torch.Tensor | None = field(default=None, repr=False)
+
+
+def check_settings(model: Model, prompt_len: int, max_new_tokens: int, sampling: Sequence[Sampling]) -> None:
+    """One clear line for each bad setting (UserError)."""
+    cap = new_token_cap()
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= cap:
+        raise UserError(f"max new tokens {max_new_tokens!r} is out of range; use 1..{cap}")
+    if prompt_len + max_new_tokens > model.n_ctx:
+        raise UserError(
+            f"the prompt ({prompt_len} tokens) + {max_new_tokens} new tokens would pass {model.name}'s context of "
+            f"{model.n_ctx} tokens; ask for at most {max(0, model.n_ctx - prompt_len)} new tokens"
+        )
+    if not sampling:
+        raise UserError("no continuation asked for")
+    if len(sampling) > row_cap():
+        raise UserError(f"{len(sampling)} continuations at once; at most {row_cap()} here")
+    for s in sampling:
+        if not (math.isfinite(s.temperature) and s.temperature >= 0):
+            raise UserError(f"temperature {s.temperature} must be a finite number ≥ 0 (0 = greedy)")
+        if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
+            raise UserError(f"top-p {s.top_p} must be in (0, 1]")
+
+
+def eos_ids(model: Model) -> tuple[int, ...]:
+    """The tokens that end a continuation: the tokenizer's EOS (none if it has none)."""
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    return () if eos is None else (int(eos),)
+
+
+def _choose(logits: torch.Tensor, sampling: Sequence[Sampling], generators: list[torch.Generator | None]) -> list[int]:
+    """The next token of each row from logits [B, V] (float32)."""
+    out = logits.argmax(-1).tolist()
+    for row, (s, gen) in enumerate(zip(sampling, generators)):
+        if s.greedy or gen is None:
+            continue
+        probs = (logits[row] / s.temperature).softmax(-1)
+        # Stable sort: equal probabilities keep id order, so the draw is reproducible everywhere.
+        sorted_p, order = probs.sort(descending=True, stable=True)
+        cum = sorted_p.cumsum(0)
+        if s.top_p < 1.0:
+            keep = int((cum < s.top_p).sum()) + 1  # the smallest prefix whose mass reaches top_p
+            sorted_p, cum = sorted_p[:keep], cum[:keep]
+        u = float(torch.rand((), generator=gen)) * float(cum[-1])
+        index = min(int(torch.searchsorted(cum, torch.tensor([u], dtype=cum.dtype, device=cum.device))), len(cum) - 1)
+        out[row] = int(order[index])
+    return out
+
+
+@torch.no_grad()
+def generate(
+    model: Model,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    sampling: Sequence[Sampling] = (Sampling(),),
+    edits: Sequence[Edit] = (),
+    stop_ids: Sequence[int] | None = None,
+    on_token: Callable[[TokenEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    use_cache: bool = True,
+    keep_logits: bool = False,
+) -> Generation:
+    """Continue one prompt in B = len(sampling) rows at once (row i decodes with sampling[i]; edits pick rows).
+
+    stop_ids: tokens that end a row (default: the tokenizer's EOS); a row that ended keeps feeding its EOS until
+    every row has ended or max_new_tokens is reached. on_token: called after every step (streaming).
+    should_stop: polled before every step; True ends every row ("stopped") with what it has.
+    use_cache False recomputes the whole sequence at every step (the reference the cache must equal).
+    """
+    prompt_ids = [int(t) for t in prompt_ids]
+    check_settings(model, len(prompt_ids), max_new_tokens, sampling)
+    w, device = model.weights, model.device
+    B, P = len(sampling), len(prompt_ids)
+    stops = set(eos_ids(model) if stop_ids is None else (int(t) for t in stop_ids))
+    plan = _Edits(edits, w, B, P)
+    generators: list[torch.Generator | None] = [
+        None if s.greedy else torch.Generator(device="cpu").manual_seed(int(s.seed)) for s in sampling
+    ]
+    token_ids: list[list[int]] = [[] for _ in range(B)]
+    logprobs: list[list[float]] = [[] for _ in range(B)]
+    finish = ["length"] * B
+    done = [False] * B
+    kept: list[torch.Tensor] = []
+    sequence = torch.tensor([prompt_ids] * B, device=device)  # [B, P + steps] (for the no-cache path)
+    cache = KVCache.empty(w, B, P + max_new_tokens, device) if use_cache else None
+    step_input = sequence
+    for step in range(max_new_tokens):
+        if should_stop is not None and should_stop():
+            finish = ["stopped" if not d else f for d, f in zip(done, finish)]
+            break
+        if cache is None:  # recompute everything from position 0
+            fresh = KVCache.empty(w, B, sequence.shape[1], device)
+            final = forward_step(w, sequence, fresh, plan)
+        else:
+            final = forward_step(w, step_input, cache, plan)
+        logits = fw.unembed(w, final).float()  # [B, V]
+        if keep_logits:
+            kept.append(logits)
+        chosen = _choose(logits, sampling, generators)
+        logp = logits.log_softmax(-1)
+        chosen = [token_ids[r][-1] if done[r] else chosen[r] for r in range(B)]
+        chosen_t = torch.tensor(chosen, device=device)
+        picked = logp.gather(1, chosen_t[:, None])[:, 0].tolist()
+        for r in range(B):
+            if done[r]:
+                continue
+            token_ids[r].append(chosen[r])
+            logprobs[r].append(picked[r])
+            if chosen[r] in stops:
+                done[r], finish[r] = True, "eos"
+        if on_token is not None:
+            on_token(TokenEvent(step, chosen, [logprobs[r][-1] for r in range(B)], list(done)))
+        if all(done):
+            break
+        step_input = chosen_t[:, None]
+        if cache is None:
+            sequence = torch.cat([sequence, step_input], dim=1)
+    return Generation(prompt_ids, token_ids, logprobs, finish, torch.stack(kept) if kept else None)
