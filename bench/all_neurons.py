@@ -11,22 +11,16 @@ Last line: `speedup_vs_exact_all=X spearman_top50=Y` (post's prompt pair).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
+import numpy as np
+import torch
 
 from core import story
 from core.analyses import attribution, patching
-from core.engine import tokens  # noqa: E402
-from core.engine.model import EMBEDDED, load_model  # noqa: E402
+from core.engine import tokens
+from core.engine.model import EMBEDDED, load_model
 
 PAIRS = [
     ("post: apple→lemon", story.CLEAN, story.CORRUPTED, story.ANSWER, story.WRONG),

@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
+import pandas as pd
+import torch
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from bench.memory import reset_peak, status_mb  # noqa: E402
-from core.analyses import atlas, search  # noqa: E402
-from core.analyses.congruence import neuron_vectors, token_vectors  # noqa: E402
-from core.engine.model import EMBEDDED, load_model  # noqa: E402
+from bench.memory import reset_peak, status_mb
+from core.analyses import atlas, search
+from core.analyses.congruence import neuron_vectors, token_vectors
+from core.engine.model import EMBEDDED, load_model
 
 
 def main() -> None:

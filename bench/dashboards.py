@@ -1,6 +1,6 @@
 """Benchmark: dashboards of every neuron (core.corpus.dashboards.build) vs a plain forward over the same tokens.
 
-Usage: PYTHONPATH=. python bench/dashboards.py [--model smollm2-135m] [--corpus brown] [--max-tokens 100000]
+Usage: python bench/dashboards.py [--model smollm2-135m] [--corpus brown] [--max-tokens 100000]
 Both sides read the same contexts (the build's plan), in the same batches, on the same threads, interleaved part
 by part (this machine is shared: its load drifts over minutes, and interleaving gives both sides the same drift):
 - plain forward: the model's forward over every batch, logits of every position (unembedded in the same chunks,
@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
+import torch
 
-import torch  # noqa: E402
-
-from bench.memory import reset_peak, status_mb  # noqa: E402
+from bench.memory import reset_peak, status_mb
 from core import cache
-from core.corpus import dashboards, scan  # noqa: E402
-from core.engine import forward as fw  # noqa: E402
-from core.engine.model import EMBEDDED, load_model  # noqa: E402
+from core.corpus import dashboards, scan
+from core.engine import forward as fw
+from core.engine.model import EMBEDDED, load_model
 
 
 @torch.no_grad()

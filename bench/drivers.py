@@ -9,7 +9,7 @@ clean − corrupted output added to the MLP's input only (`blocks.25.ln2.hook_in
 after block 25), and a second full forward with that activation put into `mlp.hook_post`. Both measured here, in
 one run; the scores are compared too.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/drivers.py
+    .venv/bin/python bench/drivers.py   (OMP_NUM_THREADS=1 to compare with one thread)
 
 Last line: speedup_vs_loop=X seconds=Y (Y: the batched time).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
 import numpy as np
 import torch
 

@@ -37,11 +37,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
+from _common import ROOT
 
-from core import story  # noqa: E402
-from core.engine.model import EMBEDDED, cache_root  # noqa: E402
+from core import story
+from core.engine.model import EMBEDDED, cache_root
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]

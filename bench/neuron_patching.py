@@ -13,22 +13,16 @@ Prints the figures, then a last line `speedup_vs_loop=X matmul_efficiency=Y peak
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
+import torch
 
 from core import story
 from core.analyses import patching
-from core.engine import tokens  # noqa: E402
-from core.engine.model import EMBEDDED, load_model, resolve  # noqa: E402
+from core.engine import tokens
+from core.engine.model import EMBEDDED, load_model, resolve
 
 
 def resumed_flops(w, n_rows: int, first_layer: int, S: int, P: int) -> float:

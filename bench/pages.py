@@ -17,21 +17,14 @@ Run alone (2 cores); `--threads N` sets torch's threads. Last line:
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
+import torch
 
-import torch  # noqa: E402
-
-from core import story  # noqa: E402
-from core.analyses import attribution, patching  # noqa: E402
-from core.engine import tokens  # noqa: E402
+from core import story
+from core.analyses import attribution, cost, patching
+from core.engine import speed, tokens
 
 SCENARIOS = [
     ("post pair, clean", story.CLEAN, story.CORRUPTED, "clean"),
@@ -111,7 +104,7 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"matmul {patching.matmul_flops_per_s('cpu') / 1e9:.0f} GFLOP/s"
+        f"matmul {speed.matmul_flops_per_s('cpu') / 1e9:.0f} GFLOP/s"
     )
     page: dict[str, float] = {}
     first_chart: list[float] = []
@@ -122,11 +115,11 @@ def main() -> None:
         times = engine_phases(model, clean, corrupted, ablation)
         c, k = tokens.pair(model, clean, corrupted)
         start = tokens.first_difference(c, k) if ablation == "clean" else 0
-        work = patching.planned_work(
+        work = cost.planned_work(
             model, len(c.ids), start, sweeps=attribution.SWEEP_MAX_LAYERS if ablation == "clean" else 1
         )
         work.pop("heads per position")
-        estimate = patching.estimate_seconds(model, sum(work.values()))
+        estimate = cost.estimate_seconds(model, sum(work.values()))
         first_chart.append(times["both runs"] + times["layers whole"])
         phases = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
         on_press = f"; layers × positions on press: {grid:.1f} s more" if grid is not None else ""

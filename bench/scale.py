@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
+import torch
 
 from core import story
 from core.corpus import distributed, scan
-from core.engine import tokens  # noqa: E402
-from core.engine.model import EMBEDDED, load_model  # noqa: E402
+from core.engine import tokens
+from core.engine.model import EMBEDDED, load_model
 
 
 def timed(run) -> float:

@@ -11,23 +11,17 @@ Last line: `hook_overhead=X tokens_per_s=Y` (goal: overhead <= 0.15).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
+import torch
 
 from core import story
 from core.corpus import scan
-from core.corpus.sources import load_corpus  # noqa: E402
-from core.engine import forward as fw  # noqa: E402
-from core.engine import tokens  # noqa: E402
-from core.engine.model import EMBEDDED, load_model  # noqa: E402
+from core.corpus.sources import load_corpus
+from core.engine import forward as fw
+from core.engine import tokens
+from core.engine.model import EMBEDDED, load_model
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Token Neuron Explorer's core: everything headless (no Streamlit here), in layers that import only downwards.
 
-    layer 0  core/errors, progress, jsonable, hosting, cache   leaf modules: no imports from core/ but each other
+    layer 0  core/errors, progress, jsonable, hosting, cache, frames   leaves: import nothing from core/ but each other
     layer 1  core/engine/      the model adapter, families, the hook-free forward, tokens, the metric
     layer 2  core/analyses/    one analysis per module (predict, lens, patching, attribution, congruence, ...)
     layer 3  core/corpus/      corpora and the analyses over them (scan, dashboards, distributed)

@@ -84,8 +84,7 @@ def run(
 
     step(0)
     clean_text, corrupted_text = STORY_PAIRS.get(model.name, (CLEAN, CORRUPTED))
-    clean, corrupted = tokens.pair(model, clean_text, corrupted_text)
-    answer, wrong = tokens.single_token(model, ANSWER, "answer"), tokens.single_token(model, WRONG, "wrong")
+    clean, corrupted, answer, wrong = patching.PatchInputs(clean_text, corrupted_text, ANSWER, WRONG).resolve(model)
     out: dict[str, Any] = {
         "model": model.facts(),
         "prompts": {

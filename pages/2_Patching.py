@@ -16,8 +16,9 @@ import streamlit as st
 
 from core import story
 from core.analyses import attribution, patching
-from core.analyses.patching import ABLATION_HELP, ABLATIONS
+from core.analyses.patching import ABLATION_HELP, ABLATIONS, PatchInputs
 from core.engine.model import Model
+from core.frames import by_magnitude
 from core.hosting import limits
 from ui import analyses, charts, common, params, text
 from ui.admission import admitted
@@ -49,7 +50,7 @@ def page_params(model: Model) -> list[params.Param]:
     ]
 
 
-def inputs(model: Model) -> analyses.PatchInputs:
+def inputs(model: Model) -> PatchInputs:
     spec = page_params(model)
     params.bind(PAGE, spec)
     left, right = st.columns([3, 1])
@@ -77,7 +78,7 @@ def inputs(model: Model) -> analyses.PatchInputs:
         help="Empty = the MLP layer (MLP 0 aside) whose all-positions patch restores most",
     )
     params.publish(PAGE, spec)
-    return analyses.PatchInputs(*(params.value(PAGE, n) for n in ("clean", "corrupted", "answer", "wrong", "ablation")))
+    return PatchInputs(*(params.value(PAGE, n) for n in ("clean", "corrupted", "answer", "wrong", "ablation")))
 
 
 def verify_cap() -> int:
@@ -93,7 +94,7 @@ def seconds(value: float) -> str:
 # ---------------------------------------------------------------- sections
 
 
-def summary_section(model: Model, summary: dict, inputs: analyses.PatchInputs) -> None:
+def summary_section(model: Model, summary: dict, inputs: PatchInputs) -> None:
     """Both runs; summary is the setup's to_json() (the JSON download's head, as `python -m core patch --json`)."""
     answer, wrong = text.literal(charts.shown(inputs.answer)), text.literal(charts.shown(inputs.wrong))
     cols = st.columns(6)
@@ -140,7 +141,7 @@ def effect_text(model: Model, effect: patching.Effect, what: str, ablation: str)
     return f"{what} {verb}: logit diff {effect.base_logit_diff:.3f} → **{effect.patched_logit_diff:.3f}**; {change}."
 
 
-def headline_section(model: Model, view: analyses.NeuronsView, inp: analyses.PatchInputs, top_k: int) -> dict:
+def headline_section(model: Model, view: analyses.NeuronsView, inp: PatchInputs, top_k: int) -> dict:
     """The top neuron anywhere: attribution proposes candidates, exact patching ranks them."""
     st.subheader("The top neuron anywhere (every neuron of every layer)")
     found = view.top
@@ -205,7 +206,7 @@ def sweep_section(model: Model, view: analyses.NeuronsView, ablation: str) -> No
     prompt = {"prompt": params.value(PAGE, "clean")}
     common.neuron_chart(charts.neuron_sweep(frame), "patching:sweep", **prompt)
     st.markdown(f"**Top {TOP_NEURONS} neurons by |score|** — click a row to open the neuron's page")
-    by_size = frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")]
+    by_size = by_magnitude(frame, "score")
     common.neuron_table(
         by_size.head(TOP_NEURONS), f"neuron_sweep_L{sweep.layer}_top", key="patching:top_neurons", query=prompt
     )
@@ -213,9 +214,9 @@ def sweep_section(model: Model, view: analyses.NeuronsView, ablation: str) -> No
         common.table(by_size, f"neuron_sweep_L{sweep.layer}_all", key="patching:all_neurons", height=300)
 
 
-def grid_wanted(model: Model, key_: tuple, grid_s: float) -> bool:
+def grid_wanted(model: Model, key_: PatchInputs, grid_s: float) -> bool:
     """The layers × positions grid runs by itself when it is cheap here, when it is cached, or once asked for."""
-    if grid_s <= GRID_AUTO_S or analyses.was_completed(model.fingerprint, ("grid", *key_)):
+    if grid_s <= GRID_AUTO_S or analyses.was_completed(model.fingerprint, ("grid", key_)):
         return True
     if st.session_state.get("patching:grid_on") == key_:
         return True
@@ -235,26 +236,19 @@ def grid_section(layers: patching.LayerPatching, summary: dict) -> None:
     pieces, corrupted_pieces = summary["tokens"], summary["corrupted_tokens"]
     st.plotly_chart(charts.position_heatmaps(layers.scores, pieces, corrupted_pieces), key="patching:positions")
     frame = layers.frame(charts.position_labels(pieces, corrupted_pieces))
-    frame = frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")]
+    frame = by_magnitude(frame, "score")
     common.table(frame, "patching_layers_positions", key="patching:layers_table", height=250)
 
 
 def heads_section(heads: patching.HeadPatching, summary: dict, per_position_s: float) -> bool:
     """The heads at all positions; returns True when the per-position heads were asked for."""
     st.subheader("Attention heads (each head's output patched at all positions)")
-    frame = pd.DataFrame(
-        [
-            (layer, head, float(heads.all_positions[layer, head]))
-            for layer in range(heads.all_positions.shape[0])
-            for head in range(heads.all_positions.shape[1])
-        ],
-        columns=["layer", "head", "score"],
-    )
+    frame = heads.frame()
     st.plotly_chart(
         charts.heads_heatmap(frame, "score", "Head patching score (all positions)", "score"), key="patching:heads"
     )
     common.table(
-        frame.iloc[np.argsort(-np.abs(frame.score.to_numpy()), kind="stable")],
+        frame,
         "patching_heads",
         key="patching:heads_table",
         height=250,
@@ -280,7 +274,7 @@ def heads_section(heads: patching.HeadPatching, summary: dict, per_position_s: f
 # ---------------------------------------------------------------- the page
 
 
-def sections(model: Model, inp: analyses.PatchInputs, key_: tuple, estimates: dict[str, float]) -> bool:
+def sections(model: Model, inp: PatchInputs, key_: PatchInputs, estimates: dict[str, float]) -> bool:
     """Every section of the page, cheapest first; True when all of them ran to the end."""
     summary = analyses.patch_summary(model, model.fingerprint, key_)
     summary_section(model, summary, inp)
@@ -330,7 +324,7 @@ def sections(model: Model, inp: analyses.PatchInputs, key_: tuple, estimates: di
             layers = analyses.patch_layers(model, model.fingerprint, key_)
             payload.update(layers.to_json())
             grid_section(layers, summary)
-            analyses.mark_completed(model.fingerprint, ("grid", *key_))
+            analyses.mark_completed(model.fingerprint, ("grid", key_))
         else:
             payload.update(scores=None, layers_positions="not computed: press 'Compute layers × positions'")
         finished.append("layers")
@@ -349,7 +343,7 @@ def body(model: Model) -> None:
         "answer comes back: each layer whole, every neuron, layers × positions, heads."
     )
     inp = inputs(model)
-    key_ = inp.key()
+    key_ = inp
     run, stop = st.columns([1, 5])
     common.run_button("Run patching", "patching:run", armed_key="patching:armed", container=run)
     estimates = analyses.estimate_seconds(model, key_, per_position_heads=True)  # bad inputs: their message, here

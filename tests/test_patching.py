@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from core.analyses import patching
+from core.analyses import screen as bf16
 from core.engine import forward as fw
 from core.engine import tokens
 from core.errors import UserError
@@ -171,11 +172,11 @@ def test_screened_sweep_keeps_fp32_where_it_counts(tiny, monkeypatch, ablation):
     layer = 1
     exact = patching.patch_neurons(setup, layer)
     assert exact.exact is None and exact.precision() == "fp32, every neuron"
-    monkeypatch.setattr(patching, "screen_pays", lambda device: True)
-    monkeypatch.setattr(patching, "SCREEN_VERIFY", 0)
+    monkeypatch.setattr(bf16, "screen_pays", lambda device: True)
+    monkeypatch.setattr(bf16, "SCREEN_VERIFY", 0)
     raw = patching.patch_neurons(setup, layer, screen=True)  # the bare screen: no row recomputed
     assert not raw.is_exact().any()
-    monkeypatch.setattr(patching, "SCREEN_VERIFY", 4)
+    monkeypatch.setattr(bf16, "SCREEN_VERIFY", 4)
     must = [int(np.argsort(np.abs(raw.scores))[0])]  # the smallest row: verified only because it is asked for
     got = patching.patch_neuron_sets(setup, {layer: None, 0: [3, 5]}, screen=True, verify={layer: must})
     sweep, mask = got[layer], got[layer].is_exact()
@@ -198,7 +199,7 @@ def test_screened_sweep_keeps_fp32_where_it_counts(tiny, monkeypatch, ablation):
     listed = patching.patch_neurons(setup, 0, neurons=[3, 5])
     assert got[0].exact is None and got[0].scores == pytest.approx(listed.scores, abs=1e-5)  # lists stay fp32
     assert "bfloat16" in sweep.precision() and sweep.frame().exact.sum() == mask.sum()
-    monkeypatch.setattr(patching, "screen_pays", lambda device: False)  # a GPU, a CPU without fast bf16
+    monkeypatch.setattr(bf16, "screen_pays", lambda device: False)  # a GPU, a CPU without fast bf16
     assert patching.patch_neurons(setup, layer, screen=True).exact is None
 
 

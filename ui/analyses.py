@@ -12,7 +12,7 @@ admission gate inside the cached function (ui/admission.py), so a cache hit neve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-import torch
 
-from core.analyses import attribution, congruence, drivers, lens, patching, predict, search
+from core.analyses import activations, congruence, cost, drivers, lens, patching, predict, search
+from core.analyses.patching import PatchInputs
 from core.corpus import scan
-from core.engine import forward as fw
 from core.engine import tokens
 from core.engine.model import Model
 from core.serving import jobs, worker
@@ -60,8 +59,7 @@ class LensView:
 @st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
 def lens_view(_model: Model, fingerprint: str, text: str, answer: str, wrong: str, top_k: int = 10) -> LensView:
     prompt = tokens.prompt(_model, text)
-    answer_id = tokens.single_token(_model, answer, "answer")
-    wrong_id = tokens.single_token(_model, wrong, "wrong")
+    answer_id, wrong_id = tokens.answer_pair(_model, answer, wrong)
     top = predict.top_k(_model, predict.last_logits(_model, prompt), top_k)
     return LensView(prompt, answer_id, wrong_id, top, lens.logit_lens(_model, prompt, answer_id, wrong_id))
 
@@ -69,55 +67,33 @@ def lens_view(_model: Model, fingerprint: str, text: str, answer: str, wrong: st
 # ---------------------------------------------------------------- patching
 
 
-@dataclass
-class PatchInputs:
-    clean: str
-    corrupted: str
-    answer: str
-    wrong: str
-    ablation: str
-
-    def key(self) -> tuple:
-        return (self.clean, self.corrupted, self.answer, self.wrong, self.ablation)
-
-
 @st.cache_data(show_spinner="Running clean and corrupted prompts…", max_entries=32)
-def patch_summary(_model: Model, fingerprint: str, key: tuple) -> dict:
+def patch_summary(_model: Model, fingerprint: str, key: PatchInputs) -> dict:
     """Both runs and the conventions: the setup's to_json() (the head of `python -m core patch --json`)."""
     return jobs.patch_summary(_model, key)
 
 
-def estimate_seconds(model: Model, key: tuple, per_position_heads: bool = False) -> dict[str, float]:
-    """Seconds each phase of the page should take here, from the work's size and this machine's matmul rate."""
-    inputs = PatchInputs(*key)
-    clean, corrupted = tokens.pair(model, inputs.clean, inputs.corrupted)
-    start = tokens.first_difference(clean, corrupted) if inputs.ablation == "clean" else 0
-    work = patching.planned_work(
-        model, len(clean.ids), start, sweeps=attribution.SWEEP_MAX_LAYERS if inputs.ablation == "clean" else 1
-    )
-    if not per_position_heads:
-        work.pop("heads per position")
-    seconds = {phase: patching.estimate_seconds(model, amount) for phase, amount in work.items()}
-    seconds["neuron sweeps"] *= patching.screen_share(model)  # the page screens its full sweeps
-    return seconds
+def estimate_seconds(model: Model, key: PatchInputs, per_position_heads: bool = False) -> dict[str, float]:
+    """Seconds each phase of the page should take here (core.analyses.cost)."""
+    return cost.page_estimates(model, key, per_position_heads)
 
 
 # The heavy phases run through core.serving.worker (a worker process on a hosted server), inside an admission slot.
 
 
 @st.cache_data(show_spinner="Patching each layer's attention and MLP at all positions…", max_entries=32)
-def patch_layer_totals(_model: Model, fingerprint: str, key: tuple) -> dict[str, np.ndarray]:
+def patch_layer_totals(_model: Model, fingerprint: str, key: PatchInputs) -> dict[str, np.ndarray]:
     return worker.run(jobs.patch_layer_totals, _model, key)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def patch_layers(_model: Model, fingerprint: str, key: tuple) -> patching.LayerPatching:
+def patch_layers(_model: Model, fingerprint: str, key: PatchInputs) -> patching.LayerPatching:
     with admitted("patching layers × positions"), progress_bar("patching every layer × position") as progress:
         return worker.run(jobs.patch_layers, _model, key, progress=progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def patch_heads(_model: Model, fingerprint: str, key: tuple, per_position: bool = False) -> patching.HeadPatching:
+def patch_heads(_model: Model, fingerprint: str, key: PatchInputs, per_position: bool = False) -> patching.HeadPatching:
     label = "patching every head at each position" if per_position else "patching every head"
     with admitted("patching heads"), progress_bar(label) as progress:
         return worker.run(jobs.patch_heads, _model, key, per_position, progress=progress)
@@ -127,7 +103,7 @@ NeuronsView = jobs.NeuronsView
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def patch_top_neurons(_model: Model, fingerprint: str, key: tuple, layer: int, top_k: int) -> NeuronsView:
+def patch_top_neurons(_model: Model, fingerprint: str, key: PatchInputs, layer: int, top_k: int) -> NeuronsView:
     """Sweep `layer`; for clean patching also attribution over every neuron, verified exactly (shared sweeps)."""
     with admitted("patching neurons"), progress_bar("patching neurons (batches)") as progress:
         return worker.run(jobs.patch_top_neurons, _model, key, layer, top_k, progress=progress)
@@ -139,11 +115,11 @@ def _completed() -> set[tuple]:
     return set()
 
 
-def mark_completed(fingerprint: str, key: tuple) -> None:
+def mark_completed(fingerprint: str, key: Hashable) -> None:
     _completed().add((fingerprint, key))
 
 
-def was_completed(fingerprint: str, key: tuple) -> bool:
+def was_completed(fingerprint: str, key: Hashable) -> bool:
     """True when this server computed the page for these inputs (its results are in the cache: a reopened link
     can show them without a Run)."""
     return (fingerprint, key) in _completed()
@@ -166,18 +142,7 @@ def token_neurons(_model: Model, fingerprint: str, token: str, matrix: str, top_
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def neuron_activations(_model: Model, fingerprint: str, text: str, layer: int, neuron: int) -> pd.DataFrame:
-    """The neuron's activation (the MLP hidden value that multiplies W_out) at every position of a prompt.
-
-    position, token, id, activation. The one place the UI reads a tensor from the engine's forward pass.
-    """
-    congruence.check_neuron(_model, layer, neuron)
-    prompt = tokens.prompt(_model, text)
-    with torch.no_grad():
-        trace = fw.run(_model.weights, prompt.tensor(_model.device))
-    values = trace.mlp_post[layer][0, :, neuron].float().cpu().tolist()
-    return pd.DataFrame(
-        {"position": range(len(prompt.ids)), "token": prompt.pieces, "id": prompt.ids, "activation": values}
-    )
+    return activations.neuron_activations(_model, tokens.prompt(_model, text), layer, neuron)
 
 
 # ---------------------------------------------------------------- what drives a neuron
@@ -198,10 +163,7 @@ def drivers_view(
     """The decomposition on `text`; with `corrupted`, path patching of the pair (text, corrupted) too (one
     batched pass: light enough to need no admission slot)."""
     prompt = tokens.prompt(_model, text)
-    pair = None
-    if corrupted:
-        clean, bad = tokens.pair(_model, text, corrupted)
-        pair = (clean, bad, tokens.single_token(_model, answer, "answer"), tokens.single_token(_model, wrong, "wrong"))
+    pair = PatchInputs(text, corrupted, answer, wrong).resolve(_model) if corrupted else None
     return drivers.drivers(_model, prompt, layer, neuron, position, pair, reads_from_heads=3)
 
 

@@ -43,6 +43,7 @@ from core.engine.metric import DESCRIPTION
 from core.engine.model import Model
 from core.engine.tokens import Prompt
 from core.errors import UserError
+from core.frames import by_magnitude
 from core.jsonable import to_jsonable
 
 NORM_NOTE = (
@@ -383,7 +384,7 @@ def decompose(
     for i, k in enumerate(keys):
         frame[k] = terms[:, i].float().cpu().numpy()
     frame["first_order"] = first_order.float().cpu().numpy()
-    frame = frame.iloc[np.argsort(-np.abs(frame["first_order"].to_numpy()), kind="stable")].reset_index(drop=True)
+    frame = by_magnitude(frame, "first_order")
     return Drivers(
         model.name,
         layer,

@@ -19,22 +19,22 @@ How it is fast, all exact (docs/design.md has the measured speedups):
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
 
+from core.analyses import screen as bf16  # `screen` is a flag name here
 from core.engine import forward as fw
+from core.engine import tokens
 from core.engine.metric import DESCRIPTION, LogitDiff
 from core.engine.model import Model
 from core.engine.tokens import Prompt, first_difference
 from core.errors import UserError
+from core.frames import by_magnitude
 from core.hosting import limits
 from core.jsonable import to_jsonable
 from core.progress import Progress
@@ -155,6 +155,32 @@ def prepare(
     return Setup(model, clean, corrupted, metric, ablation, clean_trace, corrupted_trace, clean_ld, corrupted_ld, start)
 
 
+@dataclass(frozen=True)
+class PatchInputs:
+    """The inputs of every patching analysis as the user gave them: hashable (a cache key), picklable (a job's
+    argument). The CLI, the pages, the jobs and reproduce all build one and call `resolve` or `prepare`."""
+
+    clean: str
+    corrupted: str
+    answer: str
+    wrong: str
+    ablation: Ablation = "clean"
+
+    def resolve(self, model: Model) -> tuple[Prompt, Prompt, int, int]:
+        """(clean, corrupted, answer id, wrong id), each checked (equal lengths, single tokens)."""
+        clean, corrupted = tokens.pair(model, self.clean, self.corrupted)
+        return (clean, corrupted, *tokens.answer_pair(model, self.answer, self.wrong))
+
+    def prepare(self, model: Model) -> Setup:
+        """Both runs: what every patching analysis starts from."""
+        return prepare(model, *self.resolve(model), self.ablation)
+
+    def start_pos(self, model: Model) -> int:
+        """The first position a patch recomputes: the first difference for clean patching, else 0."""
+        clean, corrupted = tokens.pair(model, self.clean, self.corrupted)
+        return first_difference(clean, corrupted) if self.ablation == "clean" else 0
+
+
 def default_batch_tokens(model: Model) -> int:
     """Rows × positions per resumed forward: big enough to keep matmuls efficient, small enough for memory."""
     cap = limits().max_batch_tokens
@@ -195,16 +221,16 @@ def score_joins(
     """The score of every row of `joins` (in order), each row resumed from its depth at positions start_pos..
 
     Rows are batched by depth (see fw.resume_joined); progress() is called after each batch. screen: resume in
-    bfloat16 (see SCREEN_DTYPE); the final norm and the metric stay fp32.
+    bfloat16 (see bf16.SCREEN_DTYPE); the final norm and the metric stay fp32.
     """
     w = setup.model.weights
-    run_w, prefix = (screen_weights(w), screen_prefix(setup)) if screen else (w, setup.base)
+    run_w, prefix = (bf16.screen_weights(w), bf16.screen_prefix(setup.base)) if screen else (w, setup.base)
     depth_order = sorted(range(len(joins)), key=lambda i: joins[i].depth())
     ordered = [joins[i] for i in depth_order]
     out = []
     for batch in _batches(ordered, max_batch_tokens):
         if screen:
-            batch = [fw.Join(j.layer, j.stage, j.resid.to(SCREEN_DTYPE)) for j in batch]
+            batch = [fw.Join(j.layer, j.stage, j.resid.to(bf16.SCREEN_DTYPE)) for j in batch]
         final = fw.resume_joined(run_w, batch, start_pos, prefix)
         out.append(setup.metric(w, final.to(w.W_U.dtype) if screen else final))
         if progress:
@@ -222,64 +248,6 @@ def score_joins(
 # ---------------------------------------------------------------- the bfloat16 screen of full neuron sweeps
 #
 # A full sweep is d_mlp rows, each resumed over every position from its layer on: the page's largest FLOP count.
-# Where bfloat16 matmuls run much faster than fp32 (CPUs with AVX-512 BF16 or AMX: 3.4x measured here), a sweep
-# is screened in bfloat16 and its top rows (by score and by |score|) are recomputed in fp32; every other row keeps
-# its screen score, marked as such. Measured on SmolLM2 (bench/pages.py): screen error ≤ 0.024 in score, the
-# verified winner never changed. Accumulation is fp32 inside the matmuls; the final norm and metric run in fp32.
-
-SCREEN_DTYPE = torch.bfloat16
-SCREEN_VERIFY = 32  # rows per screened layer recomputed in fp32 (by score, and by |score|)
-SCREEN_MIN_SPEEDUP = 1.5  # screen only where bfloat16 matmuls are at least this much faster than fp32
-
-_screen_cache: dict[int, tuple[fw.Weights, fw.Weights]] = {}
-
-
-def screen_weights(w: fw.Weights) -> fw.Weights:
-    """The blocks' weights in SCREEN_DTYPE (embedding and unembedding stay fp32: the screen never uses them)."""
-    hit = _screen_cache.get(id(w))
-    if hit is not None and hit[0] is w:
-        return hit[1]
-    keep = {"W_E", "W_pos", "W_U", "b_U", "lnf_w", "lnf_b"}
-    tensors = {f.name: getattr(w, f.name) for f in dataclasses.fields(w) if f.name not in keep}
-    cast: dict[str, Any] = {
-        name: t.to(SCREEN_DTYPE) for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point()
-    }
-    if len(_screen_cache) >= 2:  # one or two models are served at a time; a third evicts the oldest
-        _screen_cache.pop(next(iter(_screen_cache)))
-    _screen_cache[id(w)] = (w, dataclasses.replace(w, **cast))
-    return _screen_cache[id(w)][1]
-
-
-def screen_prefix(setup: Setup) -> fw.Trace:
-    """The base run's keys/values (all a resumed forward reads from its prefix) in SCREEN_DTYPE."""
-    base = setup.base
-    return fw.Trace(
-        k=[k.to(SCREEN_DTYPE) for k in base.k],
-        v=[v.to(SCREEN_DTYPE) for v in base.v],
-        resid_final=base.resid_final.to(SCREEN_DTYPE),
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def screen_pays(device: str) -> bool:
-    """True where bfloat16 matmuls are SCREEN_MIN_SPEEDUP× faster than fp32 on `device` (measured once, ~0.2 s).
-
-    GPUs are left exact: their fp32 sweeps already take well under a second.
-    """
-    if not device.startswith("cpu"):
-        return False
-    return matmul_flops_per_s(device, dtype=SCREEN_DTYPE) >= SCREEN_MIN_SPEEDUP * matmul_flops_per_s(device)
-
-
-def screen_share(model: Model) -> float:
-    """The time of a screened full sweep as a share of its fp32 time on this device (1 where it does not pay)."""
-    device = str(model.device)
-    if not screen_pays(device):
-        return 1.0
-    ratio = matmul_flops_per_s(device) / matmul_flops_per_s(device, dtype=SCREEN_DTYPE)
-    return ratio + 2 * SCREEN_VERIFY / model.d_mlp
-
-
 def _one_position(base_resid: torch.Tensor, delta: torch.Tensor, pos: int) -> torch.Tensor:
     """base_resid: [n|1, P, d] (all positions); delta: [n, d] added at `pos`. Returns positions pos..: [n, P-pos, d]."""
     tail = base_resid[:, pos:].expand(delta.shape[0], -1, -1).clone()
@@ -401,6 +369,12 @@ def patch_layer_totals(setup: Setup, max_batch_tokens: int | None = None) -> dic
 class HeadPatching:
     all_positions: np.ndarray  # [L, H]
     per_position: np.ndarray | None  # [L, H, P]; None unless asked for (it costs P times as much)
+
+    def frame(self) -> pd.DataFrame:
+        """layer, head, score (all positions), one row per head, largest |score| first."""
+        L, H = self.all_positions.shape
+        rows = [(layer, head, float(self.all_positions[layer, head])) for layer in range(L) for head in range(H)]
+        return by_magnitude(pd.DataFrame(rows, columns=["layer", "head", "score"]), "score")
 
     def to_json(self) -> dict:
         return to_jsonable({"heads_all_positions": self.all_positions, "heads_per_position": self.per_position})
@@ -564,7 +538,7 @@ def _run_waves(
 
 def _to_verify(screen: np.ndarray, must: list[int], ids: torch.Tensor) -> torch.Tensor:
     """Positions (into ids) of a screened layer's rows to recompute in fp32: top by score, by |score|, and `must`."""
-    k = min(SCREEN_VERIFY, len(screen))
+    k = min(bf16.SCREEN_VERIFY, len(screen))
     picked = set(np.argsort(-screen, kind="stable")[:k]) | set(np.argsort(-np.abs(screen), kind="stable")[:k])
     where = {int(n): i for i, n in enumerate(ids.tolist())}
     picked |= {where[n] for n in must if n in where}
@@ -585,7 +559,7 @@ def patch_neuron_sets(
     neurons: layer → neuron ids (None = every neuron of the layer). Patched residual after the MLP =
     base + (replacement − base activation)[:, n] ⊗ W_out[layer, n], exact because W_out is linear; with a
     post-MLP norm that change goes through the norm (see mlp_delta).
-    screen: full layers (None) are screened in bfloat16 where that pays on this device (screen_pays), and their
+    screen: full layers (None) are screened in bfloat16 where that pays on this device (bf16.screen_pays), and their
     top rows plus `verify` (layer → neurons that must be exact) are recomputed in fp32; listed neurons and
     whole-layer scores are always fp32. Rows left at their screen score are marked (NeuronPatching.exact).
     """
@@ -600,13 +574,13 @@ def patch_neuron_sets(
             raise UserError(f"neurons must be in 0..{w.d_mlp - 1} for {model.name}")
     screened = (
         [layer for layer, chosen in neurons.items() if chosen is None]
-        if screen and screen_pays(str(model.device))
+        if screen and bf16.screen_pays(str(model.device))
         else []
     )
     per = max(1, batch // max(len(setup.clean.ids) - start, 1))
     rough_waves = _waves({layer: ids[layer] for layer in screened}, per, whole=False)
-    # the fp32 pass's size is known only after the screen: count its rows as SCREEN_VERIFY ×2 per screened layer
-    exact_rows = sum(len(ids[l]) for l in ids if l not in screened) + 2 * SCREEN_VERIFY * len(screened) + len(ids)
+    # the fp32 pass's size is known only after the screen: count its rows as bf16.SCREEN_VERIFY ×2 per screened layer
+    exact_rows = sum(len(ids[l]) for l in ids if l not in screened) + 2 * bf16.SCREEN_VERIFY * len(screened) + len(ids)
     total = len(rough_waves) + max(1, -(-exact_rows // per))
     done = 0
 
@@ -720,57 +694,3 @@ def neuron_effect(setup: Setup, layer: int, neuron: int | None = None) -> Effect
         int(logits.argmax()),
         (float(probs[answer]), float(probs[wrong])),
     )
-
-
-def token_layer_flops(model: Model) -> float:
-    """FLOPs of one position through one layer (the projections; attention scores are small at these lengths)."""
-    w = model.weights
-    qkv, out = w.W_QKV.shape[1] * w.W_QKV.shape[2], w.n_heads * w.d_head * w.d_model
-    mlp = (3 if w.W_gate is not None else 2) * w.d_model * w.d_mlp
-    return 2.0 * (qkv + out + mlp)
-
-
-def planned_work(model: Model, n_positions: int, start: int, sweeps: int = 1) -> dict[str, float]:
-    """Token-layers (positions × layers recomputed, summed over rows) of each phase of the Patching page.
-
-    Mirrors the engine: a patch at (layer l, position p) recomputes positions p.. of layers l..; an all-positions
-    patch positions start..; a neuron sweep d_mlp rows from its layer on (a late layer, ~¼ of the depth, assumed).
-    """
-    L, H, m = model.n_layers, model.n_heads, model.d_mlp
-    S = n_positions - start
-    depth = L * (L + 1) / 2  # Σ over entry layers of the layers left to run
-    suffixes = S * (S + 1) / 2  # Σ over patched positions of the positions left to run
-    return {
-        "layer totals": 2 * depth * S,
-        "neuron sweeps": sweeps * m * S * max(L / 4, 1),
-        "layers × positions": 3 * depth * suffixes,
-        "heads": H * depth * S,
-        "heads per position": H * depth * suffixes,
-    }
-
-
-@functools.lru_cache(maxsize=8)
-def matmul_flops_per_s(device: str, d: int = 576, m: int = 1536, dtype: torch.dtype = torch.float32) -> float:
-    """This machine's plain matmul rate (fp32 unless told), measured once (~0.1 s): the yardstick of estimates."""
-    a, b = torch.randn(2048, d, device=device, dtype=dtype), torch.randn(d, m, device=device, dtype=dtype)
-    a @ b  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    began, reps = time.perf_counter(), 5
-    for _ in range(reps):
-        a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return reps * 2.0 * 2048 * d * m / max(time.perf_counter() - began, 1e-9)
-
-
-# planned_work counts an upper bound (every sweep assumed 4 layers from the end; no last-layer trim); measured by
-# bench/pages.py on the 5 scenarios, the page took 0.35–0.5× the work at the plain matmul rate: the plain rate,
-# unscaled, gives an estimate that errs on the long side by at most ~2×.
-ENGINE_RATE_SHARE = 1.0
-
-
-def estimate_seconds(model: Model, token_layers: float) -> float:
-    """Wall seconds for this much patching work on this machine, from its own matmul rate (an upper estimate)."""
-    rate = matmul_flops_per_s(str(model.device)) * ENGINE_RATE_SHARE
-    return token_layers * token_layer_flops(model) / rate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from core import story
+from core.analyses.patching import PatchInputs
 from core.cli.common import Command, answer_flags, load, positive_int, print_table
 from core.errors import UserError
 
@@ -30,10 +31,7 @@ def cmd_drivers(args: argparse.Namespace) -> dict:
         raise UserError("give both --clean and --corrupted for path patching, or neither")
     pair = None
     if args.clean is not None:
-        clean, corrupted = tokens.pair(model, args.clean, args.corrupted)
-        answer = tokens.single_token(model, args.answer, "answer")
-        wrong = tokens.single_token(model, args.wrong, "wrong")
-        pair = (clean, corrupted, answer, wrong)
+        pair = PatchInputs(args.clean, args.corrupted, args.answer, args.wrong).resolve(model)
     text = args.prompt if args.prompt is not None else (args.clean if args.clean is not None else story.CLEAN)
     prompt = tokens.prompt(model, text)
     if args.reads_from < 0:

@@ -42,14 +42,13 @@ def patch_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_patch(args: argparse.Namespace) -> dict:
     from core.analyses import patching
-    from core.engine import tokens
 
     model = load(args)
-    clean, corrupted = tokens.pair(model, args.clean, args.corrupted)
-    answer, wrong = tokens.single_token(model, args.answer, "answer"), tokens.single_token(model, args.wrong, "wrong")
+    inputs = patching.PatchInputs(args.clean, args.corrupted, args.answer, args.wrong, args.ablation)
+    inputs.resolve(model)  # bad prompts and tokens first: their message before a bad --layer's
     if args.layer is not None:
         patching.check_layer(model, args.layer)
-    setup = patching.prepare(model, clean, corrupted, answer, wrong, args.ablation)
+    setup = inputs.prepare(model)
     out: dict[str, Any] = {"model": model.facts(), **setup.to_json()}
     if not args.json:
         print(
@@ -66,15 +65,7 @@ def cmd_patch(args: argparse.Namespace) -> dict:
         heads = patching.patch_heads(setup, per_position=True)
         out.update(heads.to_json())
         if not args.json:
-            flat = pd.DataFrame(
-                [
-                    (layer, h, float(heads.all_positions[layer, h]))
-                    for layer in range(model.n_layers)
-                    for h in range(model.n_heads)
-                ],
-                columns=["layer", "head", "score"],
-            )
-            print_table("top heads (all positions)", flat.sort_values("score", ascending=False).head(10))
+            print_table("top heads (all positions), by |score|", heads.frame().head(10))
     elif args.level == "all-neurons":
         out.update(_all_neurons(args, setup))
     else:

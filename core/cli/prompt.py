@@ -8,6 +8,7 @@ import pandas as pd
 
 from core import story
 from core.cli.common import Command, answer_flags, layer_int, load, positive_int, print_table
+from core.frames import by_magnitude
 from core.jsonable import to_jsonable
 
 
@@ -52,14 +53,14 @@ def cmd_lens(args: argparse.Namespace) -> dict:
 
     model = load(args)
     prompt = tokens.prompt(model, args.prompt)
-    answer, wrong = tokens.single_token(model, args.answer, "answer"), tokens.single_token(model, args.wrong, "wrong")
+    answer, wrong = tokens.answer_pair(model, args.answer, args.wrong)
     result = lens.logit_lens(model, prompt, answer, wrong)
     top = predict.top_k(model, predict.last_logits(model, prompt), 10)  # as many as the Logit lens page shows
     if not args.json:
         print(f"{model.name}: logit diff {args.answer!r} − {args.wrong!r} = {result.logit_diff:.4f}")
         print_table("logit lens (residual after each sublayer, through the final norm)", result.layers)
-        by_size = result.components.logit_diff.abs().sort_values(ascending=False).index
-        print_table("direct logit attribution, top 10 by |value|", result.components.reindex(by_size).head(10))
+        strongest = by_magnitude(result.components, "logit_diff").head(10)
+        print_table("direct logit attribution, top 10 by |value|", strongest)
     # the same JSON as the Logit lens page's download (tests/test_app.py checks)
     return {"model": model.facts(), **result.to_json(), "top": to_jsonable(top)}
 

@@ -116,6 +116,11 @@ def pair(model: Model, clean: str, corrupted: str) -> tuple[Prompt, Prompt]:
     return c, k
 
 
+def answer_pair(model: Model, answer: str, wrong: str) -> tuple[int, int]:
+    """The ids of the metric's two tokens, answer and wrong, each checked to be one token."""
+    return single_token(model, answer, "answer"), single_token(model, wrong, "wrong")
+
+
 def first_difference(clean: Prompt, corrupted: Prompt) -> int:
     """First position where the two prompts differ: every activation before it is equal in both runs."""
     return next(i for i, (a, b) in enumerate(zip(clean.ids, corrupted.ids)) if a != b)

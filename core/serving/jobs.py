@@ -5,7 +5,7 @@ worker process (its own interpreter and GIL, see core/serving/worker.py). So eve
 data: input
 texts and numbers in, dataclasses of numpy arrays and DataFrames out; no Streamlit.
 
-Patching inputs travel as one key, (clean, corrupted, answer, wrong, ablation); both runs of a key are computed once
+Patching inputs travel as one `patching.PatchInputs` (frozen, hashable); both runs of an input set are computed once
 per process and shared by the page's phases (`setup`).
 """
 
@@ -19,30 +19,24 @@ import numpy as np
 import pandas as pd
 
 from core.analyses import attribution, patching, search
+from core.analyses.patching import PatchInputs
 from core.corpus import scan
-from core.engine import tokens
 from core.engine.model import Model
 from core.progress import Progress
 
-PatchKey = tuple[str, str, str, str, str]  # clean, corrupted, answer, wrong, ablation
-
-_SETUPS: OrderedDict[tuple[str, PatchKey], patching.Setup] = OrderedDict()
+_SETUPS: OrderedDict[tuple[str, PatchInputs], patching.Setup] = OrderedDict()
 _SETUPS_LOCK = threading.Lock()
 SETUPS_KEPT = 4  # both runs of the last few input sets (one per visitor working on the page at the same time)
 
 
-def setup(model: Model, key: PatchKey) -> patching.Setup:
+def setup(model: Model, key: PatchInputs) -> patching.Setup:
     """Both runs of one input set, computed once per process (read-only: the engine never mutates a Setup)."""
     with _SETUPS_LOCK:
         hit = _SETUPS.get((model.fingerprint, key))
         if hit is not None:
             _SETUPS.move_to_end((model.fingerprint, key))
             return hit
-    clean_text, corrupted_text, answer_text, wrong_text, ablation = key
-    clean, corrupted = tokens.pair(model, clean_text, corrupted_text)
-    answer = tokens.single_token(model, answer_text, "answer")
-    wrong = tokens.single_token(model, wrong_text, "wrong")
-    made = patching.prepare(model, clean, corrupted, answer, wrong, ablation)  # type: ignore[arg-type]
+    made = key.prepare(model)
     with _SETUPS_LOCK:
         _SETUPS[(model.fingerprint, key)] = made
         while len(_SETUPS) > SETUPS_KEPT:
@@ -50,21 +44,21 @@ def setup(model: Model, key: PatchKey) -> patching.Setup:
     return made
 
 
-def patch_summary(model: Model, key: PatchKey) -> dict:
+def patch_summary(model: Model, key: PatchInputs) -> dict:
     """Both runs and the conventions: the setup's to_json() (the head of `python -m core patch --json`)."""
     return setup(model, key).to_json()
 
 
-def patch_layer_totals(model: Model, key: PatchKey, progress: Progress | None = None) -> dict[str, np.ndarray]:
+def patch_layer_totals(model: Model, key: PatchInputs, progress: Progress | None = None) -> dict[str, np.ndarray]:
     return patching.patch_layer_totals(setup(model, key))
 
 
-def patch_layers(model: Model, key: PatchKey, progress: Progress | None = None) -> patching.LayerPatching:
+def patch_layers(model: Model, key: PatchInputs, progress: Progress | None = None) -> patching.LayerPatching:
     return patching.patch_layers(setup(model, key), progress=progress)
 
 
 def patch_heads(
-    model: Model, key: PatchKey, per_position: bool = False, progress: Progress | None = None
+    model: Model, key: PatchInputs, per_position: bool = False, progress: Progress | None = None
 ) -> patching.HeadPatching:
     return patching.patch_heads(setup(model, key), per_position=per_position, progress=progress)
 
@@ -81,7 +75,7 @@ class NeuronsView:
 
 
 def patch_top_neurons(
-    model: Model, key: PatchKey, layer: int, top_k: int, progress: Progress | None = None
+    model: Model, key: PatchInputs, layer: int, top_k: int, progress: Progress | None = None
 ) -> NeuronsView:
     """Sweep `layer`; for clean patching also attribution over every neuron, verified exactly (shared sweeps).
 
