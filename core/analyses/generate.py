@@ -12,10 +12,11 @@ How it is fast (decoding one token reads every weight once; bench/generate.py me
 - only the last position is unembedded; at the last layer only the last position's query and MLP run in a prefill;
 - several continuations (baseline and steered rows, several seeds) share each matmul as rows of one batch.
 
-Sampling: each row draws from its own CPU generator seeded with its seed, one uniform number per step, so a
-row's text depends only on its seed, never on what else is in the batch or on the device. A baseline and a steered
-row with the same seed use the same random numbers: their texts differ only where the edit changed the
-distribution (coupled sampling).
+Sampling: each row draws from its own CPU generator seeded with its seed, one uniform number per step (inverse
+CDF over the sorted distribution), so the same seeds in the same batch give the same text every time, on any
+device's random number generator. (A different batch size can change the logits by fp32 noise, which flips a draw
+that falls on a boundary of a flat distribution.) A baseline and a steered row with the same seed use the same
+random numbers: their texts differ only where the edit changed the distribution (coupled sampling).
 
 Shapes: B rows, P prompt positions, S positions in one step, T cache length, d d_model, K key/value heads,
 g query heads per key/value head, h d_head, m d_mlp, V vocab.
