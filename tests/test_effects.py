@@ -228,7 +228,37 @@ def test_embedded_an_neuron_direct_and_total(embedded):
     assert payload["heads"][0].keys() >= {"layer", "head", "direct", "total"}
     assert payload["thresholds"]["cancelled_below"] == effects.CANCEL_BELOW
     assert {"final_norm", "processing", "bos"} <= set(payload["conventions"])
-    assert len(result.frame(80)) == 80 and result.frame(80).verified.sum() == 50
+    wider = result.frame(80)
+    assert len(wider) == 80 and wider.verified.sum() == 50 and (wider.kind == "not verified").sum() == 30
+    assert list(wider.label[:50]) == list(result.neurons.label)
+    np.testing.assert_allclose(wider.total[:50], result.neurons.total)
+    assert json.dumps(result.to_json()) == json.dumps(result.to_json())  # no timings: the same input, the same JSON
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    from core.engine.model import GEMMA3, installed
+
+    if not installed(GEMMA3):
+        pytest.skip("gemma3-270m is not installed")
+    return load_model(GEMMA3, device="cpu")
+
+
+def test_gemma3_an_neuron_through_the_post_norms(gemma):
+    """Gemma 3 (post-MLP norms) on its own story prompt: its an-neuron, negative, writes " an" directly."""
+    from core.story import GEMMA3_CLEAN
+
+    prompt = tokens.prompt(gemma, GEMMA3_CLEAN)
+    result = check_sums(gemma, prompt, " an", " a", None, top_k=10)
+    assert result.metric == pytest.approx(1.5058, abs=1e-3)
+    an = result.neurons.set_index("label").loc["L13.N1278"]
+    assert an["rank"] == 1 and an.activation < 0
+    assert an.direct == pytest.approx(2.4804, abs=2e-3) and an.total == pytest.approx(1.5650, abs=2e-3)
+    ref = result.metric - edited_metric(
+        gemma.weights, prompt.ids, result.target, result.position, ("neuron", 13, 1278, 0.0)
+    )
+    assert an.total == pytest.approx(ref, abs=1e-3)
+    assert "post_norms" in result.conventions
 
 
 # ---------------------------------------------------------------- bad input

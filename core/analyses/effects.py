@@ -244,11 +244,14 @@ class Effects:
     neurons: pd.DataFrame  # the top-k by |direct|, with totals (see frame)
     heads: pd.DataFrame  # every head; the top ones by |direct| with totals
     conventions: dict = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # forward, direct, total (not in the JSON: it would
+    # differ between two runs of the same input)
 
     def frame(self, rows: int | None = None) -> pd.DataFrame:
-        """The neurons by |direct| (largest first): rank, layer, neuron, label, activation, direct, total, ratio,
-        cancelled, amplified, kind, verified. rows None: the verified top-k; more: also unverified rows (total NaN)."""
+        """The neurons by |direct| (largest first): rank, layer, neuron, label, activation, direct, replacement,
+        direct_of_change, total, ratio, cancelled, amplified, reversed, kind, verified.
+
+        rows None: the verified top-k; more than top-k: also the next rows by |direct|, unverified (total NaN)."""
         if rows is None or rows <= len(self.neurons):
             return self.neurons.head(rows) if rows is not None else self.neurons
         flat = np.abs(self.direct).ravel()
@@ -266,7 +269,9 @@ class Effects:
         )
         verified = self.neurons.drop(columns=["rank", "label", "activation", "direct"])
         out = extra.merge(verified, on=["layer", "neuron"], how="left")
-        out["verified"] = out["verified"].eq(True)
+        for flag in ("cancelled", "amplified", "reversed", "verified"):
+            out[flag] = out[flag].eq(True)
+        out["kind"] = out["kind"].fillna("not verified")
         return out
 
     def to_json(self, rows: int | None = None) -> dict:
@@ -291,7 +296,7 @@ class Effects:
                 "thresholds": {
                     "cancelled": f"|total| < {CANCEL_BELOW} × |direct|",
                     "amplified": f"|total| > {AMPLIFY_ABOVE} × |direct|",
-                    "reversed": "not cancelled, and the total has the other sign (kind only)",
+                    "reversed": "not cancelled, and the total has the other sign",
                     "cancelled_below": CANCEL_BELOW,
                     "amplified_above": AMPLIFY_ABOVE,
                 },
@@ -303,13 +308,12 @@ class Effects:
                 },
                 "neurons": self.frame(rows),
                 "heads": self.heads,
-                "seconds": self.seconds,
             }
         )
 
 
-def _flags(direct: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """ratio, cancelled, amplified, kind for each row (NaN totals: not verified).
+def _flags(direct: np.ndarray, total: np.ndarray) -> dict[str, np.ndarray | list[str]]:
+    """ratio, cancelled, amplified, reversed, kind for each row (NaN totals: not verified).
 
     kind: "cancelled" (|total| < CANCEL_BELOW |direct|), else "reversed" (the total has the other sign), else
     "amplified" (|total| > AMPLIFY_ABOVE |direct|), else "direct" (the total is mostly the direct effect)."""
@@ -323,7 +327,7 @@ def _flags(direct: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarra
         "not verified" if not v else "cancelled" if c else "reversed" if r else "amplified" if a else "direct"
         for v, c, r, a in zip(verified, cancelled, reversed_, amplified)
     ]
-    return ratio, cancelled, amplified, kind
+    return {"ratio": ratio, "cancelled": cancelled, "amplified": amplified, "reversed": reversed_, "kind": kind}
 
 
 def _conventions(model: Model, ablation: Ablation, position: int, P: int) -> dict:
@@ -453,7 +457,6 @@ def top_neurons(
     repl_np = repl.float().cpu().numpy()
     # The direct effect of the change the ablation makes (= direct for zero ablation): what the total compares to.
     change_direct = (acts_np[layers_arr, neurons_arr] - repl_np) * unit_np[layers_arr, neurons_arr]
-    ratio, cancelled, amplified, kind = _flags(change_direct, total)
     neurons = pd.DataFrame(
         {
             "rank": np.arange(1, len(picks) + 1),
@@ -465,10 +468,7 @@ def top_neurons(
             "replacement": repl_np,
             "direct_of_change": change_direct,
             "total": total,
-            "ratio": ratio,
-            "cancelled": cancelled,
-            "amplified": amplified,
-            "kind": kind,
+            **_flags(change_direct, total),
             "verified": ~np.isnan(total),
         }
     )
@@ -508,7 +508,6 @@ def _heads_frame(heads_direct: np.ndarray, picks: list[tuple[int, int]], total: 
     for row, (l, h) in enumerate(zip(layers, heads)):
         if (int(l), int(h)) in where:
             totals[row] = total[where[int(l), int(h)]]
-    ratio, cancelled, amplified, kind = _flags(direct, totals)
     return pd.DataFrame(
         {
             "rank": np.arange(1, len(order) + 1),
@@ -517,10 +516,7 @@ def _heads_frame(heads_direct: np.ndarray, picks: list[tuple[int, int]], total: 
             "label": [f"L{l}.H{h}" for l, h in zip(layers, heads)],
             "direct": direct,
             "total": totals,
-            "ratio": ratio,
-            "cancelled": cancelled,
-            "amplified": amplified,
-            "kind": kind,
+            **_flags(direct, totals),
             "verified": ~np.isnan(totals),
         }
     )
