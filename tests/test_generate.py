@@ -18,9 +18,9 @@ from core.analyses import predict, steering
 from core.analyses.steering import Intervention
 from core.engine import forward as fw
 from core.engine import tokens
-from core.engine.model import embedded_folder, load_model
+from core.engine.model import GEMMA3, embedded_folder, load_model
 from core.errors import UserError
-from core.story import CLEAN
+from core.story import CLEAN, GEMMA3_CLEAN
 from tests.conftest import save_random
 from tests.test_families import module, tiny_configs
 
@@ -184,6 +184,26 @@ def test_embedded_steering_equals_transformers_generate(embedded, embedded_hf):
     assert ours.token_ids == ref_ids
     expected = ref_logp[torch.arange(len(ref_ids)), torch.tensor(ref_ids)]
     torch.testing.assert_close(torch.tensor(ours.logprobs), expected, atol=2e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_gemma3_steering_equals_transformers_generate():
+    """The second embedded model: sliding-window and global layers, post-norms, QK-norm, soft embedding scale."""
+    from transformers import AutoModelForCausalLM
+
+    model = load_model(GEMMA3, device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(
+        embedded_folder(GEMMA3), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    ids = model.prompt_ids(GEMMA3_CLEAN)
+    interventions = [Intervention(13, 1278, "negate", -1.0), Intervention(10, 7, "direction", 3.0, "new")]
+    ref_ids, ref_logp = hf_generate(hf, ids, 6, interventions)
+    result = steering.steer(model, GEMMA3_CLEAN, interventions, max_new_tokens=6)
+    assert result.steered[0].token_ids == ref_ids
+    expected = ref_logp[torch.arange(len(ref_ids)), torch.tensor(ref_ids)]
+    torch.testing.assert_close(torch.tensor(result.steered[0].logprobs), expected, atol=2e-4, rtol=1e-4)
+    # Its an-neuron fires negative on this prompt and writes " a": negated, " an architect" becomes " a …".
+    assert result.baseline[0].text.startswith(" an architect") and result.steered[0].text.startswith(" a ")
 
 
 # ---------------------------------------------------------------- each op at the hooked site
