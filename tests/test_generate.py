@@ -334,6 +334,29 @@ def test_dose_response_on_the_an_neuron(embedded):
     assert dose.to_json()["natural"]["activation"] == pytest.approx(dose.natural, abs=1e-5)
 
 
+@torch.no_grad()
+def test_dose_natural_row_is_the_unsteered_run_in_every_family(pair):
+    _, model = pair
+    prompt = tokens.prompt(model, CLEAN)
+    logits = predict.last_logits(model, prompt)
+    an, a = 300, 301  # any two tokens: the models are random
+    for layer in (0, model.n_layers - 1):
+        for positions in ("last", "all"):
+            dose = steering.dose_response(model, prompt, layer, 7, an, a, positions=positions)
+            assert dose.natural_logit_diff == pytest.approx(float(logits[an] - logits[a]), abs=1e-4)
+            # clamping at the last position = generating one token with set at that position
+            one = gen.generate(
+                model,
+                prompt.ids,
+                1,
+                edits=[Intervention(layer, 7, "set", float(dose.values[3]), (len(prompt.ids) - 1,)).edit(None)],
+                keep_logits=True,
+            )
+            if positions == "last":
+                ld = one.logits[0, 0, an] - one.logits[0, 0, a]
+                assert float(dose.logit_diff[3]) == pytest.approx(float(ld), abs=1e-4)
+
+
 # ---------------------------------------------------------------- bad input
 
 

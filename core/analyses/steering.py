@@ -231,7 +231,8 @@ class SteerResult:
 
     def frame(self) -> pd.DataFrame:
         """One row per generated token: sample, seed, variant, index, position, id, token, logprob, prob, changed
-        (the other variant chose a different token at this index of the same sample)."""
+        (the other variant chose a different token at this index of the same sample), other_token, other_prob
+        (that token and its probability in the other variant; the continuations diverge after the first change)."""
         rows = []
         for sample, pair in enumerate(zip(self.baseline, self.steered)):
             for variant, cont, other in (("baseline", pair[0], pair[1]), ("steered", pair[1], pair[0])):
@@ -248,6 +249,9 @@ class SteerResult:
                             "logprob": lp,
                             "prob": math.exp(lp),
                             "changed": i >= len(other.token_ids) or other.token_ids[i] != tid,
+                            # for a hover: what the other variant wrote at this index, and its probability there
+                            "other_token": other.pieces[i] if i < len(other.token_ids) else None,
+                            "other_prob": math.exp(other.logprobs[i]) if i < len(other.logprobs) else None,
                         }
                     )
         return pd.DataFrame(rows)
