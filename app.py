@@ -9,8 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core import story
-from ui import common, params
-from ui.common import PAGES
+from ui import common, navigation, params
+from ui.navigation import path
 
 
 def story_links() -> list[tuple[str, str, str, list[tuple[str, str, dict[str, str]]]]]:
@@ -93,10 +93,10 @@ def home_body() -> None:
             columns = st.columns(len(links) + 1)
             for column, (page, label, query) in zip(columns, links):
                 column.page_link(
-                    PAGES[page],
+                    path(page),
                     label=label,
                     icon=":material/arrow_forward:",
-                    query_params=common.with_model(dict(query)),
+                    query_params=navigation.with_model(dict(query)),
                 )
     st.markdown(
         "**Conventions.** Metric: logit(answer) − logit(wrong) at the last position. Patching score: "

@@ -16,6 +16,7 @@ import html
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from core.analyses import attribution, congruence, drivers, lens, patching, pred
 from core.corpus import scan
 from core.engine import tokens
 from core.engine.model import Model
+from core.engine.tokens import Prompt
 from core.jsonable import to_jsonable
 from core.story import ANSWER, CLEAN, CORRUPTED, EXPECTED, STORY_PAIRS, WRONG, Expected
 
@@ -69,6 +71,16 @@ def _negate(setup: patching.Setup, layer: int, neuron: int) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Story:
+    """The pair the story is told on, resolved once for every step."""
+
+    clean: Prompt
+    corrupted: Prompt
+    answer: int
+    wrong: int
+
+
 def run(
     model: Model,
     corpus: str | None = None,
@@ -84,143 +96,185 @@ def run(
 
     step(0)
     clean_text, corrupted_text = STORY_PAIRS.get(model.name, (CLEAN, CORRUPTED))
-    clean, corrupted, answer, wrong = patching.PatchInputs(clean_text, corrupted_text, ANSWER, WRONG).resolve(model)
-    out: dict[str, Any] = {
-        "model": model.facts(),
-        "prompts": {
-            "clean": clean_text,
-            "corrupted": corrupted_text,
-            "is_the_posts_pair": (clean_text, corrupted_text) == (CLEAN, CORRUPTED),
-            "answer": ANSWER,
-            "wrong": WRONG,
-            "clean_token_ids": clean.ids,
-            "corrupted_token_ids": corrupted.ids,
-            "tokens": clean.pieces,
-        },
+    story = Story(*patching.PatchInputs(clean_text, corrupted_text, ANSWER, WRONG).resolve(model))
+    out: dict[str, Any] = {"model": model.facts(), "prompts": _prompts(story, clean_text, corrupted_text)}
+    out.update(_predictions(model, story))
+    step(1)
+    out["logit_lens"] = _logit_lens(model, story)
+    step(2)
+    setup = patching.prepare(model, story.clean, story.corrupted, story.answer, story.wrong)
+    layers = patching.patch_layers(setup)
+    out["layer_patching"] = _layer_patching(setup, layers)
+    step(3)
+    out["neuron_sweep"] = _neuron_sweep(setup, layers)
+    an_layer, an_neuron = congruence.parse_neuron(model, out["neuron_sweep"]["an_neuron"])
+    step(4)
+    out["congruence"] = _congruence(model, story, an_layer, an_neuron)
+    step(5)
+    out["corpus"] = _corpus(model, story, an_layer, an_neuron, corpus, corpus_tokens)
+    step(6)
+    out["searches"] = _searches(model, search_top)
+    step(7)
+    negate_setup = patching.prepare(model, story.clean, story.corrupted, story.answer, story.wrong, ablation="negate")
+    out["negation"] = _negate(negate_setup, an_layer, an_neuron)
+    step(8)
+    out["drivers"] = _drivers(model, story.clean, story.corrupted, story.answer, story.wrong, an_layer, an_neuron)
+    step(9)
+    out.update(_headlines(out))
+    out["verdicts"] = _verdicts(model, out)
+    return out
+
+
+def _prompts(story: Story, clean_text: str, corrupted_text: str) -> dict:
+    return {
+        "clean": clean_text,
+        "corrupted": corrupted_text,
+        "is_the_posts_pair": (clean_text, corrupted_text) == (CLEAN, CORRUPTED),
+        "answer": ANSWER,
+        "wrong": WRONG,
+        "clean_token_ids": story.clean.ids,
+        "corrupted_token_ids": story.corrupted.ids,
+        "tokens": story.clean.pieces,
     }
-    clean_logits, corrupted_logits = predict.last_logits(model, clean), predict.last_logits(model, corrupted)
-    out["predictions"] = {
-        "clean_top": predict.top_k(model, clean_logits, 5).to_dict("records"),
-        "corrupted_top": predict.top_k(model, corrupted_logits, 5).to_dict("records"),
-        "clean_p_answer": predict.token_probs(clean_logits, [answer])[0],
-        "clean_p_wrong": predict.token_probs(clean_logits, [wrong])[0],
-        "corrupted_p_answer": predict.token_probs(corrupted_logits, [answer])[0],
-        "corrupted_p_wrong": predict.token_probs(corrupted_logits, [wrong])[0],
-    }
-    # What the model says on the post's own prompt, whichever pair the story is told on.
+
+
+def _predictions(model: Model, story: Story) -> dict:
+    """Both prompts' top predictions, and what the model says on the post's own prompt, whichever pair is told."""
+    answer, wrong = story.answer, story.wrong
+    clean_logits, corrupted_logits = (
+        predict.last_logits(model, story.clean),
+        predict.last_logits(model, story.corrupted),
+    )
     post_logits = predict.last_logits(model, tokens.prompt(model, CLEAN))
     post_top = predict.top_k(model, post_logits, 5)
-    out["post_prompt"] = {
+    post_prompt = {
         "top": post_top.to_dict("records"),
         "p_answer": predict.token_probs(post_logits, [answer])[0],
         "p_wrong": predict.token_probs(post_logits, [wrong])[0],
     }
-    out["post_prompt_top1"] = str(post_top.token[0])
-    out["post_prompt_p_answer"] = out["post_prompt"]["p_answer"]
-    step(1)
+    return {
+        "predictions": {
+            "clean_top": predict.top_k(model, clean_logits, 5).to_dict("records"),
+            "corrupted_top": predict.top_k(model, corrupted_logits, 5).to_dict("records"),
+            "clean_p_answer": predict.token_probs(clean_logits, [answer])[0],
+            "clean_p_wrong": predict.token_probs(clean_logits, [wrong])[0],
+            "corrupted_p_answer": predict.token_probs(corrupted_logits, [answer])[0],
+            "corrupted_p_wrong": predict.token_probs(corrupted_logits, [wrong])[0],
+        },
+        "post_prompt": post_prompt,
+        "post_prompt_top1": str(post_top.token[0]),
+        "post_prompt_p_answer": post_prompt["p_answer"],
+    }
 
-    lensed = lens.logit_lens(model, clean, answer, wrong)
+
+def _logit_lens(model: Model, story: Story) -> dict:
+    lensed = lens.logit_lens(model, story.clean, story.answer, story.wrong)
     after_mlp = lensed.layers[lensed.layers.stage.isin(["embed", "mlp"])].logit_diff.to_numpy()
     jumps = np.diff(after_mlp)  # jumps[l] = change across block l
     lens_json = lensed.to_json()
-    out["logit_lens"] = {
+    return {
         "layers": lens_json["layers"],
         "lens_jump_layer": int(np.argmax(jumps)),
         "largest_jump": float(jumps.max()),
         "components": lens_json["components"],
     }
-    step(2)
 
-    setup = patching.prepare(model, clean, corrupted, answer, wrong)
-    layers = patching.patch_layers(setup)
+
+def _layer_patching(setup: patching.Setup, layers: patching.LayerPatching) -> dict:
     mlp_scores = layers.all_positions["mlp_out"]
-    standout = patching.standout_mlp_layer(layers)
-    out["layer_patching"] = {
+    return {
         "clean_logit_diff": setup.clean_logit_diff,
         "corrupted_logit_diff": setup.corrupted_logit_diff,
         **layers.to_json(),  # scores, all_positions
         "top_mlp_layers": [{"layer": int(l), "score": float(mlp_scores[l])} for l in np.argsort(-mlp_scores)[:4]],
-        "standout_layer": standout,
+        "standout_layer": patching.standout_mlp_layer(layers),
     }
-    step(3)
 
-    # The an-neuron is the top neuron anywhere by exact score (attribution top-50 + sweeps of the large layers);
-    # its layer's full sweep is shown (on SmolLM2 and GPT-2 large that is the standout layer).
+
+def _neuron_sweep(setup: patching.Setup, layers: patching.LayerPatching) -> dict:
+    """The an-neuron is the top neuron anywhere by exact score (attribution top-50 + sweeps of the large layers);
+    its layer's full sweep is shown (on SmolLM2 and GPT-2 large that is the standout layer)."""
+    mlp_scores, standout = layers.all_positions["mlp_out"], patching.standout_mlp_layer(layers)
     found = attribution.find_top_neurons(
         setup, attribution.attribute(setup), 50, layer_totals=mlp_scores, extra_sweeps=(standout,)
     )
     an_layer, an_neuron = int(found.best.layer), int(found.best.neuron)
     sweep = found.sweeps.get(an_layer) or patching.patch_neurons(setup, an_layer)
-    top = sweep.frame(10)
-    out["neuron_sweep"] = {
+    return {
         "layer": an_layer,
         "layer_score": sweep.layer_score,
         "an_neuron": congruence.label(an_layer, an_neuron),
         "an_neuron_score": float(found.best.exact),
         "share_of_layer": float(found.best.exact) / sweep.layer_score,
-        "top": top.to_dict("records"),
+        "top": sweep.frame(10).to_dict("records"),
         "scores": sweep.scores.tolist(),
         "top_neuron_anywhere": found.to_json(),
     }
-    step(4)
 
+
+def _congruence(model: Model, story: Story, layer: int, neuron: int) -> dict:
     cong: dict[str, Any] = {}
     for matrix in congruence.MATRICES:
-        n2t = congruence.neuron_to_tokens(model, an_layer, an_neuron, matrix, top_k=10)
-        t2n = congruence.token_to_neurons(model, answer, matrix, top_k=10)
+        n2t = congruence.neuron_to_tokens(model, layer, neuron, matrix, top_k=10)
+        t2n = congruence.token_to_neurons(model, story.answer, matrix, top_k=10)
         flat = t2n.values.ravel()
-        own = t2n.values[an_layer, an_neuron]
+        own = t2n.values[layer, neuron]
+        counts, edges = np.histogram(n2t.values, bins=60)
         cong[matrix] = {
-            "answer": float(n2t.values[answer]),
-            "wrong": float(n2t.values[wrong]),
+            "answer": float(n2t.values[story.answer]),
+            "wrong": float(n2t.values[story.wrong]),
             "rank_among_neurons": int((flat > own).sum()) + 1,
-            "rank_among_tokens": int((n2t.values > n2t.values[answer]).sum()) + 1,
+            "rank_among_tokens": int((n2t.values > n2t.values[story.answer]).sum()) + 1,
             "top_tokens": n2t.top.to_dict("records"),
             "top_neurons": t2n.top.to_dict("records"),
-            "histogram": np.histogram(n2t.values, bins=60)[0].tolist(),
-            "histogram_edges": np.histogram(n2t.values, bins=60)[1].tolist(),
+            "histogram": counts.tolist(),
+            "histogram_edges": edges.tolist(),
         }
-    out["congruence"] = {**cong, "processing": model.processing}
-    out["an_neuron_rank_among_neurons_W_U"] = cong["W_U"]["rank_among_neurons"]
-    out["congruence_W_E_answer"] = cong["W_E"]["answer"]
-    out["congruence_W_E_wrong"] = cong["W_E"]["wrong"]
-    step(5)
+    return {**cong, "processing": model.processing}
 
+
+def _corpus(model: Model, story: Story, layer: int, neuron: int, corpus: str | None, corpus_tokens: int) -> dict:
     spec = scan.ScanSpec(
-        neurons=((an_layer, an_neuron),), target=answer, dataset=corpus, max_tokens=corpus_tokens, top_examples=5
+        neurons=((layer, neuron),), target=story.answer, dataset=corpus, max_tokens=corpus_tokens, top_examples=5
     )
     scanned = scan.scan(model, spec).to_json()
-    neuron_scan = scanned["neurons"][congruence.label(an_layer, an_neuron)]
-    out["corpus"] = {
+    neuron_scan = scanned["neurons"][congruence.label(layer, neuron)]
+    return {
         "corpus": scanned["corpus"],
         "positions": scanned["positions"],
         **{k: neuron_scan[k] for k in ("bins", "totals", "correlation", "examples")},
     }
-    step(6)
 
+
+def _searches(model: Model, search_top: int) -> dict:
     tables = search.tables(model, "W_U")
-    out["searches"] = {
+    return {
         "matrix": "W_U",
         "standout": search.standout(model, tables, search_top).to_dict("records"),
         "mutual": search.mutual(model, tables, search_top).to_dict("records"),
     }
-    step(7)
 
-    negate_setup = patching.prepare(model, clean, corrupted, answer, wrong, ablation="negate")
-    out["negation"] = _negate(negate_setup, an_layer, an_neuron)
-    step(8)
 
-    out["drivers"] = _drivers(model, clean, corrupted, answer, wrong, an_layer, an_neuron)
-    step(9)
+def _headlines(out: dict) -> dict:
+    """The quantities the verdicts compare, lifted to the top level of results.json."""
+    return {
+        **{
+            k: out["predictions"][k]
+            for k in ("clean_p_answer", "clean_p_wrong", "corrupted_p_answer", "corrupted_p_wrong")
+        },
+        "lens_jump_layer": out["logit_lens"]["lens_jump_layer"],
+        "standout_layer": out["layer_patching"]["standout_layer"],
+        "an_neuron": out["neuron_sweep"]["an_neuron"],
+        "an_neuron_score": out["neuron_sweep"]["an_neuron_score"],
+        "an_neuron_rank_among_neurons_W_U": out["congruence"]["W_U"]["rank_among_neurons"],
+        "congruence_W_E_answer": out["congruence"]["W_E"]["answer"],
+        "congruence_W_E_wrong": out["congruence"]["W_E"]["wrong"],
+    }
 
-    for key in ("clean_p_answer", "clean_p_wrong", "corrupted_p_answer", "corrupted_p_wrong"):
-        out[key] = out["predictions"][key]
-    out["lens_jump_layer"] = out["logit_lens"]["lens_jump_layer"]
-    out["standout_layer"] = standout
-    out["an_neuron"] = out["neuron_sweep"]["an_neuron"]
-    out["an_neuron_score"] = out["neuron_sweep"]["an_neuron_score"]
+
+def _verdicts(model: Model, out: dict) -> list[dict]:
     expected = EXPECTED.get(model.name, {})
-    out["verdicts"] = [
+    rows = [
         {
             "quantity": key,
             "measured": out.get(key),
@@ -231,8 +285,7 @@ def run(
         }
         for key, exp in expected.items()
     ]
-    out["verdicts"].append(out["drivers"]["verdict"])
-    return out
+    return [*rows, out["drivers"]["verdict"]]
 
 
 def _drivers(model: Model, clean, corrupted, answer: int, wrong: int, layer: int, neuron: int) -> dict:

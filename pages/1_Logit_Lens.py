@@ -10,7 +10,7 @@ import streamlit as st
 from core import story
 from core.analyses.drivers import head_label, parse_head
 from core.engine.model import Model
-from ui import analyses, charts, common, params, text
+from ui import analyses, charts, common, navigation, params, text
 from ui.export import jsonable
 
 PAGE = "lens"
@@ -69,7 +69,7 @@ def body(model: Model) -> None:
             column_config={"prob": st.column_config.ProgressColumn("prob", format="%.3f", min_value=0, max_value=1)},
         )
         if clicked:
-            common.go_token(view.top.iloc[clicked["row"]]["token"])
+            navigation.go_token(view.top.iloc[clicked["row"]]["token"])
         st.caption("Click a token to see which neurons write it.")
     with right:
         a, b, c = st.columns(3)

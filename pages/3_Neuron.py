@@ -13,7 +13,7 @@ from core.analyses import atlas
 from core.analyses.congruence import MATRICES, check_neuron, describe, label
 from core.analyses.drivers import head_label, parse_head
 from core.engine.model import Model
-from ui import analyses, charts, common, dashboard_view, params, text
+from ui import analyses, charts, common, dashboard_view, navigation, params, text
 from ui.common import Section
 
 PAGE = "neuron"
@@ -95,7 +95,7 @@ def congruence_section(model: Model, layer: int, neuron: int, matrix: str) -> tu
                 display=common.with_visible_tokens(frame),
             )
             if clicked:
-                common.go_token(frame.iloc[clicked["row"]]["token"])
+                navigation.go_token(frame.iloc[clicked["row"]]["token"])
     st.plotly_chart(charts.congruence_histogram(result.values, result.top, result.bottom), key="neuron:histogram")
     return result.to_json(), best["token"]
 
@@ -268,10 +268,10 @@ def corpus_section(model: Model, layer: int, neuron: int, target: str) -> dict:
     payload = dashboard_view.dashboard_section(model, layer, neuron)
     name = label(layer, neuron)
     st.page_link(
-        common.PAGES["corpus"],
+        navigation.path("corpus"),
         label=f"Corpus page for {name}: the post's chart (activation bins vs top-1 {charts.shown(target)!r})",
         icon=":material/menu_book:",
-        query_params=common.with_model({"neurons": name, "target": target}),
+        query_params=navigation.with_model({"neurons": name, "target": target}),
     )
     return payload
 

@@ -8,7 +8,7 @@ from core.analyses import search
 from core.analyses.congruence import MATRICES, describe
 from core.analyses.search import KIND_HELP, KINDS
 from core.engine.model import Model
-from ui import analyses, common, params
+from ui import analyses, common, navigation, params
 
 PAGE = "search"
 PARAMS = [
@@ -71,8 +71,8 @@ def body(model: Model) -> None:
     if cell:
         picked = frame.iloc[cell["row"]]
         if cell["column"] in ("token", "id"):
-            common.go_token(picked["token"])
-        common.go_neuron_of(picked)
+            navigation.go_token(picked["token"])
+        navigation.go_neuron_of(picked)
     # the same JSON as `python -m core search --json`
     common.json_download(
         {"model": model.facts(), **describe(model, matrix), **search.to_json(kind, frame)}, f"search_{kind}_{matrix}"

@@ -78,7 +78,8 @@ def texts(at: AppTest) -> str:
 
 
 def test_clicked_points_and_cells_are_read_in_every_shape_streamlit_sends():
-    from ui.common import neuron_from_point, selection_of
+    from ui.common import selection_of
+    from ui.navigation import neuron_from_point
 
     # a numpy customdata row comes back from the browser as {"0": …, "1": …}; a list one as a list
     assert neuron_from_point({"selection": {"points": [{"customdata": {"0": 25, "1": 1527}}]}}) == (25, 1527)

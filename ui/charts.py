@@ -1,6 +1,6 @@
 """Plotly figures built from the engine's DataFrames and arrays. No model and no tensor math: plotting only.
 
-Clickable charts put `[layer, neuron]` in each point's customdata (see `ui.common.neuron_from_point`).
+Clickable charts put `[layer, neuron]` in each point's customdata (see `ui.navigation.neuron_from_point`).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from core.progress import Progress
 # Called in a worker after each batch it ran, with how many it has run (a test passes one that kills the worker).
 AfterBatch = Callable[[int], None]
 
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
 FORWARDED_ENV = ("TNE_CACHE_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TNE_HOSTED", "TNE_MODELS")
 
 

