@@ -224,8 +224,9 @@ def test_embedded_an_neuron_direct_and_total(embedded):
     payload = json.loads(json.dumps(result.to_json()))
     assert payload["position"] == len(prompt.ids) - 1 and payload["metric"]["value"] == pytest.approx(0.7138, abs=1e-3)
     first = payload["neurons"][0]
-    assert {"layer", "neuron", "activation", "direct", "total", "ratio", "cancelled", "amplified", "kind"} <= set(first)
-    assert payload["heads"][0].keys() >= {"layer", "head", "direct", "total"}
+    keys = {"layer", "neuron", "activation", "direct_effect", "total_effect", "ratio", "cancelled", "amplified", "kind"}
+    assert keys <= set(first) and first["direct_effect"] == pytest.approx(4.2108, abs=2e-3)
+    assert payload["heads"][0].keys() >= {"layer", "head", "direct_effect", "total_effect"}
     assert payload["thresholds"]["cancelled_below"] == effects.CANCEL_BELOW
     assert {"final_norm", "processing", "bos"} <= set(payload["conventions"])
     wider = result.frame(80)

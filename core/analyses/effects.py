@@ -47,6 +47,8 @@ CANCEL_BELOW = 0.5  # |total| < this × |direct|: later layers cancel most of th
 AMPLIFY_ABOVE = 2.0  # |total| > this × |direct|: later layers amplify it
 DEFAULT_TOP_K = 50
 DEFAULT_TOP_HEADS = 10
+# The JSON's names of the frames' columns (CLI --json, the Prompt page's download): the one place they are mapped.
+JSON_NAMES = {"direct": "direct_effect", "total": "total_effect", "direct_of_change": "direct_effect_of_change"}
 
 
 # ---------------------------------------------------------------- the target
@@ -275,6 +277,8 @@ class Effects:
         return out
 
     def to_json(self, rows: int | None = None) -> dict:
+        """Everything, as JSON: `neurons` and `heads` are the frames by |direct| with the columns renamed by
+        JSON_NAMES (direct_effect, total_effect: null where not verified); rows as in frame()."""
         P = len(self.prompt.ids)
         return to_jsonable(
             {
@@ -306,8 +310,8 @@ class Effects:
                     "neurons": float(self.direct.sum()),
                     "heads": float(self.heads_direct.sum()),
                 },
-                "neurons": self.frame(rows),
-                "heads": self.heads,
+                "neurons": self.frame(rows).rename(columns=JSON_NAMES),
+                "heads": self.heads.rename(columns=JSON_NAMES),
             }
         )
 

@@ -42,7 +42,12 @@ def dashboards_arguments(p: argparse.ArgumentParser) -> None:
 def examples_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neuron", required=True, help="L25.N1527")
     p.add_argument("--corpus", default=None)
-    p.add_argument("--max-tokens", type=positive_int, default=DASHBOARD_TOKENS)
+    p.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        help="the build's token budget (default: the largest built for the model and corpus)",
+    )
     p.add_argument("--top-k", type=positive_int, default=None, help="examples shown (default: all kept)")
 
 
@@ -97,18 +102,28 @@ def cmd_dashboards(args: argparse.Namespace) -> dict:
 
 def cmd_examples(args: argparse.Namespace) -> dict:
     from core.analyses.congruence import parse_neuron
-    from core.corpus.dashboards import DashboardSpec, build, is_built, neuron_view, plan
+    from core.corpus.dashboards import DashboardSpec, build, find_built, is_built, neuron_view, plan
 
     model = load(args)
     layer, neuron = parse_neuron(model, args.neuron)
-    spec = DashboardSpec(args.corpus, args.max_tokens)
-    work = plan(model, spec, contexts=False)
-    if not is_built(model, spec):
-        raise UserError(
-            f"no dashboards built for {model.name} on {work.spec.dataset} with {work.spec.max_tokens:,} tokens; "
-            f"run: python -m core dashboards build --model {model.name} --corpus {work.spec.dataset} "
-            f"--max-tokens {work.spec.max_tokens}"
-        )
+    if args.max_tokens is None:  # the largest dashboards built for this model and corpus
+        found = find_built(model, args.corpus)
+        if found is None:
+            dataset = plan(model, DashboardSpec(args.corpus), contexts=False).spec.dataset
+            raise UserError(
+                f"no dashboards built for {model.name} on {dataset}; run: python -m core dashboards build "
+                f"--model {model.name} --corpus {dataset}"
+            )
+        spec = found
+    else:
+        spec = DashboardSpec(args.corpus, args.max_tokens)
+        work = plan(model, spec, contexts=False)
+        if not is_built(model, spec):
+            raise UserError(
+                f"no dashboards built for {model.name} on {work.spec.dataset} with {work.spec.max_tokens:,} tokens; "
+                f"run: python -m core dashboards build --model {model.name} --corpus {work.spec.dataset} "
+                f"--max-tokens {work.spec.max_tokens} (or leave out --max-tokens to read the largest built)"
+            )
     view = neuron_view(model, build(model, spec), layer, neuron, args.top_k)
     if not args.json:
         print(

@@ -426,6 +426,48 @@ def is_built(model: Model, spec: DashboardSpec) -> bool:
     return _result_path(plan(model, spec, contexts=False)).exists()
 
 
+# Budgets probed for dashboards built before builds wrote their spec beside them (spec.json).
+PROBED_BUDGETS = (100_000, 50_000, 20_000, 10_000)
+
+
+def _spec_path(work: Plan) -> Path:
+    return work.folder / "spec.json"
+
+
+def _write_spec(model: Model, work: Plan) -> None:
+    """What a built folder holds, beside it (atomic): find_built reads it back."""
+    record = {"model": model.fingerprint, "corpus": work.corpus.identity, "spec": dataclasses.asdict(work.spec)}
+    tmp = work.folder / "spec.json.tmp"
+    tmp.write_text(json.dumps(record, sort_keys=True))
+    tmp.replace(_spec_path(work))
+
+
+def find_built(model: Model, corpus: str | None = None) -> DashboardSpec | None:
+    """The spec of the largest built dashboards (by token budget) of this model on this corpus (None: the default
+    corpus), or None when none are built."""
+    work = plan(model, DashboardSpec(corpus), contexts=False)
+    identity = json.dumps(work.corpus.identity, sort_keys=True, default=str)
+    found: list[DashboardSpec] = []
+    for side in sorted((cache_root() / "dashboards").glob("*/spec.json")):
+        try:
+            record = json.loads(side.read_text())
+            spec = DashboardSpec(**record["spec"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        same = record.get("model") == model.fingerprint
+        if same and json.dumps(record.get("corpus"), sort_keys=True, default=str) == identity:
+            if (side.parent / "dashboards.npz").exists():
+                found.append(spec)
+    for budget in PROBED_BUDGETS:
+        spec = DashboardSpec(work.spec.dataset, budget)
+        try:
+            if is_built(model, spec):
+                found.append(spec)
+        except UserError:  # a budget beyond a hosted cap
+            continue
+    return max(found, key=lambda s: s.max_tokens, default=None)
+
+
 def _finish(model: Model, work: Plan, arrays: dict[str, np.ndarray]) -> Dashboards:
     settings = {
         "corpus": work.spec.dataset,
@@ -460,6 +502,8 @@ def build(
     work = plan(model, spec, contexts=False)
     done_path = _result_path(work)
     if use_cache and (hit := cache.load(done_path)) is not None:
+        if not _spec_path(work).exists():
+            _write_spec(model, work)
         if progress:
             progress(len(hit["token"]), len(hit["token"]))
         return _finish(model, work, hit)
@@ -518,6 +562,7 @@ def build(
     }
     if use_cache:
         cache.save(done_path, arrays)
+        _write_spec(model, work)
         _checkpoint_path(work).unlink(missing_ok=True)
     return _finish(model, work, arrays)
 
