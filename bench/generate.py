@@ -83,6 +83,19 @@ def copy_bandwidth(device: torch.device, megabytes: int = 256, seconds: float = 
     return 2.0 * src.numel() * src.element_size() * reps / (time.perf_counter() - start)
 
 
+def read_bandwidth(device: torch.device, megabytes: int = 256, seconds: float = 1.0) -> float:
+    """Bytes read per second summing one large tensor (what decoding does with the weights; printed beside E)."""
+    src = torch.ones(megabytes << 18, device=device)
+    src.sum()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        src.sum()
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return src.numel() * src.element_size() * reps / (time.perf_counter() - start)
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -139,7 +152,7 @@ def main() -> None:
         hf_times.append(timed(theirs))
         steered.append(timed(lambda: ours(True)))
         dose_times.append(timed(dose))
-    bandwidth = copy_bandwidth(device)
+    bandwidth, reading = copy_bandwidth(device), read_bandwidth(device)
     per_token = weight_bytes_per_token(model.weights)
     t_ours, t_hf = statistics.median(plain), statistics.median(hf_times)
     t_steer, t_dose = statistics.median(steered), statistics.median(dose_times)
@@ -153,7 +166,8 @@ def main() -> None:
     print(f"ours: {t_ours:.3f} s ({x:.1f} tokens/s); transformers generate: {t_hf:.3f} s ({y:.1f} tokens/s)")
     print(
         f"weights read per token {per_token / 1e6:.0f} MB; memory copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
-        f"limit {bandwidth / per_token:.1f} tokens/s"
+        f"limit {bandwidth / per_token:.1f} tokens/s; read-only bandwidth {reading / 1e9:.1f} GB/s "
+        f"(E against it: {x * per_token / reading:.2f})"
     )
     print(f"3 interventions ({', '.join(iv.spec for iv in interventions)}): {t_steer:.3f} s")
     print(f"dose-response, 21 points on {label(layer, neuron)}: {t_dose:.3f} s")
