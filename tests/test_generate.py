@@ -28,12 +28,21 @@ TYPES = ["gpt2", "llama", *tiny_configs()]
 NEW = 6
 
 
+_PAIRS: dict = {}  # built once per family: pytest may set a module fixture's parameter up more than once
+
+
 @pytest.fixture(scope="module", params=TYPES)
 def pair(request, gpt2_folder, llama_folder, tmp_path_factory):
     """(Hugging Face module, our model with TransformerLens processing) of one family's tiny random checkpoint."""
+    name = request.param
+    if name not in _PAIRS:
+        _PAIRS[name] = build_pair(name, gpt2_folder, llama_folder, tmp_path_factory)
+    return _PAIRS[name]
+
+
+def build_pair(name, gpt2_folder, llama_folder, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
-    name = request.param
     if name in ("gpt2", "llama"):
         folder = gpt2_folder if name == "gpt2" else llama_folder
     else:
