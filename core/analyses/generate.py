@@ -187,6 +187,13 @@ class KVCache:
     k: torch.Tensor
     v: torch.Tensor
     length: int = 0
+    # Per-layer views [B, K, T, h], taken once: indexing the 5-d tensor at every layer of every step costs more
+    # Python time than the attention it feeds.
+    ks: list[torch.Tensor] = field(init=False, repr=False)
+    vs: list[torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ks, self.vs = list(self.k.unbind(0)), list(self.v.unbind(0))
 
     @classmethod
     def empty(cls, w: fw.Weights, batch: int, capacity: int, device: torch.device) -> KVCache:
@@ -220,8 +227,8 @@ def _cached_attention(
     g = w.n_heads // K
     q, k, v = fw.queries_keys_values(w, layer, resid, start)  # [B, S, n, h]; q carries the score scale
     end = start + S
-    cache.k[layer, :, :, start:end] = k.transpose(1, 2)
-    cache.v[layer, :, :, start:end] = v.transpose(1, 2)
+    cache.ks[layer].narrow(2, start, S).copy_(k.transpose(1, 2))
+    cache.vs[layer].narrow(2, start, S).copy_(v.transpose(1, 2))
     if last_query_only:
         q, S, first = q[:, -1:], 1, end - 1
     else:
@@ -229,10 +236,13 @@ def _cached_attention(
     window = w.arch.window(layer)
     # The earliest key any of these queries may see: a sliding-window layer reads only its window.
     lo = 0 if window is None else max(0, first - window + 1)
-    keys, values = cache.k[layer, :, :, lo:end], cache.v[layer, :, :, lo:end]  # [B, K, T', h]
+    keys, values = cache.ks[layer].narrow(2, lo, end - lo), cache.vs[layer].narrow(2, lo, end - lo)  # [B, K, T', h]
     # GQA: query head i reads kv head i // g (HF's repeat_kv order); the g heads and S positions of one kv head
     # go in one matmul with its keys, no repeated keys materialised.
-    q = q.reshape(B, S, K, g, h).permute(0, 2, 3, 1, 4).reshape(B, K, g * S, h)
+    if S == 1:  # decoding: plain views, no permuted copies
+        q = q.reshape(B, K, g, h)
+    else:
+        q = q.reshape(B, S, K, g, h).permute(0, 2, 3, 1, 4).reshape(B, K, g * S, h)
     scores = (q @ keys.transpose(-1, -2)).view(B, K, g, S, end - lo)
     scores = fw.softcap(scores, w.arch.attn_softcap)
     if S > 1:  # a single query at the newest position sees exactly keys lo..end-1: no mask needed
@@ -240,7 +250,10 @@ def _cached_attention(
         k_pos = torch.arange(lo, end, device=resid.device)[None, :]
         scores = scores.masked_fill(fw.hidden_keys(w, layer, q_pos, k_pos), torch.finfo(scores.dtype).min)
     pattern = scores.softmax(-1).view(B, K, g * S, end - lo)
-    z = (pattern @ values).view(B, K, g, S, h).permute(0, 3, 1, 2, 4).reshape(B, S, K * g, h)
+    if S == 1:
+        z = (pattern @ values).view(B, 1, K * g, h)
+    else:
+        z = (pattern @ values).view(B, K, g, S, h).permute(0, 3, 1, 2, 4).reshape(B, S, K * g, h)
     return fw.attn_post(w, layer, fw.attn_pre_norm_out(w, layer, z))
 
 
