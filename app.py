@@ -1,5 +1,6 @@
-"""Home: what the tool answers, and the post's story in five steps, each a link to a page pre-filled with the
-post's prompts. The other pages are in pages/ (their file names are the URLs: /Logit_Lens, /Patching, …).
+"""Home: what the tool answers, the Prompt page as the first door, and the post's story in five steps told on the
+picked model (its own story pair, every number computed: core.reproduce.home_story), each a link to a page
+pre-filled with that pair. The other pages are in pages/ (their file names are the URLs: /Logit_Lens, /Patching, …).
 
 Run: streamlit run app.py
 """
@@ -8,71 +9,96 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import story
-from ui import common, navigation, params
+from core.engine.model import Model
+from ui import analyses, charts, common, navigation, text
 from ui.navigation import path
 
 
-def story_links() -> list[tuple[str, str, str, list[tuple[str, str, dict[str, str]]]]]:
-    """(step title, question, what the embedded model shows, [(page, link label, query params)])."""
-    model_name = params.value("app", "model")
-    layer, neuron = story.KNOWN_NEURONS.get(model_name, (None, None))
-    pair = {"clean": story.CLEAN, "corrupted": story.CORRUPTED, "answer": story.ANSWER, "wrong": story.WRONG}
-    neuron_query = {"layer": str(layer), "neuron": str(neuron)} if layer is not None else {}
-    sweep_query = {**pair, "layer": str(layer)} if layer is not None else pair
-    corpus_query = {"neurons": f"L{layer}.N{neuron}"} if layer is not None else {}
+def story_links(told: dict) -> list[tuple[str, str, str, list[tuple[str, str, dict[str, str]]]]]:
+    """(step title, question, what the picked model shows, [(page, link label, query params)]).
+
+    told: core.reproduce.home_story of the picked model (its own story pair; every number computed)."""
+    answer, wrong = told["answer"], told["wrong"]
+    a, w = charts.shown(answer), charts.shown(wrong)
+    pair = {"clean": told["clean"], "corrupted": told["corrupted"], "answer": answer, "wrong": wrong}
+    layer, neuron = told["an_layer"], told["an_neuron_index"]
+    name, standout = told["an_neuron"], told["standout_layer"]
+    top1 = charts.shown(told["clean_top1"])
+    whose = "the post's prompt" if told["is_the_posts_pair"] else "this model's story prompt"
+    said = (
+        f"{a} is the top-1 prediction (p = {told['clean_p_answer']:.2f}, {w} = {told['clean_p_wrong']:.2f})"
+        if told["clean_top1"] == answer
+        else f"the top-1 prediction is {top1}, not {a} (p({a}) = {told['clean_p_answer']:.2f})"
+    )
+    if not told["is_the_posts_pair"]:
+        said = (
+            f"On the post's own prompt this model says {charts.shown(told['post_prompt_top1'])} "
+            f"(p({a}) = {told['post_prompt_p_answer']:.3f}), so its story uses another pair. "
+            + said[0].upper()
+            + said[1:]
+        )
+    mlp0 = f"MLP 0 scores {told['mlp0_score']:.2f} (an extended embedding); " if told["mlp0_score"] >= 0.5 else ""
+    sign = "negative" if told["an_neuron_activation"] < 0 else "positive"
+    rank_text = (
+        f"no other neuron of the {told['neurons']:,} is more congruent with {a}"
+        if told["answer_rank_among_neurons"] == 1
+        else f"its congruence with {a} is {told['answer_congruence']:+.1f}: rank {told['answer_rank_among_neurons']:,} "
+        f"of {told['neurons']:,} neurons from the top ({told['answer_rank_from_below']:,} from the bottom)"
+    )
+    runner = (
+        f"; the runner-up {told['runner_up']} {told['runner_up_score']:.2f}" if told["runner_up"] is not None else ""
+    )
     return [
         (
             "1. The model says “an”",
-            "Before it writes the noun, does the model already prefer ' an' over ' a'?",
-            "' an' is the top-1 prediction (p ≈ 0.61, ' a' ≈ 0.30). The logit lens shows the jump at MLP 25 (logit "
-            "diff −5.6 → +1.5), and MLP 25 is the largest direct contributor (+3.8).",
-            [
-                (
-                    "lens",
-                    "Logit lens on the post's prompt",
-                    {"prompt": story.CLEAN, "answer": story.ANSWER, "wrong": story.WRONG},
-                )
-            ],
+            f"Before it writes the noun, does the model already prefer {a} over {w}?",
+            f"{said}. The logit lens shows the largest jump at MLP {told['lens_jump_layer']} (logit diff "
+            f"{told['lens_jump_from']:+.1f} → {told['lens_jump_to']:+.1f}), and MLP {told['top_direct_mlp']} is the "
+            f"largest direct contributor ({told['top_direct_mlp_value']:+.1f}).",
+            [("lens", f"Logit lens on {whose}", {"prompt": told["clean"], "answer": answer, "wrong": wrong})],
         ),
         (
             "2. Find the layer",
-            "Swap apple → lemon (now ' a' wins). Which activation, put back from the clean run, restores ' an'?",
-            "Activation patching, layer × position: MLP 0 (an extended embedding) and MLP 25 stand out; MLP 25 patched "
-            "at all positions restores ≈ 0.65 of the gap.",
-            [("patching", "Patching on the post's prompt pair", pair)],
+            f"Swap the noun (now {charts.shown(told['corrupted_top'][0]['token'])} wins). Which activation, put back "
+            f"from the clean run, restores {a}?",
+            f"Each MLP patched whole at all positions: {mlp0}MLP {standout} stands out, restoring "
+            f"{told['standout_score']:.2f} of the gap — a {told['standout_depth']} layer "
+            f"({standout} of {told['n_layers']}).",
+            [("patching", f"Patching on {whose} pair", pair)],
         ),
         (
             "3. Find the neuron",
-            "Patch each neuron of that layer alone: does one carry the layer's effect?",
-            "The neuron sweep of MLP 25: L25.N1527 alone restores ≈ 0.61 — 94 % of the whole layer's 0.65; the "
-            "runner-up 0.01. Click its point to open it.",
-            [("patching", "Neuron sweep of the standout layer", sweep_query)],
+            "Patch single neurons: does one carry a layer's effect?",
+            f"Attribution proposes {told['verified']} neurons, exact patching ranks them: {name} alone restores "
+            f"{told['an_neuron_score']:.2f} — {told['an_neuron_score'] / told['an_layer_score']:.0%} of its whole "
+            f"MLP {layer}'s {told['an_layer_score']:.2f}{runner}. Click its point to open it.",
+            [("patching", f"Neuron sweep of MLP {layer}", {**pair, "layer": str(layer)})],
         ),
         (
             "4. What does it write?",
-            "Is the neuron's output direction the ' an' token itself (congruence = W_out · unembedding)?",
-            "L25.N1527's most congruent token is ' an' (12.4), and no other neuron of the 46,080 is more congruent "
-            "with ' an'.",
+            f"Is the neuron's output direction the {a} token itself (congruence = W_out · unembedding)?",
+            f"{name}'s most congruent token is {charts.shown(told['top_token'])} "
+            f"({told['top_token_congruence']:+.1f}) and it fires {sign} here "
+            f"({told['an_neuron_activation']:+.2f}); {rank_text}.",
             [
-                ("neuron", "The an-neuron's page", neuron_query),
-                ("token", "Every neuron's congruence with ' an'", {"token": story.ANSWER}),
+                ("neuron", f"{name}'s page", {"layer": str(layer), "neuron": str(neuron)}),
+                ("token", f"Every neuron's congruence with {a}", {"token": answer}),
             ],
         ),
         (
             "5. More token neurons, and real text",
-            "Do other tokens have a neuron of their own? Does the neuron predict ' an' on ordinary text?",
+            f"Do other tokens have a neuron of their own? Does the neuron predict {a} on ordinary text?",
             "Stand-out and mutual-exclusive searches over every neuron × every token; the corpus scan bins the "
-            "neuron's activation on real text against how often ' an' is the model's top-1 prediction.",
+            f"neuron's activation on real text against how often {a} is the model's top-1 prediction.",
             [
                 ("search", "Search all neurons × tokens", {"kind": "mutual"}),
-                ("corpus", "Corpus check of the an-neuron", corpus_query),
+                ("corpus", "Corpus check of the neuron", {"neurons": name}),
             ],
         ),
     ]
 
 
-def home_body() -> None:
+def home_body(model: Model | None) -> None:
     st.title("Token Neuron Explorer")
     st.markdown(
         "Find and study **token neurons**: single MLP neurons whose job is to make a language model say one token. "
@@ -81,15 +107,25 @@ def home_body() -> None:
         "show where the decision is made (logit lens, activation patching of layers, heads and single neurons), "
         "which token each neuron writes (congruence), searches over every neuron × token, and a corpus check."
     )
+    with st.container(border=True):
+        st.markdown(
+            "**Start with your own text.** One prompt, no pair needed: which neurons make the model say what it "
+            "says there — each neuron's direct effect on the prediction, and its total effect once later layers "
+            "have reacted."
+        )
+        st.page_link(path("prompt"), label="Prompt: the neurons that matter for my text", icon=":material/bolt:")
     st.caption(
         "Every input is in the URL: copy it to share a view. Tokens are written with their leading space "
         "(' an', shown as ␣an). Every table has a CSV download, every analysis a JSON download."
     )
+    if model is None:
+        return
     st.subheader("The post's story in five steps")
-    for title, question, finding, links in story_links():
+    told = analyses.home_story(model, model.fingerprint)
+    for title, question, finding, links in story_links(told):
         with st.container(border=True):
-            st.markdown(f"**{title}** — {question}")
-            st.caption(f"On the embedded model: {finding}")
+            st.markdown(f"**{title}** — {text.literal(question)}")
+            st.caption(f"On {text.literal(model.name)} (computed by the engine): {text.literal(finding)}")
             columns = st.columns(len(links) + 1)
             for column, (page, label, query) in zip(columns, links):
                 column.page_link(
@@ -107,4 +143,4 @@ def home_body() -> None:
 
 
 model = common.setup_page("Home")
-common.run_page(home_body)
+common.run_page(lambda: home_body(model))

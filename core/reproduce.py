@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from core.analyses import attribution, congruence, drivers, lens, patching, predict, search
+from core.analyses import activations, attribution, congruence, drivers, lens, patching, predict, search
 from core.corpus import scan
 from core.engine import tokens
 from core.engine.model import Model
 from core.engine.tokens import Prompt
 from core.jsonable import to_jsonable
-from core.story import ANSWER, CLEAN, CORRUPTED, EXPECTED, STORY_PAIRS, WRONG, Expected
+from core.story import ANSWER, CLEAN, CORRUPTED, EXPECTED, WRONG, Expected
+from core.story import pair as story_pair
 
 STEPS = (
     "predictions",
@@ -95,7 +96,7 @@ def run(
             progress(i, len(STEPS), STEPS[i - 1] if i else "start")
 
     step(0)
-    clean_text, corrupted_text = STORY_PAIRS.get(model.name, (CLEAN, CORRUPTED))
+    clean_text, corrupted_text = story_pair(model.name)
     story = Story(*patching.PatchInputs(clean_text, corrupted_text, ANSWER, WRONG).resolve(model))
     out: dict[str, Any] = {"model": model.facts(), "prompts": _prompts(story, clean_text, corrupted_text)}
     out.update(_predictions(model, story))
@@ -333,6 +334,89 @@ def _drivers(model: Model, clean, corrupted, answer: int, wrong: int, layer: int
             "verdict": "reproduced" if reads_noun else "differs",
         },
     }
+
+
+# ---------------------------------------------------------------- the Home page's story, computed
+
+
+def home_story(model: Model, verify: int = 20) -> dict:
+    """The numbers the Home page's five captions tell, computed on this model's story pair (core.story.pair):
+    predictions, the logit lens's largest jump and the largest direct MLP contributor, each MLP patched whole at
+    all positions (the standout layer, MLP 0 aside), the top neuron anywhere (attribution's top `verify`, each
+    patched exactly: a lighter search than reproduce's, which also sweeps the large layers), its congruences.
+
+    A few seconds on the embedded models (one attribution pass and one batched exact patch)."""
+    clean_text, corrupted_text = story_pair(model.name)
+    told = Story(*patching.PatchInputs(clean_text, corrupted_text, ANSWER, WRONG).resolve(model))
+    predictions = _predictions(model, told)
+    lensed = lens.logit_lens(model, told.clean, told.answer, told.wrong)
+    after_mlp = lensed.layers[lensed.layers.stage.isin(["embed", "mlp"])].logit_diff.to_numpy()
+    jump = int(np.argmax(np.diff(after_mlp)))
+    mlps = lensed.components[lensed.components.kind == "mlp"]
+    top_mlp = mlps.iloc[int(np.argmax(mlps.logit_diff.to_numpy()))]
+    setup = patching.prepare(model, told.clean, told.corrupted, told.answer, told.wrong)
+    totals = patching.patch_layer_totals(setup)["mlp_out"]
+    standout = patching.standout_mlp_layer(totals)
+    proposed = attribution.top_neurons(model, attribution.attribute(setup), verify)
+    wanted: dict[int, list[int] | None] = {}
+    for layer, neuron in zip(proposed.layer.tolist(), proposed.neuron.tolist()):
+        listed = wanted.setdefault(int(layer), [])
+        assert listed is not None
+        listed.append(int(neuron))
+    exact = sorted(
+        (
+            (float(score), layer, int(n))
+            for layer, result in patching.patch_neuron_sets(setup, wanted).items()
+            for n, score in zip(result.neurons, result.scores)
+        ),
+        reverse=True,
+    )
+    (best, an_layer, an_neuron), runner_up = exact[0], exact[1] if len(exact) > 1 else None
+    n2t = congruence.neuron_to_tokens(model, an_layer, an_neuron, "W_U", top_k=3)
+    t2n = congruence.token_to_neurons(model, told.answer, "W_U", top_k=1)
+    own = t2n.values[an_layer, an_neuron]
+    top = n2t.top.iloc[0]
+    fired = float(activations.neuron_activations(model, told.clean, an_layer, an_neuron).activation.iloc[-1])
+    return to_jsonable(
+        {
+            "model": model.name,
+            "n_layers": model.n_layers,
+            "neurons": model.n_layers * model.d_mlp,
+            "clean": clean_text,
+            "corrupted": corrupted_text,
+            "is_the_posts_pair": (clean_text, corrupted_text) == (CLEAN, CORRUPTED),
+            "answer": ANSWER,
+            "wrong": WRONG,
+            **predictions["predictions"],
+            "clean_top1": predictions["predictions"]["clean_top"][0]["token"],
+            "post_prompt_top1": predictions["post_prompt_top1"],
+            "post_prompt_p_answer": predictions["post_prompt_p_answer"],
+            "logit_diff": lensed.logit_diff,
+            "lens_jump_layer": jump,
+            "lens_jump_from": float(after_mlp[jump]),
+            "lens_jump_to": float(after_mlp[jump + 1]),
+            "top_direct_mlp": int(top_mlp["layer"]),
+            "top_direct_mlp_value": float(top_mlp["logit_diff"]),
+            "mlp0_score": float(totals[0]),
+            "standout_layer": standout,
+            "standout_score": float(totals[standout]),
+            "standout_depth": patching.depth_word(standout, model.n_layers),
+            "an_neuron": congruence.label(an_layer, an_neuron),
+            "an_layer": an_layer,
+            "an_neuron_index": an_neuron,
+            "an_neuron_score": best,
+            "an_layer_score": float(totals[an_layer]),
+            "runner_up": congruence.label(runner_up[1], runner_up[2]) if runner_up else None,
+            "runner_up_score": runner_up[0] if runner_up else None,
+            "verified": len(exact),
+            "top_token": str(top["token"]),
+            "top_token_congruence": float(top["congruence"]),
+            "answer_congruence": float(n2t.values[told.answer]),
+            "answer_rank_among_neurons": int((t2n.values.ravel() > own).sum()) + 1,
+            "answer_rank_from_below": int((t2n.values.ravel() < own).sum()) + 1,
+            "an_neuron_activation": fired,
+        }
+    )
 
 
 # ---------------------------------------------------------------- figures and report files

@@ -27,6 +27,12 @@ GEMMA3_CORRUPTED = "My brother is a lawyer. My sister is also"
 # The pair the story is told on, per model (the post's pair unless the model does not predict " an" on it).
 STORY_PAIRS = {GEMMA3: (GEMMA3_CLEAN, GEMMA3_CORRUPTED)}
 
+
+def pair(model_name: str | None) -> tuple[str, str]:
+    """(clean, corrupted): the story pair of this model (the pages' default prompts)."""
+    return STORY_PAIRS.get(model_name or "", (CLEAN, CORRUPTED))
+
+
 # The an-neuron each model is known for: the post's for GPT-2 large, measured here for the embedded models
 # (Gemma 3's writes " a" against " an" and fires negative on the clean prompt: docs/families.md).
 KNOWN_NEURONS = {EMBEDDED: (25, 1527), "gpt2-large": (31, 892), GEMMA3: (13, 1278)}

@@ -41,8 +41,8 @@ def key(name: str) -> str:
 
 def page_params(model: Model) -> list[params.Param]:
     return [
-        params.Param("clean", story.CLEAN),
-        params.Param("corrupted", story.CORRUPTED),
+        params.Param("clean", story.pair(model.name)[0]),
+        params.Param("corrupted", story.pair(model.name)[1]),
         params.Param("answer", story.ANSWER),
         params.Param("wrong", story.WRONG),
         params.Param("ablation", "clean", params.choice("ablation", ABLATIONS)),
@@ -121,7 +121,10 @@ def totals_section(totals: dict[str, np.ndarray], standout: int) -> None:
         if abs(mlp[0]) >= EXTENDED_EMBEDDING
         else f"MLP 0 scores {mlp[0]:.3f}"
     )
-    right.markdown(f"**Standout late MLP layer: {standout}** (all-positions score {mlp[standout]:.3f}; {mlp0}).")
+    depth = patching.depth_word(standout, len(mlp))
+    right.markdown(
+        f"**Standout {depth} MLP layer: {standout}** of {len(mlp)} (all-positions score {mlp[standout]:.3f}; {mlp0})."
+    )
     frame = pd.DataFrame({"layer": range(len(mlp)), "attn_out": totals["attn_out"], "mlp_out": mlp})
     order = np.argsort(-np.maximum(np.abs(frame.attn_out), np.abs(frame.mlp_out)), kind="stable")
     with right:

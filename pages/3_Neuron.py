@@ -29,7 +29,7 @@ def page_params(model: Model) -> list[params.Param]:
         params.Param("layer", None, params.whole_number("layer", 0, model.n_layers - 1)),
         params.Param("neuron", None, params.whole_number("neuron", 0, model.d_mlp - 1)),
         params.Param("matrix", "W_U", params.choice("matrix", MATRICES)),
-        params.Param("prompt", story.CLEAN),
+        params.Param("prompt", story.pair(model.name)[0]),
         params.Param("position", None, params.whole_number("position", 0)),
         params.Param("corrupted", ""),
         params.Param("answer", story.ANSWER),

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.analyses import activations, congruence, cost, drivers, lens, patching, predict, search
+from core.analyses import activations, atlas, congruence, cost, drivers, effects, lens, patching, predict, search
 from core.analyses.patching import PatchInputs
-from core.corpus import scan
+from core.corpus import dashboards, rarity, scan
 from core.engine import tokens
 from core.engine.model import Model
 from core.serving import jobs, worker
@@ -235,3 +235,81 @@ def corpus_scan(
                 _model, spec, address=None if ray_address == "local" else ray_address, progress=progress
             )
     return ScanView(dict(result.neurons), result.to_json())
+
+
+# ---------------------------------------------------------------- one prompt: the neurons that matter (Prompt, Home)
+
+
+@st.cache_data(show_spinner="Telling the story on this model (a few seconds, once)…", max_entries=8)
+def home_story(_model: Model, fingerprint: str) -> dict:
+    """The Home page's captions' numbers on the picked model's own story pair (core.reproduce.home_story)."""
+    from core import reproduce
+
+    return reproduce.home_story(_model)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def position_predictions(_model: Model, fingerprint: str, text: str, top_k: int) -> tuple[tokens.Prompt, pd.DataFrame]:
+    """The prompt's tokens, and the top-k next tokens after every position (one forward)."""
+    prompt = tokens.prompt(_model, text)
+    return prompt, predict.top_k_per_position(_model, prompt, top_k)
+
+
+def built_dashboards(model: Model) -> dashboards.DashboardSpec | None:
+    """The largest dashboards built for the model on the default corpus (not cached: a build made meanwhile, from
+    the command line or the Neuron page, shows up on the next rerun)."""
+    return dashboards.find_built(model)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the built dashboards…")
+def _dashboards(_model: Model, fingerprint: str, spec: dashboards.DashboardSpec) -> dashboards.Dashboards:
+    return dashboards.build(_model, spec)
+
+
+@st.cache_data(show_spinner="Direct effects of every neuron and head, exact totals of the top ones…", max_entries=32)
+def top_neurons(
+    _model: Model,
+    fingerprint: str,
+    text: str,
+    answer: str | None,
+    wrong: str | None,
+    position: int | None,
+    top_k: int,
+    ablation: str,
+    spec: dashboards.DashboardSpec | None,
+) -> effects.Effects:
+    """core.analyses.effects.top_neurons on the text; ablation "mean" reads the corpus means of `spec`'s built
+    dashboards (None: none built, which the engine refuses with the command that builds them)."""
+    prompt = tokens.prompt(_model, text)
+    means = None
+    if ablation == "mean" and spec is not None:
+        means = rarity.corpus_means(rarity.require(_model, _dashboards(_model, fingerprint, spec)))
+    return effects.top_neurons(
+        _model, prompt, answer, wrong, position=position, top_k=top_k, ablation=ablation, means=means  # type: ignore[arg-type]
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def neuron_facts(_model: Model, fingerprint: str, neurons: tuple[tuple[int, int], ...]) -> pd.DataFrame:
+    """Per neuron: its most and least congruent token (W_U, one matmul) and its atlas classes when the atlas is
+    on disk (never starts the atlas pass): layer, neuron, top_token, top_congruence, bottom_token,
+    bottom_congruence, atlas."""
+    frame = congruence.extreme_tokens(_model, list(neurons))
+    classes: list[str | None] = [None] * len(neurons)
+    if atlas.is_cached(_model):
+        built = atlas.atlas(_model)
+        for i, (layer, neuron) in enumerate(neurons):
+            row = atlas.neuron_row(built, layer, neuron)
+            if row is not None:
+                classes[i] = ", ".join(c for c in atlas.CLASSES if row[c]) or "—"
+    return frame.assign(atlas=classes)
+
+
+@st.cache_data(show_spinner="Reading each neuron's corpus histogram…", max_entries=16)
+def unusual_neurons(
+    _model: Model, fingerprint: str, text: str, spec: dashboards.DashboardSpec, per_token: int
+) -> pd.DataFrame:
+    """rarity.unusual_neurons of the text against `spec`'s built dashboards."""
+    return rarity.unusual_neurons(
+        _model, tokens.prompt(_model, text), _dashboards(_model, fingerprint, spec), per_token=per_token
+    )

@@ -513,3 +513,76 @@ def reads_from_bar(frame: pd.DataFrame, title: str) -> go.Figure:
     fig.update_yaxes(autorange="reversed", row=1, col=1)
     fig.update_layout(showlegend=False)
     return _layout(fig, title, height=max(320, 20 * len(frame) + 110))
+
+
+# ---------------------------------------------------------------- one prompt: direct vs total effects
+
+
+EFFECT_COLOURS = {"direct": "#9ab7d8", "total": "#1f5fa8"}
+
+
+def effects_bars(frame: pd.DataFrame, unit: str, metric: str, title: str) -> go.Figure:
+    """Direct and total effect of each row side by side, one pair of horizontal bars per unit, largest |direct| on
+    top; rows whose total is less than half the direct are marked "✕ cancelled" (later layers take it back), rows
+    without a total "not verified".
+
+    frame: effects.Effects.frame() (unit "neuron") or its heads (unit "head"): label, layer, neuron|head, direct,
+    total, kind. customdata = [layer, neuron|head, kind]: a click on a neuron opens its page."""
+    rows = frame.iloc[::-1]  # Plotly draws the first category at the bottom
+    marks = {"cancelled": " ✕ cancelled", "reversed": " ↔ reversed", "amplified": " ▲ amplified"}
+    labels = [f"{label}{marks.get(kind, '')}" for label, kind in zip(rows["label"], rows["kind"])]
+    custom = np.stack([rows["layer"], rows[unit], rows["kind"]], axis=1)
+    fig = go.Figure()
+    for column, name in (("direct", "direct effect"), ("total", "total effect")):
+        fig.add_trace(
+            go.Bar(
+                y=labels,
+                x=rows[column],
+                orientation="h",
+                name=name,
+                marker_color=EFFECT_COLOURS[column],
+                customdata=custom,
+                hovertemplate=f"%{{y}}<br>{name} %{{x:+.3f}}<br>%{{customdata[2]}}<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="group", bargap=0.25, legend=dict(orientation="h", y=1.02, x=1, xanchor="right"))
+    fig.update_yaxes(categoryorder="array", categoryarray=labels, automargin=True)
+    fig.update_xaxes(title=f"effect on {metric}", zeroline=True, zerolinecolor="#888")
+    return _layout(fig, title, height=max(260, 70 + 34 * len(rows)))
+
+
+def unusual_strip(frame: pd.DataFrame) -> go.Figure:
+    """Each prompt token's rarest neuron activations: one column per position, one cell per rank; colour = how
+    rare (−log10 of the share of corpus positions at least as extreme), text = the neuron.
+
+    frame: core.corpus.rarity.unusual_neurons. customdata = [layer, neuron]: a click opens the neuron."""
+    positions = sorted(set(frame["position"]))
+    ranks = sorted(set(frame["rank"]))
+    cell = frame.set_index(["rank", "position"])
+    rarity = np.full((len(ranks), len(positions)), np.nan)
+    texts = [["" for _ in positions] for _ in ranks]
+    custom = np.zeros((len(ranks), len(positions), 4), dtype=object)
+    for i, rank in enumerate(ranks):
+        for j, pos in enumerate(positions):
+            row = cell.loc[(rank, pos)]
+            share = max(float(row["share"]), 1e-7)
+            rarity[i, j] = -np.log10(share)
+            beyond = " (beyond the corpus)" if row["beyond_corpus"] else ""
+            texts[i][j] = str(row["label"])
+            custom[i, j] = [int(row["layer"]), int(row["neuron"]), f"{100 * share:.3g}%{beyond}", row["side"]]
+    tokens = [shown(str(frame[frame.position == p]["token"].iloc[0])) for p in positions]
+    fig = go.Figure(
+        go.Heatmap(
+            z=rarity,
+            x=[f"{p}: {t}" for p, t in zip(positions, tokens)],
+            y=[f"#{r}" for r in ranks],
+            text=texts,
+            texttemplate="%{text}",
+            customdata=custom,
+            colorscale="Oranges",
+            colorbar=dict(title="−log10 share"),
+            hovertemplate="%{x}<br>%{text} fires %{customdata[3]}: top %{customdata[2]} of the corpus<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title="rarest first")
+    return _layout(fig, "Which neurons fire unusually on each token", height=120 + 40 * len(ranks))

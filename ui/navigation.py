@@ -21,6 +21,7 @@ class Page:
 
 PAGES: dict[str, Page] = {
     "home": Page("app.py", "Home", ":material/home:"),
+    "prompt": Page("pages/0_Prompt.py", "Prompt", ":material/bolt:"),
     "lens": Page("pages/1_Logit_Lens.py", "Logit Lens", ":material/stacked_line_chart:"),
     "patching": Page("pages/2_Patching.py", "Patching", ":material/healing:"),
     "neuron": Page("pages/3_Neuron.py", "Neuron", ":material/scatter_plot:"),
@@ -28,6 +29,7 @@ PAGES: dict[str, Page] = {
     "search": Page("pages/5_Search.py", "Search", ":material/search:"),
     "corpus": Page("pages/6_Corpus.py", "Corpus", ":material/menu_book:"),
     "atlas": Page("pages/7_Atlas.py", "Atlas", ":material/hub:"),
+    "steer": Page("pages/8_Steer.py", "Steer", ":material/tune:"),
 }
 
 

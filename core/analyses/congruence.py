@@ -146,6 +146,32 @@ def neuron_to_tokens(model: Model, layer: int, neuron: int, matrix: str = "W_U",
     )
 
 
+@torch.no_grad()
+def extreme_tokens(model: Model, neurons: list[tuple[int, int]], matrix: str = "W_U") -> pd.DataFrame:
+    """Each neuron's most and least congruent token, in one matmul ([n, d] @ [d, V]): columns layer, neuron,
+    top_token, top_congruence, bottom_token, bottom_congruence (rows in the order given)."""
+    for layer, neuron in neurons:
+        check_neuron(model, layer, neuron)
+    columns = ["layer", "neuron", "top_token", "top_congruence", "bottom_token", "bottom_congruence"]
+    if not neurons:
+        return pd.DataFrame(columns=columns)
+    rows = torch.stack([neuron_vector(model, layer, neuron) for layer, neuron in neurons])  # [n, d]
+    values = (rows @ token_vectors(model, matrix)).float()  # [n, V]
+    top_vals, top_ids = values.max(-1)
+    low_vals, low_ids = values.min(-1)
+    return pd.DataFrame(
+        {
+            "layer": [layer for layer, _ in neurons],
+            "neuron": [neuron for _, neuron in neurons],
+            "top_token": [model.token_str(int(i)) for i in top_ids],
+            "top_congruence": top_vals.cpu().numpy(),
+            "bottom_token": [model.token_str(int(i)) for i in low_ids],
+            "bottom_congruence": low_vals.cpu().numpy(),
+        },
+        columns=columns,
+    )
+
+
 def _token_frame(model: Model, ids: torch.Tensor, values: torch.Tensor) -> pd.DataFrame:
     ids_list = ids.tolist()
     return pd.DataFrame(

@@ -656,6 +656,11 @@ def standout_mlp_layer(layers: LayerPatching | np.ndarray) -> int:
     return int(np.argmax(scores[1:])) + 1 if len(scores) > 1 else 0
 
 
+def depth_word(layer: int, n_layers: int) -> str:
+    """ "early", "middle" or "late": where a layer sits in the model's depth (by thirds)."""
+    return "early" if layer < n_layers / 3 else "middle" if layer < 2 * n_layers / 3 else "late"
+
+
 @dataclass
 class Effect:
     """A patch in absolute terms at the last position: the logit diff and the top-1 token, before and after."""

@@ -32,28 +32,18 @@ def top_neurons_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default=None, help="--ablation mean: the dashboards' corpus (default: brown/bundled)")
 
 
-def corpus_means(model, corpus: str | None):
-    """Every neuron's corpus mean from the largest dashboards built for the model (one line when none are)."""
-    from core.corpus import dashboards, rarity
-    from core.errors import UserError
-
-    spec = dashboards.find_built(model, corpus)
-    if spec is None:
-        dataset = dashboards.plan(model, dashboards.DashboardSpec(corpus), contexts=False).spec.dataset
-        raise UserError(
-            f"--ablation mean needs every neuron's corpus mean, and no dashboards are built for {model.name} on "
-            f"{dataset}; build them with: python -m core dashboards build --model {model.name} --corpus {dataset}"
-        )
-    return rarity.corpus_means(rarity.require(model, dashboards.build(model, spec))), spec
-
-
 def cmd_top_neurons(args: argparse.Namespace) -> dict:
     from core.analyses import effects
     from core.engine import tokens
 
     model = load(args)
     prompt = tokens.prompt(model, args.prompt)
-    means = corpus_means(model, args.corpus)[0] if args.ablation == "mean" else None
+    means = None
+    if args.ablation == "mean":  # every neuron's corpus mean, from the largest dashboards built
+        from core.corpus import dashboards, rarity
+
+        built = dashboards.largest_built(model, args.corpus, "--ablation mean")
+        means = rarity.corpus_means(rarity.require(model, built))
     result = effects.top_neurons(
         model,
         prompt,

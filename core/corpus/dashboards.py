@@ -468,6 +468,19 @@ def find_built(model: Model, corpus: str | None = None) -> DashboardSpec | None:
     return max(found, key=lambda s: s.max_tokens, default=None)
 
 
+def largest_built(model: Model, corpus: str | None = None, why: str = "this") -> Dashboards:
+    """The largest dashboards built for this model on this corpus, read back; one line saying how to build them
+    when there are none (why: what needs them, for the message)."""
+    spec = find_built(model, corpus)
+    if spec is None:
+        dataset = plan(model, DashboardSpec(corpus), contexts=False).spec.dataset
+        raise UserError(
+            f"{why} needs the dashboards of every neuron, and none are built for {model.name} on {dataset}; build "
+            f"them with: python -m core dashboards build --model {model.name} --corpus {dataset}"
+        )
+    return build(model, spec)
+
+
 def _finish(model: Model, work: Plan, arrays: dict[str, np.ndarray]) -> Dashboards:
     settings = {
         "corpus": work.spec.dataset,
