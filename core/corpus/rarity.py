@@ -185,3 +185,12 @@ def corpus_means(dash: Dashboards) -> np.ndarray:
     hist = dash.arrays["hist"].astype(np.float64)  # [L, B, m]
     centres = (EDGES[:-1] + EDGES[1:]) / 2
     return ((hist * centres[None, :, None]).sum(1) / np.maximum(hist.sum(1), 1.0)).astype(np.float32)
+
+
+def observed_range(dash: Dashboards, layer: int, neuron: int) -> tuple[float, float] | None:
+    """The neuron's lowest and highest activation seen over the dashboards' corpus (bin edges: within a bin of the
+    true extremes, and never inside them); None when its histogram is empty."""
+    hist = dash.arrays["hist"][layer : layer + 1, :, neuron : neuron + 1]  # [1, B, 1]
+    high, low = extremes(hist)
+    lo, hi = float(low[0, 0]), float(high[0, 0])
+    return None if np.isnan(lo) or np.isnan(hi) else (lo, hi)

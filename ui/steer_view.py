@@ -1,0 +1,105 @@
+"""The Steer page's pieces: generated text as coloured token strips, the dose–response chart, and a small
+process-wide store of finished generations (so a rerun or a reopened link shows them without generating again).
+
+Generation streams into the page as it runs (ui code draws each step), so it cannot sit inside `st.cache_data`
+(which replays what a cached function drew); finished greedy results are kept here instead, keyed like the cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.analyses.steering import DoseResponse, SteerResult
+from ui.charts import shown
+from ui.text import literal_html
+
+KEPT = 32  # finished generations kept per server process (a few KB each)
+
+_STRIP = "font-family:monospace;line-height:1.9;white-space:pre-wrap"
+_TOKEN = "padding:1px 0;border-radius:2px"
+_CHANGED = "background:rgba(255,196,0,0.55);outline:1px solid #b08800"
+
+
+@st.cache_resource
+def _store() -> tuple[threading.Lock, OrderedDict[Hashable, SteerResult]]:
+    return threading.Lock(), OrderedDict()
+
+
+def remembered(key: Hashable) -> SteerResult | None:
+    lock, store = _store()
+    with lock:
+        hit = store.get(key)
+        if hit is not None:
+            store.move_to_end(key)
+        return hit
+
+
+def remember(key: Hashable, result: SteerResult) -> None:
+    lock, store = _store()
+    with lock:
+        store[key] = result
+        while len(store) > KEPT:
+            store.popitem(last=False)
+
+
+def strip(rows: pd.DataFrame) -> str:
+    """One continuation as HTML: tokens whose choice differs from the other variant highlighted; hover: the token's
+    probability here and what the other variant wrote at the same index with its probability.
+
+    rows: SteerResult.frame() rows of one sample and variant, in order."""
+    spans = []
+    for row in rows.itertuples():
+        title = f"{shown(row.token)}: P = {row.prob:.3f}"
+        if row.other_token is not None and row.changed:
+            title += f"; the other run wrote {shown(row.other_token)} (P = {row.other_prob:.3f})"
+        style = f"{_TOKEN};{_CHANGED}" if row.changed else _TOKEN
+        spans.append(f'<span title="{literal_html(title)}" style="{style}">{literal_html(row.token)}</span>')
+    return f'<div class="steer-strip" style="{_STRIP}">{"".join(spans)}</div>'
+
+
+def live_strip(pieces: list[str]) -> str:
+    """A continuation while it is being generated (no probabilities yet)."""
+    body = "".join(f'<span style="{_TOKEN}">{literal_html(p)}</span>' for p in pieces)
+    return f'<div class="steer-strip" style="{_STRIP}">{body}▌</div>'
+
+
+def dose_chart(dose: DoseResponse, chosen: float | None = None) -> go.Figure:
+    """P(answer), P(wrong) (left axis) and the logit diff (right axis) against the clamped value; the neuron's
+    natural activation on this prompt marked, and the value the page steers with."""
+    frame = dose.frame()
+    clamped = frame[~frame.natural]
+    fig = go.Figure()
+    for column, name, colour in (
+        ("p_answer", f"P({shown(dose.answer)})", "#1f5fa8"),
+        ("p_wrong", f"P({shown(dose.wrong)})", "#b5443b"),
+    ):
+        fig.add_scatter(x=clamped.value, y=clamped[column], name=name, mode="lines+markers", line_color=colour)
+    fig.add_scatter(
+        x=clamped.value,
+        y=clamped.logit_diff,
+        name="logit diff",
+        yaxis="y2",
+        mode="lines",
+        line={"color": "#6a737d", "dash": "dot"},
+    )
+    fig.add_vline(x=dose.natural, line_dash="dash", line_color="#111", annotation_text=f"natural {dose.natural:+.2f}")
+    if chosen is not None:
+        fig.add_vline(
+            x=chosen, line_color="#b08800", annotation_text=f"steer {chosen:+.2f}", annotation_position="bottom"
+        )
+    fig.update_layout(
+        title=f"Dose–response of {dose.to_json()['neuron']['label']} (clamped at the {dose.positions} position)",
+        xaxis_title="clamped activation",
+        yaxis={"title": "probability", "range": [0, 1]},
+        yaxis2={"title": "logit diff", "overlaying": "y", "side": "right", "showgrid": False},
+        height=380,
+        margin={"l": 40, "r": 40, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
