@@ -232,7 +232,8 @@ def neuron_chart(figure: Any, key: str, **extra: str) -> None:
     """A Plotly chart whose points carry [layer, neuron, …] as customdata: a click opens that neuron's page."""
     clicked = navigation.neuron_from_point(st.plotly_chart(figure, key=key, on_select="rerun", selection_mode="points"))
     if clicked:
-        navigation.go_neuron(*clicked, **extra)
+        layer, neuron = clicked
+        navigation.go_neuron(layer, neuron, **extra)
 
 
 def neuron_table(

@@ -35,9 +35,10 @@ def neuron_scan(label: str, result: Any, target: str, key: str) -> None:
     for row in examples.itertuples():
         pieces, values = list(row.tokens), [float(v) for v in row.token_activations]
         # `focus` (the example's own position inside its window) when the scan gives it, else the window's maximum
-        peak = int(getattr(row, "focus", -1))
-        if not 0 <= peak < len(values):
-            peak = max(range(len(values)), key=lambda i: values[i]) if values else None
+        focus = int(getattr(row, "focus", -1))
+        peak: int | None = focus if 0 <= focus < len(values) else None
+        if peak is None and values:
+            peak = max(range(len(values)), key=lambda i: values[i])
         st.markdown(
             f"<div style='margin:2px 0'><code>{row.activation:+.2f}</code> · doc {row.doc}, position "
             f"{row.position} of its context (the Neuron page's dashboards locate examples in documents)</div>"
