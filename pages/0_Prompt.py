@@ -217,7 +217,8 @@ def unusual_section(model: Model, text_value: str) -> None:
     frame = analyses.unusual_neurons(model, model.fingerprint, text_value, spec, PER_TOKEN)
     st.caption(
         f"Rarity against each neuron's own activations over {spec.max_tokens:,} tokens of "
-        f"{text.literal(spec.dataset)}: the share of corpus positions where it fires at least this far out (high or low)."
+        f"{text.literal(spec.dataset)}: the share of corpus positions where it fires at least this far out "
+        "(high or low)."
     )
     common.neuron_chart(charts.unusual_strip(frame), key="prompt:unusual_chart", prompt=text_value)
     common.neuron_table(frame, "unusual_neurons", key="prompt:unusual_table", query={"prompt": text_value}, height=250)

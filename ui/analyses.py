@@ -285,7 +285,14 @@ def top_neurons(
     if ablation == "mean" and spec is not None:
         means = rarity.corpus_means(rarity.require(_model, _dashboards(_model, fingerprint, spec)))
     return effects.top_neurons(
-        _model, prompt, answer, wrong, position=position, top_k=top_k, ablation=ablation, means=means  # type: ignore[arg-type]
+        _model,
+        prompt,
+        answer,
+        wrong,
+        position=position,
+        top_k=top_k,
+        ablation=ablation,
+        means=means,  # type: ignore[arg-type]
     )
 
 
