@@ -20,7 +20,7 @@ from core.analyses.patching import ABLATION_HELP, ABLATIONS, PatchInputs
 from core.engine.model import Model
 from core.frames import by_magnitude
 from core.hosting import limits
-from ui import analyses, charts, common, params, text
+from ui import analyses, charts, common, navigation, params, text
 from ui.admission import admitted
 from ui.common import Section
 from ui.export import jsonable
@@ -171,6 +171,7 @@ def headline_section(model: Model, view: analyses.NeuronsView, inp: PatchInputs,
             f"{', '.join(map(str, found.swept_layers)) or 'none'}."
         )
     prompt = {"prompt": params.value(PAGE, "clean")}
+    navigation.steer_link(int(best.layer), int(best.neuron), prompt["prompt"])
     common.neuron_chart(
         charts.neuron_grid(
             view.attribution,
@@ -207,6 +208,7 @@ def sweep_section(model: Model, view: analyses.NeuronsView, ablation: str) -> No
     )
     st.caption(f"**Precision:** {sweep.precision()} (column 'exact').")
     prompt = {"prompt": params.value(PAGE, "clean")}
+    navigation.steer_link(int(best.layer), int(best.neuron), prompt["prompt"])
     common.neuron_chart(charts.neuron_sweep(frame), "patching:sweep", **prompt)
     st.markdown(f"**Top {TOP_NEURONS} neurons by |score|** — click a row to open the neuron's page")
     by_size = by_magnitude(frame, "score")

@@ -300,6 +300,7 @@ def body(model: Model) -> None:
     layer, neuron = chosen
     matrix = params.value(PAGE, "matrix")
     title.title(f"Neuron {label(layer, neuron)}")
+    navigation.steer_link(layer, neuron, params.value(PAGE, "prompt"))
     # the head is `python -m core congruence --neuron … --json`; the page adds the activations and the scan
     congruence, target = congruence_section(model, layer, neuron, matrix)
     payload: dict = {"model": model.facts(), **describe(model, matrix), **congruence}

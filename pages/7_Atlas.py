@@ -9,7 +9,7 @@ import streamlit as st
 from core.analyses import atlas
 from core.analyses.atlas import CLASSES
 from core.engine.model import EMBEDDED_MODELS, Model, installed
-from ui import analyses, common, params, text
+from ui import analyses, common, navigation, params, text
 from ui.admission import admitted
 from ui.charts import shown
 
@@ -210,12 +210,14 @@ def body(model: Model) -> None:
         rows = filtered(frame, model)
         st.markdown(f"**{len(rows):,} neurons** — click a row to open the neuron")
         shown_rows = rows[TABLE_COLUMNS]
+        steer = [navigation.steer_url(int(l), int(n)) for l, n in zip(shown_rows["layer"], shown_rows["neuron"])]
         common.neuron_table(
             shown_rows,
             f"atlas_{model.name}",
             key="atlas:table",
             height=420,
-            display=common.with_visible_tokens(shown_rows, "top_token"),
+            display=common.with_visible_tokens(shown_rows, "top_token").assign(steer=steer),
+            column_config={"steer": st.column_config.LinkColumn("steer", display_text="Steer ↗")},
         )
     comparison(model)
 

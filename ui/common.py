@@ -239,7 +239,8 @@ def neuron_chart(figure: Any, key: str, **extra: str) -> None:
 def neuron_table(
     frame: pd.DataFrame, name: str, *, key: str, query: dict[str, str] | None = None, **kwargs: Any
 ) -> None:
-    """A table of neurons (columns layer, neuron): a click on a row opens that neuron's page."""
+    """A table of neurons (columns layer, neuron): a click on a row opens that neuron's page (a click on a link
+    column, such as the atlas's "steer", follows its link instead)."""
     row = table(frame, name, key=key, select=True, **kwargs)
-    if row:
+    if row and row["column"] != "steer":
         navigation.go_neuron_of(frame.iloc[row["row"]], **(query or {}))

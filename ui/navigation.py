@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -75,3 +76,26 @@ def neuron_from_point(event: Any) -> tuple[int, int] | None:
         if isinstance(data, (list, tuple)) and len(data) >= 2:
             return int(data[0]), int(data[1])
     return None
+
+
+def steer_query(layer: int, neuron: int, prompt: str | None = None) -> dict[str, str]:
+    """The Steer page's URL query for one neuron (and a prompt), with the model carried along."""
+    query = {"neuron": f"L{layer}.N{neuron}"}
+    if prompt:
+        query["prompt"] = prompt
+    return with_model(query)
+
+
+def steer_link(layer: int, neuron: int, prompt: str | None = None, container: Any = None) -> None:
+    """ "Steer this neuron": a link to the Steer page, pre-filled (negate it, generate, compare with the baseline)."""
+    (container or st).page_link(
+        path("steer"),
+        label=f"Steer L{layer}.N{neuron}: change it and watch what the model writes",
+        icon=PAGES["steer"].icon,
+        query_params=steer_query(layer, neuron, prompt),
+    )
+
+
+def steer_url(layer: int, neuron: int) -> str:
+    """A relative link to the Steer page for a table's link column (the page's URL path is its label)."""
+    return f"{PAGES['steer'].label}?{urlencode(steer_query(layer, neuron))}"
