@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.cli import main as cli_main
 from core.corpus import dashboards as dash
 from core.corpus import scan
 from core.corpus.sources import BROWN, brown_text, brown_words, installed, load_corpus
@@ -206,19 +207,25 @@ def test_bad_input_gets_one_line(tiny, corpus_file, capsys):
             ["examples", "--model", folder, "--neuron", "L0.N1", "--corpus", corpus_file, "--max-tokens", "7"],
             "no dashboards built",
         ),
-        (["build", "--model", folder, "--corpus", corpus_file, "--max-tokens", "x"], "not a whole number"),
+        (
+            ["dashboards", "build", "--model", folder, "--corpus", corpus_file, "--max-tokens", "x"],
+            "not a whole number",
+        ),
     ):
-        assert dash.main(argv) == 2
+        assert cli_main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and needle in err and "\n" not in err
 
 
 def test_cli_examples_json(tiny, corpus_file, capsys):
     folder = tiny.name
-    assert dash.main(["build", "--model", folder, "--corpus", corpus_file, "--max-tokens", "300", "--json"]) == 0
+    assert (
+        cli_main(["dashboards", "build", "--model", folder, "--corpus", corpus_file, "--max-tokens", "300", "--json"])
+        == 0
+    )
     capsys.readouterr()
     assert (
-        dash.main(
+        cli_main(
             [
                 "examples",
                 "--model",
