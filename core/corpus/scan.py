@@ -59,6 +59,7 @@ class ScanSpec:
     window: int = 12
     ctx: int | None = None
     batch_size: int = 8
+    spread: bool = False  # contexts spread evenly over the corpus (as dashboards and pairs read it), not its start
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "neurons", tuple((int(l), int(n)) for l, n in self.neurons))
@@ -206,6 +207,7 @@ def _scan_dir(model: Model, corpus: Corpus, spec: ScanSpec) -> Path:
         "max_tokens": spec.max_tokens,
         "batch": spec.batch_size,
         "version": 2,  # 2: contexts start with the tokenizer's own BOS where it adds one (Gemma)
+        **({"spread": True} if spec.spread else {}),  # absent when False: scans cached before it stay valid
     }
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
     return cache_root() / "scans" / digest
@@ -350,7 +352,7 @@ def plan(model: Model, spec: ScanSpec) -> Plan:
     spec = _validate(model, spec)
     assert spec.ctx is not None
     corpus = load_corpus(spec.dataset)
-    contexts = chunks(model, corpus.texts, spec.ctx, spec.max_tokens)
+    contexts = [(doc, ids) for doc, _, ids in cut(model, corpus.texts, spec.ctx, spec.max_tokens, spec.spread)]
     if not contexts:
         raise UserError(f"corpus {corpus.name!r} has no document of 2 tokens or more")
     size = spec.batch_size
