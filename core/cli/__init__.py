@@ -14,12 +14,12 @@ import json
 import os
 import sys
 
-from core.cli import corpus, effects, neuron, patch, prompt, report, steer, weights
+from core.cli import corpus, effects, neuron, pairs, patch, prompt, report, steer, weights
 from core.cli.common import Command, Parser, model_flags
 from core.errors import UserError
 from core.jsonable import to_jsonable
 
-GROUPS = (prompt, effects, patch, weights, neuron, steer, corpus, report)
+GROUPS = (prompt, effects, patch, weights, neuron, steer, corpus, pairs, report)
 COMMANDS: dict[str, Command] = {command.name: command for group in GROUPS for command in group.COMMANDS}
 
 

@@ -16,7 +16,9 @@ DASHBOARD_TOKENS = _Spec.max_tokens
 
 def scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--corpus",
         "--dataset",
+        dest="dataset",
         default="bundled",
         help="'bundled' (State of the Union 1981-2021), a file/folder, "
         "or a hub dataset name such as NeelNanda/pile-10k",
@@ -25,6 +27,11 @@ def scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=story.ANSWER, help="target token with its leading space")
     p.add_argument("--max-tokens", type=positive_int, default=20_000)
     p.add_argument("--bin-width", type=float, default=0.5)
+    p.add_argument(
+        "--spread",
+        action="store_true",
+        help="contexts spread evenly over the corpus (as dashboards and pairs read it), not its first tokens",
+    )
     p.add_argument("--top-k", type=positive_int, default=10, help="max-activating examples per neuron")
     ray_flags(p)
 
@@ -65,6 +72,7 @@ def cmd_scan(args: argparse.Namespace) -> dict:
         max_tokens=args.max_tokens,
         bin_width=args.bin_width,
         top_examples=args.top_k,
+        spread=args.spread,
     )
     if args.ray:
         from core.corpus import distributed
