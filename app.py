@@ -1,4 +1,4 @@
-"""Home: what the tool answers, the Prompt page as the first door, and the post's story in five steps told on the
+"""Home: what the tool answers, the Prompt page as the first door, and the post's story in six steps told on the
 picked model (its own story pair, every number computed: core.reproduce.home_story), each a link to a page
 pre-filled with that pair. The other pages are in pages/ (their file names are the URLs: /Logit_Lens, /Patching, …).
 
@@ -10,14 +10,15 @@ from __future__ import annotations
 import streamlit as st
 
 from core.engine.model import Model
-from ui import analyses, charts, common, navigation, text
+from ui import analyses, charts, common, navigation, steer_view, text
 from ui.navigation import path
 
 
-def story_links(told: dict) -> list[tuple[str, str, str, list[tuple[str, str, dict[str, str]]]]]:
+def story_links(told: dict, negated: str) -> list[tuple[str, str, str, list[tuple[str, str, dict[str, str]]]]]:
     """(step title, question, what the picked model shows, [(page, link label, query params)]).
 
-    told: core.reproduce.home_story of the picked model (its own story pair; every number computed)."""
+    told: core.reproduce.home_story of the picked model (its own story pair; every number computed); negated: what
+    negating its neuron does to the generated text (negation_text)."""
     answer, wrong = told["answer"], told["wrong"]
     a, w = charts.shown(answer), charts.shown(wrong)
     pair = {"clean": told["clean"], "corrupted": told["corrupted"], "answer": answer, "wrong": wrong}
@@ -86,7 +87,19 @@ def story_links(told: dict) -> list[tuple[str, str, str, list[tuple[str, str, di
             ],
         ),
         (
-            "5. More token neurons, and real text",
+            "5. Change it",
+            f"The post's decisive test: negate the neuron. Does the model then write {w} instead of {a}?",
+            negated,
+            [
+                (
+                    "steer",
+                    f"Steer {name}: plain and negated text side by side",
+                    {"neuron": name, "prompt": told["clean"]},
+                )
+            ],
+        ),
+        (
+            "6. More token neurons, and real text",
             f"Do other tokens have a neuron of their own? Does the neuron predict {a} on ordinary text?",
             "Stand-out and mutual-exclusive searches over every neuron × every token; the corpus scan bins the "
             f"neuron's activation on real text against how often {a} is the model's top-1 prediction.",
@@ -96,6 +109,18 @@ def story_links(told: dict) -> list[tuple[str, str, str, list[tuple[str, str, di
             ],
         ),
     ]
+
+
+def negation_text(model: Model, told: dict) -> str:
+    """What negating the story's neuron does to the greedy continuation (computed: ui.steer_view.negation)."""
+    done = steer_view.negation(model, model.fingerprint, told["clean"], told["an_layer"], told["an_neuron_index"])
+    first = (
+        f"the first new token goes from {charts.shown(done['baseline_first'])} (p = {done['p_baseline_first']:.2f}) "
+        f"to {charts.shown(done['steered_first'])} (p = {done['p_steered_first']:.2f})"
+        if done["baseline_first"] != done["steered_first"]
+        else f"the first new token stays {charts.shown(done['baseline_first'])}"
+    )
+    return f"With {done['spec']}, {first}: “…{done['baseline']}” becomes “…{done['steered']}”."
 
 
 def home_body(model: Model | None) -> None:
@@ -120,9 +145,9 @@ def home_body(model: Model | None) -> None:
     )
     if model is None:
         return
-    st.subheader("The post's story in five steps")
+    st.subheader("The post's story in six steps")
     told = analyses.home_story(model, model.fingerprint)
-    for title, question, finding, links in story_links(told):
+    for title, question, finding, links in story_links(told, negation_text(model, told)):
         with st.container(border=True):
             st.markdown(f"**{title}** — {text.literal(question)}")
             st.caption(f"On {text.literal(model.name)} (computed by the engine): {text.literal(finding)}")

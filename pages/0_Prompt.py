@@ -125,6 +125,7 @@ def neuron_links(model: Model, text_value: str, position: int, layer: int, neuro
             f"{name} on the Neuron page",
             {"layer": str(layer), "neuron": str(neuron), "prompt": text_value, "position": str(position)},
         ),
+        ("steer", f"Steer {name}: change it and watch what the model writes", {"neuron": name, "prompt": text_value}),
     ]
 
 

@@ -102,7 +102,8 @@ def test_home_tells_the_story_with_links():
         "2. Find the layer",
         "3. Find the neuron",
         "4. What does it write?",
-        "5. More token neurons",
+        "5. Change it",
+        "6. More token neurons",
     ):
         assert step in body
     assert at.sidebar.selectbox[0].value == "smollm2-135m"

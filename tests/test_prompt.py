@@ -118,6 +118,8 @@ def test_home_story_is_computed_for_the_picked_model(name):
     assert told["an_neuron"] in body and f"restores {told['an_neuron_score']:.2f}" in body
     assert f"MLP {told['standout_layer']} stands out, restoring {told['standout_score']:.2f}" in body
     assert f"a {told['standout_depth']} layer ({told['standout_layer']} of {told['n_layers']})" in body
+    # step 5, the post's negation, generated on this model: its " an" turns into " a"
+    assert "negate, the first new token goes from ␣an" in body and "to ␣a (p =" in body
     if name == "gemma3-270m":  # its own pair, its own numbers; not SmolLM2's
         assert told["an_neuron"] == "L13.N1278" and told["standout_depth"] == "early"
         assert "L25.N1527" not in body and "My sister is also" in json.dumps(told)

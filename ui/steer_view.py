@@ -7,6 +7,7 @@ Generation streams into the page as it runs (ui code draws each step), so it can
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -103,3 +104,23 @@ def dose_chart(dose: DoseResponse, chosen: float | None = None) -> go.Figure:
         legend={"orientation": "h", "y": -0.2},
     )
     return fig
+
+
+@st.cache_data(show_spinner="Negating the neuron and generating…", max_entries=8)
+def negation(_model, fingerprint: str, prompt: str, layer: int, neuron: int, new_tokens: int = 4) -> dict:
+    """The post's decisive experiment on the picked model: the neuron negated at every position, greedy text and the
+    first token's probability before and after (for the Home story)."""
+    from core.analyses import steering
+
+    iv = steering.Intervention(layer, neuron, "negate", -1.0)
+    result = steering.steer(_model, prompt, [iv], max_new_tokens=new_tokens)
+    base, steered = result.baseline[0], result.steered[0]
+    return {
+        "spec": iv.spec,
+        "baseline": base.text,
+        "steered": steered.text,
+        "baseline_first": base.pieces[0],
+        "steered_first": steered.pieces[0],
+        "p_baseline_first": math.exp(base.logprobs[0]),
+        "p_steered_first": math.exp(steered.logprobs[0]),
+    }
