@@ -4,14 +4,13 @@ corpus scan."""
 
 from __future__ import annotations
 
-from typing import Any
-
+import pandas as pd
 import streamlit as st
 
 from core import story
 from core.analyses import atlas
 from core.analyses.congruence import MATRICES, check_neuron, describe, label
-from core.analyses.drivers import head_label, parse_head
+from core.analyses.drivers import Drivers, head_label, parse_head
 from core.engine.model import Model
 from ui import analyses, charts, common, dashboard_view, navigation, params, text
 from ui.common import Section
@@ -144,14 +143,8 @@ def select(kind: str, layer: int, head: int) -> None:
         st.session_state[key("mlp")] = layer
 
 
-def drivers_section(model: Model, layer: int, neuron: int) -> dict:
-    st.subheader("What drives it")
-    st.markdown(
-        "The neuron's input at one position, split over every upstream component: the embedding, each head, "
-        "each earlier MLP and the biases. Give a corrupted prompt (same number of tokens) for **path patching**: "
-        "each component's clean output put back *only* on its direct path into this neuron."
-    )
-    prompt = params.value(PAGE, "prompt")
+def drivers_inputs() -> tuple[int | None, str | None, str, str]:
+    """The section's own inputs: an optional corrupted prompt, the position, the answer and wrong tokens."""
     cols = st.columns([4, 1, 1, 1])
     cols[0].text_area(
         "Corrupted prompt (optional)",
@@ -166,9 +159,12 @@ def drivers_section(model: Model, layer: int, neuron: int) -> dict:
     cols[2].text_input("Answer token", key=key("answer"), persist_state="session", help="for the logit-diff score")
     cols[3].text_input("Wrong token", key=key("wrong"), persist_state="session")
     position, corrupted = params.value(PAGE, "position"), params.value(PAGE, "corrupted") or None
-    answer, wrong = params.value(PAGE, "answer"), params.value(PAGE, "wrong")
-    side_by_side = dashboard_view.clean_vs_corrupted(model, layer, neuron, prompt, corrupted)
-    result = analyses.drivers_view(model, model.fingerprint, prompt, layer, neuron, position, corrupted, answer, wrong)
+    return position, corrupted, params.value(PAGE, "answer"), params.value(PAGE, "wrong")
+
+
+def decomposition_view(model: Model, result: Drivers, layer: int, neuron: int, corrupted: str | None) -> None:
+    """The neuron's input split over upstream components: headline metrics, the bar chart and the table (a click
+    on a head or an MLP selects it)."""
     p = result.position
     metrics = st.columns(2 + len(result.inputs))
     metrics[0].metric("activation", f"{result.post_activation:+.3f}", help=f"at position {p}")
@@ -194,39 +190,52 @@ def drivers_section(model: Model, layer: int, neuron: int) -> dict:
             select(*clicked)
         st.caption("Click a head to see its attention pattern, an MLP to see its neurons that drive this one.")
     with right:
-        frame = result.components
-        row = common.table(
-            frame,
-            f"{label(layer, neuron)}_drivers",
-            key="neuron:drivers",
-            select=True,
-            height=420,
-        )
-        if row:
-            picked = frame.iloc[row["row"]]
-            select(str(picked["kind"]), int(picked["layer"]), int(picked["head"]))
+        select_row(result.components, f"{label(layer, neuron)}_drivers", "neuron:drivers", 420)
+
+
+def path_patching_view(result: Drivers, layer: int, neuron: int) -> None:
+    """Each component's clean output put back only on its direct path into the neuron (when a pair is given)."""
+    facts = result.pair or {}
+    st.markdown(
+        f"**Path patching into {label(layer, neuron)}** — activation at position {result.position}: clean "
+        f"{facts['clean_activation']:+.3f}, corrupted {facts['corrupted_activation']:+.3f}. "
+        "neuron_restored = (patched − corrupted) / (clean − corrupted) activation; logit_diff_restored = the "
+        "logit-diff score with the neuron so patched at every position."
+    )
+    if "neuron_restored_note" in facts:
+        st.info(facts["neuron_restored_note"])
+    select_row(result.path_patching, f"{label(layer, neuron)}_path_patching", "neuron:paths", 320)
+
+
+def select_row(frame: pd.DataFrame, name: str, table_key: str, height: int) -> None:
+    """A table of components; a click on a row selects its head or MLP."""
+    row = common.table(frame, name, key=table_key, select=True, height=height)
+    if row:
+        picked = frame.iloc[row["row"]]
+        select(str(picked["kind"]), int(picked["layer"]), int(picked["head"]))
+
+
+def drivers_section(model: Model, layer: int, neuron: int) -> dict:
+    st.subheader("What drives it")
+    st.markdown(
+        "The neuron's input at one position, split over every upstream component: the embedding, each head, "
+        "each earlier MLP and the biases. Give a corrupted prompt (same number of tokens) for **path patching**: "
+        "each component's clean output put back *only* on its direct path into this neuron."
+    )
+    prompt = params.value(PAGE, "prompt")
+    position, corrupted, answer, wrong = drivers_inputs()
+    side_by_side = dashboard_view.clean_vs_corrupted(model, layer, neuron, prompt, corrupted)
+    result = analyses.drivers_view(model, model.fingerprint, prompt, layer, neuron, position, corrupted, answer, wrong)
+    decomposition_view(model, result, layer, neuron, corrupted)
     payload: dict = {"drivers": result.to_json(), **side_by_side}
     if result.path_patching is not None:
-        facts = result.pair or {}
-        st.markdown(
-            f"**Path patching into {label(layer, neuron)}** — activation at position {p}: clean "
-            f"{facts['clean_activation']:+.3f}, corrupted {facts['corrupted_activation']:+.3f}. "
-            "neuron_restored = (patched − corrupted) / (clean − corrupted) activation; logit_diff_restored = the "
-            "logit-diff score with the neuron so patched at every position."
-        )
-        if "neuron_restored_note" in facts:
-            st.info(facts["neuron_restored_note"])
-        paths = result.path_patching
-        row = common.table(paths, f"{label(layer, neuron)}_path_patching", key="neuron:paths", select=True, height=320)
-        if row:
-            picked = paths.iloc[row["row"]]
-            select(str(picked["kind"]), int(picked["layer"]), int(picked["head"]))
+        path_patching_view(result, layer, neuron)
     params.publish(PAGE, page_params(model))
     head, mlp = params.value(PAGE, "head"), params.value(PAGE, "mlp")
     if head is not None:
-        payload.update(head_view(model, prompt, head, (layer, neuron), p))
+        payload.update(head_view(model, prompt, head, (layer, neuron), result.position))
     if mlp is not None:
-        payload.update(mlp_view(model, prompt, layer, neuron, p, mlp))
+        payload.update(mlp_view(model, prompt, layer, neuron, result.position, mlp))
     return payload
 
 
