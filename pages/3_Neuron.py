@@ -4,6 +4,8 @@ corpus scan."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
