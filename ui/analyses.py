@@ -291,7 +291,7 @@ def top_neurons(
         wrong,
         position=position,
         top_k=top_k,
-        ablation=ablation,
+        ablation=ablation,  # type: ignore[arg-type]  # checked by top_neurons (a UserError names the valid ones)
         means=means,  # type: ignore[arg-type]
     )
 
