@@ -50,7 +50,12 @@ class Family:
     embed: str = "embed_tokens"
     final_norm: str = "norm"
     parallel_flag: str | None = None  # the config attribute that switches attention and MLP to parallel (NeoX)
-    bridge: bool = False  # loaded through TransformerLens's bridge (GPT-2, Llama)
+    layers: str = "layers"  # the decoder's list of layers (GPT-2: h)
+    mlp: str = "mlp"  # the MLP module inside a decoder layer
+    pos_embed: str | None = None  # learned position embeddings (GPT-2: wpe)
+    lm_head: str = "lm_head"  # the unembedding, outside the decoder (NeoX: embed_out); absent when tied
+    conv1d: bool = False  # GPT-2's Conv1D stores weights as [in, out] (torch Linear: [out, in])
+    bridge: bool = False  # the reference load goes through TransformerLens's bridge (GPT-2, Llama)
 
 
 _LLAMA_LIKE = Family("Llama")
@@ -67,7 +72,27 @@ _GEMMA2 = replace(
 )
 
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("GPT-2", norm="LN", gated=False, bridge=True),
+    "gpt2": Family(
+        "GPT-2",
+        norm="LN",
+        gated=False,
+        ln1="ln_1",
+        ln2="ln_2",
+        qkv="fused",
+        qkv_proj=("c_attn",),
+        up_proj="c_fc",
+        gate_proj=None,
+        down_proj="c_proj",
+        attn="attn",
+        o_proj="c_proj",
+        decoder="transformer",
+        layers="h",
+        embed="wte",
+        pos_embed="wpe",
+        final_norm="ln_f",
+        conv1d=True,
+        bridge=True,
+    ),
     "llama": replace(_LLAMA_LIKE, bridge=True),
     "mistral": replace(_LLAMA_LIKE, label="Mistral"),
     "qwen2": replace(_LLAMA_LIKE, label="Qwen 2 / 2.5"),
@@ -103,6 +128,7 @@ FAMILIES: dict[str, Family] = {
         decoder="gpt_neox",
         embed="embed_in",
         final_norm="final_layer_norm",
+        lm_head="embed_out",
         parallel_flag="use_parallel_residual",
     ),
 }
@@ -326,7 +352,51 @@ def process(w: Weights) -> Weights:
     - center_unembed: W_U and b_U lose their mean over the vocabulary (softmax ignores it); not with a final
       logit soft-cap, which would see it.
     - fold_value_biases: b_V moves into b_O (attention weights sum to 1, so every position gets exactly b_V W_O).
+
+    The per-layer part (`process_layers`) and the embedding / unembedding parts (`process_embed`,
+    `process_unembed`) touch disjoint tensors, so core.engine.loader runs them layer by layer with the same ops.
     """
+    out = process_layers(w)
+    out.W_E = process_embed(w.W_E, w.arch)
+    out.W_U, out.b_U = process_unembed(w.W_U, w.b_U, w.lnf_w, w.lnf_b, w.arch)
+    out.lnf_w = out.lnf_b = None
+    return out
+
+
+def centres_writing_weights(a: Arch) -> bool:
+    return a.norm == "LN" and not a.post_norms
+
+
+def process_embed(W_E: torch.Tensor, a: Arch) -> torch.Tensor:
+    """center_writing_weights on the embedding [V, d] (LayerNorm families without post-norms)."""
+    return W_E - W_E.mean(-1, keepdim=True) if centres_writing_weights(a) else W_E
+
+
+def process_unembed(
+    W_U: torch.Tensor,
+    b_U: torch.Tensor,
+    lnf_w: torch.Tensor | None,
+    lnf_b: torch.Tensor | None,
+    a: Arch,
+    inplace: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fold_ln of the final norm into W_U [d, V], b_U [V]; then center_unembed (not with a final soft-cap).
+
+    inplace: W_U is changed in place (the same values bit for bit; the streaming loader holds no second copy)."""
+    if lnf_b is not None:
+        b_U = b_U + lnf_b @ W_U
+    if lnf_w is not None:
+        W_U = W_U.mul_(lnf_w[:, None]) if inplace else W_U * lnf_w[:, None]
+    if a.final_softcap is None:
+        mean = W_U.mean(-1, keepdim=True)
+        W_U = W_U.sub_(mean) if inplace else W_U - mean
+        b_U = b_U - b_U.mean()
+    return W_U, b_U
+
+
+def process_layers(w: Weights) -> Weights:
+    """The per-layer part of `process` (fold_ln of the pre-norms, centring, value-bias folding); W_E, W_U, b_U
+    and the final norm are returned untouched."""
     a = w.arch
 
     def fold(
@@ -346,20 +416,11 @@ def process(w: Weights) -> Weights:
         if w.W_gate is not None:  # gated MLPs have no bias on the gate (none of the families do)
             out.W_gate = fold(w.ln2_w, None, w.W_gate, torch.zeros(1))[0]
         out.ln1_w = out.ln1_b = out.ln2_w = out.ln2_b = None
-    if w.lnf_b is not None:
-        out.b_U = w.b_U + w.lnf_b @ w.W_U
-    if w.lnf_w is not None:
-        out.W_U = w.W_U * w.lnf_w[:, None]
-    out.lnf_w = out.lnf_b = None
-    if a.norm == "LN" and not a.post_norms:
-        out.W_E = w.W_E - w.W_E.mean(-1, keepdim=True)
+    if centres_writing_weights(a):
         out.W_O = w.W_O - w.W_O.mean(-1, keepdim=True)
         out.b_O = w.b_O - w.b_O.mean(-1, keepdim=True)
         out.W_out = w.W_out - w.W_out.mean(-1, keepdim=True)
         out.b_out = w.b_out - w.b_out.mean(-1, keepdim=True)
-    if a.final_softcap is None:
-        out.W_U = out.W_U - out.W_U.mean(-1, keepdim=True)
-        out.b_U = out.b_U - out.b_U.mean()
     # fold_value_biases: query head i reads value head i // group.
     H, K, h = w.n_heads, w.n_kv_heads, w.d_head
     b_V = w._split(out.b_QKV, 2)  # [L, K, h]

@@ -25,6 +25,7 @@ import torch
 
 from core.cache import cache_root
 from core.engine import families
+from core.engine import loader as loader_module
 from core.engine.forward import Weights
 from core.errors import UserError
 from core.hosting import check_model
@@ -305,8 +306,9 @@ def resolve(name: str) -> tuple[str, str | Path]:
 # ---------------------------------------------------------------- loading
 
 
-def _load_hf(kind: str, location: str | Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _config_and_tokenizer(kind: str, location: str | Path) -> tuple[Any, Any]:
+    """The Hugging Face config (family checked) and tokenizer, with one-line refusals."""
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI and app show their own progress
@@ -327,6 +329,42 @@ def _load_hf(kind: str, location: str | Path, dtype: torch.dtype) -> tuple[Any, 
         raise UserError(f"{str(location)!r}: {families.unsupported_message(config.model_type)}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - a damaged file can raise anything
+        raise UserError(
+            f"could not load weights or tokenizer from {str(location)!r}: {type(err).__name__}: {str(err)[:300]}"
+        ) from err
+    return config, tokenizer
+
+
+def _snapshot(kind: str, location: str | Path) -> Path:
+    """The local folder of a model: itself, or the hub repository's snapshot (downloaded when online)."""
+    if kind != "hub":
+        return Path(location)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                str(location),
+                local_files_only=hub_offline(),
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+            )
+        )
+    except Exception as err:  # noqa: BLE001 - offline, missing, network: one line
+        raise UserError(
+            f"{location} is not in the local Hugging Face cache and the hub is "
+            f"{'offline (HF_HUB_OFFLINE=1)' if hub_offline() else 'unreachable'}. Download it once where there "
+            f"is network (`huggingface-cli download {location}`), or save it as a folder with "
+            "config.json + model.safetensors + tokenizer files and pass that folder as the model."
+        ) from err
+
+
+def _load_hf(kind: str, location: str | Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM
+
+    config, tokenizer = _config_and_tokenizer(kind, location)
+    offline = hub_offline() or kind != "hub"
+    try:
         hf = AutoModelForCausalLM.from_pretrained(
             location,
             dtype=dtype,
@@ -458,41 +496,72 @@ def _fingerprint(source: str, hf_config: Any, processing: str, weights: Weights)
     return digest.hexdigest()[:16]
 
 
+Loader = Literal["stream", "bridge"]
+LOADERS: tuple[Loader, ...] = get_args(Loader)
+DTYPES: tuple[str, ...] = tuple(loader_module.DTYPES)
+
+
 def load_model(
     name: str = EMBEDDED,
     device: str = "auto",
     dtype: str = "float32",
     processing: Processing = "tl-default",
     keep_bridge: bool = False,
+    loader: Loader = "stream",
 ) -> Model:
     """Load a model by name or folder; see `resolve` for what names mean.
 
+    dtype: float32, bfloat16 or float16 (weight processing runs in float32 either way, then is cast).
     processing: "tl-default" (fold_ln, centring: the post's setting) or "none" (raw weights).
-    keep_bridge: keep the TransformerLens bridge (doubles memory; tests use it as the reference).
+    loader: "stream" (core.engine.loader: safetensors read tensor by tensor into the stacked weights, peak memory
+        ≈ the weights) or "bridge" (the Hugging Face model, through TransformerLens's bridge for GPT-2 / Llama:
+        ≈ 3–4× the weights; the reference the tests compare with). Equal bit for bit in float32.
+    keep_bridge: keep the TransformerLens bridge (doubles memory; tests use it as the reference); implies
+        loader="bridge".
     """
     if processing not in PROCESSINGS:
         raise UserError(f"processing {processing!r} unknown; use one of {', '.join(PROCESSINGS)}")
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise UserError(f"dtype {dtype!r} unknown; use one of {', '.join(dtypes)}")
+    if loader not in LOADERS:
+        raise UserError(f"loader {loader!r} unknown; use one of {', '.join(LOADERS)}")
+    torch_dtype = loader_module.torch_dtype(dtype)
     torch_device = pick_device(device)
+    loader_module.check_dtype(dtype, torch_device)
     kind, location = resolve(name)
-    hf, tokenizer = _load_hf(kind, location, dtypes[dtype])
-    hf_config = hf.config
-    by_bridge = families.FAMILIES[hf_config.model_type].bridge
+    by_bridge = False
     bridge = None
-    if by_bridge:
-        hub_name = EMBEDDED_MODELS[name].hub_name if kind == "embedded" else str(location)
-        if kind == "local":
-            hub_name = "gpt2" if hf_config.model_type == "gpt2" else str(location)
-        bridge = _bridge(hf, tokenizer, hub_name, torch_device, processing)
-        with torch.no_grad():
-            weights = _weights(bridge, hf_config)
+    hf: Any = None
+    if loader == "stream" and not keep_bridge:
+        hf_config, tokenizer = _config_and_tokenizer(kind, location)
+        folder = _snapshot(kind, location)
+        fam = families.family_of(hf_config)
+        by_bridge = fam.bridge  # the same processing as the bridge's (see core.engine.loader)
+        checkpoint = loader_module.Checkpoint.read(folder)
+        checkpoint.float_dtype()
+        loader_module.check_budget(name, checkpoint, fam, hf_config, dtype)
+        try:
+            weights, _ = loader_module.load_weights(folder, hf_config, dtype, torch_device, processing)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged file can raise anything (SafetensorError, KeyError, …)
+            raise UserError(
+                f"could not load weights or tokenizer from {str(folder)!r}: {type(err).__name__}: {str(err)[:300]}"
+            ) from err
     else:
-        with torch.no_grad():
-            weights = families.raw_weights(hf.to(torch_device))
-            if processing == "tl-default":
-                weights = families.process(weights)
+        hf, tokenizer = _load_hf(kind, location, torch_dtype)
+        hf_config = hf.config
+        by_bridge = families.FAMILIES[hf_config.model_type].bridge
+        if by_bridge:
+            hub_name = EMBEDDED_MODELS[name].hub_name if kind == "embedded" else str(location)
+            if kind == "local":
+                hub_name = "gpt2" if hf_config.model_type == "gpt2" else str(location)
+            bridge = _bridge(hf, tokenizer, hub_name, torch_device, processing)
+            with torch.no_grad():
+                weights = _weights(bridge, hf_config)
+        else:
+            with torch.no_grad():
+                weights = families.raw_weights(hf.to(torch_device))
+                if processing == "tl-default":
+                    weights = families.process(weights)
     prepend_bos = hf_config.model_type == "gpt2"
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else hf_config.bos_token_id
     embedded = EMBEDDED_MODELS.get(name)
