@@ -7,15 +7,25 @@ import streamlit as st
 from core.analyses import search
 from core.analyses.congruence import MATRICES, describe
 from core.analyses.search import KIND_HELP, KINDS
+from core.corpus import pairs
+from core.corpus.dashboards import default_corpus
 from core.engine.model import Model
-from ui import analyses, common, navigation, params
+from core.hosting import limits
+from ui import analyses, common, navigation, pairs_view, params
 
 PAGE = "search"
+TOP_K = 100
 PARAMS = [
     params.Param("kind", "mutual", params.choice("kind", KINDS)),
     params.Param("matrix", "W_U", params.choice("matrix", MATRICES)),
+    params.Param("corpus", default_corpus()),
+    params.Param(
+        "budget",
+        min(pairs.DEFAULT_TOKENS, limits().max_scan_tokens),
+        params.whole_number("token budget", 100, limits().max_scan_tokens),
+    ),
+    params.Param("pairs", TOP_K, params.whole_number("pairs tested", 1, TOP_K)),
 ]
-TOP_K = 100
 
 
 def key(name: str) -> str:
@@ -31,6 +41,36 @@ def inputs() -> tuple[str, str]:
     common.matrix_select(right, key("matrix"))
     params.publish(PAGE, PARAMS)
     return params.value(PAGE, "kind"), params.value(PAGE, "matrix")
+
+
+def pairs_section(model: Model, kind: str, matrix: str, available: int) -> None:
+    """Every top-K pair tested on a corpus (the post's last figure, and the test the post did not run)."""
+    st.subheader("Do the pairs predict their token on real text?")
+    st.markdown(
+        "The post ends with the top five pairs' corpus curves (*smooth correlations for every pair*) and *\"We have "
+        'not tested the other pairs, but we expect many of them to correlate."* Here every one of the top pairs is '
+        "tested: one pass over the corpus for all of them (read from built dashboards where they cover the corpus "
+        "and budget)."
+    )
+    a, b, c = st.columns(3)
+    a.text_input("Corpus (brown, bundled, a file or folder)", key=key("corpus"))
+    b.number_input("Token budget", min_value=100, max_value=limits().max_scan_tokens, step=1000, key=key("budget"))
+    c.number_input("Pairs tested (top K)", min_value=1, max_value=TOP_K, step=10, key=key("pairs"))
+    params.publish(PAGE, PARAMS)
+    corpus = str(params.value(PAGE, "corpus")).strip() or None
+    budget, top_k = int(params.value(PAGE, "budget")), min(int(params.value(PAGE, "pairs")), available)
+    run_key = (kind, matrix, corpus, budget, top_k)
+    if not common.run_gate(
+        "Test the pairs on the corpus",
+        "search:test_pairs",
+        armed_key="search:pairs_armed",
+        token=run_key,
+        waiting="Press **Test the pairs on the corpus**: one forward pass over the token budget for all pairs "
+        "(≈ 1 min per 20,000 tokens on 2 CPU cores for the embedded model), or a second from built dashboards.",
+    ):
+        return
+    result = pairs_view.pairs_test(model, model.fingerprint, kind, matrix, corpus, budget, top_k)
+    pairs_view.show(model, result)
 
 
 def body(model: Model) -> None:
@@ -77,6 +117,7 @@ def body(model: Model) -> None:
     common.json_download(
         {"model": model.facts(), **describe(model, matrix), **search.to_json(kind, frame)}, f"search_{kind}_{matrix}"
     )
+    pairs_section(model, kind, matrix, len(frame))
 
 
 common.page("Search", body)

@@ -3,6 +3,7 @@ single-neuron scan, dashboards and the scan pass agree, verdict thresholds, bad 
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,10 @@ from core.engine.model import load_model
 from core.errors import UserError
 from tests.conftest import gpt2_tokenizer
 
-TRIGGER, TARGET = " red", " apple"  # planted: L0.N0 fires on ' red' and writes ' apple'; ' red' is always followed by it
+TRIGGER, TARGET = (
+    " red",
+    " apple",
+)  # planted: L0.N0 fires on ' red' and writes ' apple'; ' red' is always followed by it
 OTHER_TRIGGER, OTHER = " blue", " banana"  # planted: L1.N1 fires on ' blue' and writes ' banana' too weakly to matter
 WORDS = [" the", " a", " big", " small", " dog", " cat", " house", " tree", " car", " runs", " sees", " and", " green"]
 
@@ -185,13 +189,23 @@ def test_budget_beyond_the_hosted_cap(planted, corpus, monkeypatch):
 
 
 def test_search_page_json_equals_the_cli(planted, corpus, capsys, monkeypatch):
+    from core.engine.model import cache_root
     from tests.test_app import assert_clean, cli_json, open_page
 
+    monkeypatch.delenv("TNE_CACHE_DIR")
+    real = cache_root()
+    tmp = Path(corpus).parent / "page-cache"
+    tmp.mkdir()
+    for shared in ("models", "gguf"):  # the converted embedded model (Home loads it), not converted again
+        if (real / shared).exists():
+            (tmp / shared).symlink_to(real / shared)
+    monkeypatch.setenv("TNE_CACHE_DIR", str(tmp))
     folder = planted.name
     expected = cli_json(capsys, "pairs", "--model", folder, "--corpus", corpus, "--max-tokens", "800", "--top-k", "5")
     at = open_page("5_Search.py", model=folder, corpus=corpus, budget="800", pairs="5")
     at.button(key="search:run").click().run()
-    at.button(key="search:pairs").click().run()
+    assert_clean(at)
+    at.button(key="search:test_pairs").click().run()
     assert_clean(at)
     from streamlit.testing.v1 import app_test
 
