@@ -12,6 +12,7 @@ for the embedded model the reference is this project's own measurement (both in 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -41,6 +42,7 @@ STEPS = (
     "searches",
     "negation",
     "drivers",
+    "pairs",
 )
 
 # progress(step done, steps in all, name of the step just started): reproduce's steps are named, unlike the
@@ -121,6 +123,8 @@ def run(
     step(8)
     out["drivers"] = _drivers(model, story.clean, story.corrupted, story.answer, story.wrong, an_layer, an_neuron)
     step(9)
+    out["pairs"] = _pairs(model, corpus, corpus_tokens)
+    step(10)
     out.update(_headlines(out))
     out["verdicts"] = _verdicts(model, out)
     return out
@@ -253,6 +257,45 @@ def _searches(model: Model, search_top: int) -> dict:
         "matrix": "W_U",
         "standout": search.standout(model, tables, search_top).to_dict("records"),
         "mutual": search.mutual(model, tables, search_top).to_dict("records"),
+    }
+
+
+PAIRS_TOP = 100  # the mutual pairs tested on the corpus (the post's expectation: "many of them correlate")
+
+
+def _pairs(model: Model, corpus: str | None, corpus_tokens: int) -> dict:
+    """The top mutual pairs tested on the corpus step's corpus and budget (core.corpus.pairs): the top five's curves,
+    the verdicts over the top PAIRS_TOP, and what that says about the post's expectation — computed, not written."""
+    from core.corpus import pairs
+    from core.corpus.sources import BUNDLED
+
+    spec = pairs.PairsSpec("mutual", min(PAIRS_TOP, pairs.available(search.tables(model, "W_U"), "mutual")))
+    spec = dataclasses.replace(spec, dataset=corpus or BUNDLED, max_tokens=corpus_tokens)
+    result = pairs.pairs(model, spec)
+    s = result.summary()
+    testable, share = s["testable"], s["share_correlating_of_testable"]
+    if testable == 0:
+        answer = (
+            f"untested here: none of the top {s['pairs']} pairs' tokens is the model's top-1 often enough "
+            f"({pairs.MIN_TOP1}+ positions) in {result.positions:,} positions; a larger budget would tell"
+        )
+    elif share is not None and share >= 0.5:
+        answer = (
+            f"holds: {s['correlates']} of the {testable} testable pairs correlate ({share:.0%}); "
+            f"{s['too rare to tell']} of {s['pairs']} are too rare to tell at this budget"
+        )
+    else:
+        answer = (
+            f"does not hold here: only {s['correlates']} of the {testable} testable pairs correlate "
+            f"({share or 0:.0%}); {s['too rare to tell']} of {s['pairs']} are too rare to tell at this budget"
+        )
+    payload = result.to_json()
+    return {
+        **{k: payload[k] for k in ("kind", "matrix", "corpus", "positions", "settings", "thresholds", "summary")},
+        "expectation": "We have not tested the other pairs, but we expect many of them to correlate.",
+        "answer": answer,
+        "pairs": result.frame().to_dict("records"),
+        "top_curves": [{k: p[k] for k in ("rank", "label", "token", "verdict", "curve")} for p in result.pairs[:5]],
     }
 
 
@@ -492,6 +535,27 @@ def figures(results: dict, folder: Path) -> dict[str, Path]:
     ax.set_ylabel("share with ' an' top-1")
     ax.set_title(f"Corpus check ({results['corpus']['positions']:,} positions; labels = positions per bin)")
     save(fig, "corpus")
+
+    if "pairs" in results:
+        from core.corpus.pairs import CURVE_MIN_COUNT
+
+        fig, ax = plt.subplots(figsize=(9, 3.4))
+        for p in results["pairs"]["top_curves"]:
+            shown = [b for b in p["curve"] if b["count"] >= CURVE_MIN_COUNT]
+            ax.plot(
+                [(b["lo"] + b["hi"]) / 2 for b in shown],
+                [b["top1_share"] for b in shown],
+                marker=".",
+                label=f"{p['label']} {p['token']!r} ({p['verdict']})",
+            )
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("neuron activation (bin centre)")
+        ax.set_ylabel("share with the token top-1")
+        ax.set_title(
+            f"Top five mutual pairs on {results['pairs']['positions']:,} positions (bins of {CURVE_MIN_COUNT}+)"
+        )
+        ax.legend(fontsize=7)
+        save(fig, "pairs")
     return made
 
 
@@ -586,8 +650,28 @@ def markdown(results: dict, figure_paths: dict[str, Path]) -> str:
         f"P(' an') {neg['p_answer_before']:.3f} → {neg['p_answer_after']:.3f}; P(' a') {neg['p_wrong_before']:.3f} → "
         f"{neg['p_wrong_after']:.3f}; top-1 after: {neg['top1_after']!r}.",
         *_drivers_markdown(results),
+        *_pairs_markdown(results),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _pairs_markdown(results: dict) -> list[str]:
+    pr = results.get("pairs")
+    if not pr:
+        return []
+    s = pr["summary"]
+    return [
+        "## 10. Every mutual pair on real text",
+        f'The post: *"{pr["expectation"]}"* The top {s["pairs"]} mutual pairs (W_U) on {pr["positions"]:,} '
+        f"positions of {pr['corpus']}: {s['correlates']} correlate, {s['weak']} weak, {s['none']} none, "
+        f"{s['too rare to tell']} too rare to tell. Verdict rule: {pr['thresholds']['rule']}. "
+        f"The expectation {pr['answer']}.",
+        "![pairs](figures/pairs.png)",
+        _md_table(
+            pr["pairs"][:20],
+            ["rank", "label", "token", "token_top1", "token_next", "spearman", "auc", "verdict", "source"],
+        ),
+    ]
 
 
 def _drivers_markdown(results: dict) -> list[str]:

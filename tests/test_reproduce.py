@@ -21,6 +21,7 @@ SECTIONS = {
     "searches",
     "negation",
     "drivers",
+    "pairs",
     "verdicts",
 }
 
@@ -61,7 +62,12 @@ def test_reproduce_on_the_embedded_model(capsys, tmp_path):
     assert drives["top_paths"][0]["label"] == "mlp23" and drives["verdict"]["verdict"] == "reproduced"
     assert "## 9. What drives L25.N1527" in (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "L25.N1527" in html
+    assert html.count("data:image/png;base64,") == 6 and "L25.N1527" in html
+    # every top mutual pair on the corpus (#26): verdicts over the top 100, the expectation answered, the figure
+    pr = results["pairs"]
+    assert pr["summary"]["pairs"] == 100 and pr["positions"] == 2048 and len(pr["top_curves"]) == 5
+    assert "## 10. Every mutual pair on real text" in (out / "report.md").read_text()
+    assert (out / "figures/pairs.png").stat().st_size > 500
 
 
 def test_gpt2_large_verdicts_plumbing_on_a_random_gpt2(tmp_path, gpt2_folder, monkeypatch):

@@ -202,14 +202,18 @@ def _validate(model: Model, spec: PairsSpec) -> PairsSpec:
     return dataclasses.replace(spec, dataset=spec.dataset or dash_mod.default_corpus(), ctx=ctx)
 
 
+def available(tables: search.Tables, kind: str) -> int:
+    """How many pairs the search of `kind` has: every token (standout), the pairs that choose each other (mutual)."""
+    if kind == "standout":
+        return len(tables.token_top_ids)
+    top_token = tables.neuron_top_ids[:, 0].astype(np.int64)
+    return int((tables.token_top_ids[top_token, 0] == np.arange(len(top_token))).sum())
+
+
 def ranked_pairs(model: Model, spec: PairsSpec, progress: Progress | None = None) -> pd.DataFrame:
     """The top-K pairs of the search; refuses K above the number of pairs the search has."""
     tables = search.tables(model, spec.matrix, progress)
-    if spec.kind == "standout":
-        count = len(tables.token_top_ids)
-    else:
-        top_token = tables.neuron_top_ids[:, 0].astype(np.int64)
-        count = int((tables.token_top_ids[top_token, 0] == np.arange(len(top_token))).sum())
+    count = available(tables, spec.kind)
     cap = limits().max_top_k
     upper = count if cap is None else min(count, cap)
     if not 1 <= spec.top_k <= upper:
