@@ -31,7 +31,7 @@ class Limits:
     max_batch_tokens: int | None
     custom_corpora: bool
     cache_max_mb: int
-    fixed_settings: dict[str, str] | None = None  # {"device": …, "processing": …} set by the host; None: visitor's
+    fixed_settings: dict[str, str] | None = None  # {"device", "processing", "dtype"} set by the host; None: visitor's
     max_text_chars: int | None = None  # any one text input (prompt, token, neuron list); None: from the context
     max_scan_neurons: int | None = None
     max_scan_examples: int = 1000
@@ -79,6 +79,7 @@ def limits() -> Limits:
         fixed_settings={
             "device": os.environ.get("TNE_DEVICE", "auto"),
             "processing": os.environ.get("TNE_PROCESSING", "tl-default"),
+            "dtype": os.environ.get("TNE_DTYPE", "float32"),
         },
         max_text_chars=_int("TNE_MAX_TEXT_CHARS", 2000),
         max_scan_neurons=_int("TNE_MAX_SCAN_NEURONS", 8),

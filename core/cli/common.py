@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import pandas as pd
 
 from core import story
-from core.engine.model import EMBEDDED, PROCESSINGS, Model
+from core.engine.model import DTYPES, EMBEDDED, LOADERS, PROCESSINGS, Model
 from core.progress import Progress
 
 
@@ -49,7 +49,7 @@ def layer_int(text: str) -> int:
 
 
 def model_flags(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --processing, --json: on every command."""
+    """--model, --device, --processing, --dtype, --loader, --json: on every command."""
     parser.add_argument("--model", default=EMBEDDED, help=f"{EMBEDDED} (embedded), gpt2…gpt2-xl, or a local folder")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument(
@@ -57,6 +57,20 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
         default="tl-default",
         choices=PROCESSINGS,
         help="tl-default: fold_ln + centring, as the post; none: raw weights",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="weights' dtype (processing runs in float32 and is cast); bfloat16 halves memory, fast on CPUs "
+        "with avx512_bf16",
+    )
+    parser.add_argument(
+        "--loader",
+        default="stream",
+        choices=LOADERS,
+        help="stream: safetensors read layer by layer (peak ≈ the weights); bridge: via the Hugging Face model "
+        "and TransformerLens's bridge (the reference, 3–4× the weights)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
@@ -75,7 +89,7 @@ def ray_flags(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace) -> Model:
     from core.engine.model import load_model
 
-    return load_model(args.model, device=args.device, processing=args.processing)
+    return load_model(args.model, device=args.device, processing=args.processing, dtype=args.dtype, loader=args.loader)
 
 
 TOKEN_COLUMNS = ("token", "top_token", "answer", "wrong", "prediction")

@@ -154,6 +154,11 @@ class Model:
         return "no BOS prepended: the model's own tokenizer adds none"
 
     @property
+    def dtype(self) -> str:
+        """The weights' dtype name (float32, bfloat16, float16)."""
+        return str(self.weights.W_E.dtype).removeprefix("torch.")
+
+    @property
     def family(self) -> str:
         return families.FAMILIES[self.model_type].label
 
@@ -180,6 +185,8 @@ class Model:
             "bos": self.bos_convention(),
             "device": str(self.device),
             "fingerprint": self.fingerprint,
+            # only when not float32, so that float32 facts (and what was cached with them) stay as they were
+            **({"dtype": self.dtype} if self.dtype != "float32" else {}),
         }
 
     def encode(self, text: str) -> list[int]:

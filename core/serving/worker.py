@@ -57,22 +57,22 @@ def enabled() -> bool:
 
 # ---------------------------------------------------------------- inside the worker
 
-_models: dict[tuple[str, str, str], Model] = {}
+_models: dict[tuple[str, str, str, str], Model] = {}
 
 
-def spec(model: Model) -> tuple[str, str, str]:
-    """What a worker needs to load the same model: (name, device, processing)."""
-    return model.name, str(model.device), str(model.processing.get("name"))
+def spec(model: Model) -> tuple[str, str, str, str]:
+    """What a worker needs to load the same model: (name, device, processing, dtype)."""
+    return model.name, str(model.device), str(model.processing.get("name")), model.dtype
 
 
-def _model(key: tuple[str, str, str], fingerprint: str) -> Model:
+def _model(key: tuple[str, str, str, str], fingerprint: str) -> Model:
     from core.engine.model import load_model
 
     model = _models.get(key)
     if model is None:
-        name, device, processing = key
+        name, device, processing, dtype = key
         _models.clear()  # one model per worker: a visitor switching models replaces it (memory stays bounded)
-        model = _models[key] = load_model(name, device=device, processing=processing)  # type: ignore[arg-type]
+        model = _models[key] = load_model(name, device=device, processing=processing, dtype=dtype)  # type: ignore[arg-type]
     if model.fingerprint != fingerprint:
         raise UserError(f"the worker loaded {key[0]} with different weights than the server; restart the server")
     return model
