@@ -34,8 +34,16 @@ def build_parser() -> Parser:
     return parser
 
 
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    undecodable = next((a for a in (sys.argv[1:] if argv is None else argv) if _has_surrogate(a)), None)
+    if undecodable is not None:  # bytes that were not UTF-8 reach argv as lone surrogates (surrogateescape)
+        print(f"error: argument {undecodable!r} is not valid UTF-8 text; pass UTF-8", file=sys.stderr)
+        return 2
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # argparse already printed one line (or --help); hand back its status
