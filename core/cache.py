@@ -85,3 +85,159 @@ def prune(max_bytes: int) -> int:
         path.unlink(missing_ok=True)
         freed += size
     return freed
+
+
+# ---------------------------------------------------------------- results as artefacts: a pickle-free object codec
+# A result (dataclasses of the core/ui modules holding numpy arrays, tensors, DataFrames, dicts, lists, tuples and
+# scalars) is stored as arrays plus one JSON tree that names them; loading rebuilds only dataclasses of this project's
+# own modules (core.*, ui.*), so a cache file can never run code. Anything else raises Unencodable: not cached.
+
+_META = "__meta__"
+CODEC_VERSION = 1
+
+
+class Unencodable(TypeError):
+    """A value the codec does not store (a model, a function, an object array): the caller does not cache it."""
+
+
+def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    import dataclasses
+
+    import pandas as pd
+    import torch
+
+    def array(a: np.ndarray) -> str:
+        if a.dtype == object:
+            raise Unencodable("object arrays need pickle")
+        name = f"a{len(arrays)}"
+        arrays[name] = a
+        return name
+
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)) and type(value) in (int, float):
+        return value if isinstance(value, int) else {"float": repr(value)}  # repr keeps nan/inf and every bit
+    if isinstance(value, np.generic):
+        return {"scalar": array(np.asarray(value))}
+    if isinstance(value, np.ndarray):
+        return {"array": array(value)}
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        dtype = str(t.dtype).removeprefix("torch.")
+        return {"tensor": array(t.float().numpy() if dtype == "bfloat16" else t.numpy()), "dtype": dtype}
+    if isinstance(value, pd.DataFrame):
+        columns: list[dict[str, Any]] = []
+        for i in range(value.shape[1]):
+            col = value.iloc[:, i]
+            if col.dtype.kind in "biufcmM":
+                columns.append({"array": array(col.to_numpy())})
+            else:
+                columns.append({"list": [_encode(v, arrays) for v in col.tolist()], "dtype": str(col.dtype)})
+        index = value.index
+        index_node = (
+            {"range": [index.start, index.stop, index.step]}
+            if isinstance(index, pd.RangeIndex)
+            else {"list": [_encode(v, arrays) for v in index.tolist()]}
+        )
+        return {"frame": [_encode(n, arrays) for n in value.columns], "columns": columns, "index": index_node}
+    if isinstance(value, (list, tuple)):
+        return {"list" if isinstance(value, list) else "tuple": [_encode(v, arrays) for v in value]}
+    if isinstance(value, dict):
+        return {"dict": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        if not cls.__module__.startswith(("core.", "ui.")):
+            raise Unencodable(f"{cls.__module__}.{cls.__qualname__} is not this project's")
+        fields = {f.name: _encode(getattr(value, f.name), arrays) for f in dataclasses.fields(value)}
+        return {"dataclass": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
+    raise Unencodable(f"{type(value).__name__} is not stored in the cache")
+
+
+def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
+    import dataclasses
+    import importlib
+
+    import pandas as pd
+    import torch
+
+    if node is None or isinstance(node, (bool, int, str)):
+        return node
+    if isinstance(node, float):
+        return node
+    if "float" in node:
+        return float(node["float"])
+    if "scalar" in node:
+        return arrays[node["scalar"]][()]
+    if "array" in node:
+        return arrays[node["array"]]
+    if "tensor" in node:
+        return torch.from_numpy(arrays[node["tensor"]].copy()).to(getattr(torch, node["dtype"]))
+    if "frame" in node:
+        names = [_decode(n, arrays) for n in node["frame"]]
+        index = node["index"]
+        idx = (
+            pd.RangeIndex(*index["range"])
+            if "range" in index
+            else pd.Index([_decode(v, arrays) for v in index["list"]])
+        )
+        data = {
+            i: arrays[col["array"]]
+            if "array" in col
+            else pd.Series([_decode(v, arrays) for v in col["list"]], dtype=col["dtype"], index=idx)
+            for i, col in enumerate(node["columns"])
+        }
+        frame = pd.DataFrame(data, index=idx)
+        frame.columns = pd.Index(names) if names else frame.columns
+        return frame
+    if "list" in node:
+        return [_decode(v, arrays) for v in node["list"]]
+    if "tuple" in node:
+        return tuple(_decode(v, arrays) for v in node["tuple"])
+    if "dict" in node:
+        return {_freeze(_decode(k, arrays)): _decode(v, arrays) for k, v in node["dict"]}
+    if "dataclass" in node:
+        module, _, qualname = node["dataclass"].partition(":")
+        if not module.startswith(("core.", "ui.")):
+            raise ValueError(f"{module} is not this project's")
+        cls: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ValueError(f"{qualname} is not a dataclass")
+        values = {name: _decode(v, arrays) for name, v in node["fields"].items()}
+        init = {f.name for f in dataclasses.fields(cls) if f.init}
+        obj = cls(**{k: v for k, v in values.items() if k in init})
+        for name, v in values.items():
+            if name not in init:
+                object.__setattr__(obj, name, v)
+        return obj
+    raise ValueError(f"unknown cache node {sorted(node)}")
+
+
+def _freeze(key: Any) -> Any:
+    return tuple(_freeze(k) for k in key) if isinstance(key, list) else key
+
+
+def save_object(path: Path, value: Any) -> None:
+    """Store a result (see _encode) atomically; Unencodable when it holds something the codec refuses."""
+    import time
+
+    arrays: dict[str, np.ndarray] = {}
+    meta = {"version": CODEC_VERSION, "computed_at": time.time(), "value": _encode(value, arrays)}
+    arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    save(path, arrays)
+
+
+def load_object(path: Path) -> tuple[Any, float] | None:
+    """The stored result and when it was computed (a Unix time), or None (missing, corrupt, another version)."""
+    arrays = load(path)
+    if arrays is None or _META not in arrays:
+        return None
+    try:
+        meta = json.loads(arrays.pop(_META).tobytes().decode())
+        if meta.get("version") != CODEC_VERSION:
+            return None
+        return _decode(meta["value"], arrays), float(meta["computed_at"])
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError):
+        path.unlink(missing_ok=True)  # written by an older layout of the result types: recompute
+        return None

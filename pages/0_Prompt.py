@@ -255,6 +255,7 @@ def body(model: Model) -> None:
         ablation,
         spec,
     )
+    analyses.reopened_caption(result)
     a, b, c = st.columns(3)
     a.metric("metric", f"{result.metric:.3f}", help=text.literal(result.target.description))
     b.metric("target", " − ".join(charts.shown(t) for t in result.target.tokens), help=result.target.chosen)

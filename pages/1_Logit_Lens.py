@@ -50,6 +50,7 @@ def body(model: Model) -> None:
     )
     prompt, answer, wrong = inputs(model)
     view = analyses.lens_view(model, model.fingerprint, prompt, answer, wrong)
+    analyses.reopened_caption(view)
     result = view.result
 
     st.markdown(f"**Tokenization** — {len(view.prompt.ids)} tokens (␣ = space, small number = token id)")

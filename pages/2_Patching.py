@@ -287,6 +287,7 @@ def sections(model: Model, inp: PatchInputs, key_: PatchInputs, estimates: dict[
     # section below adds its results' to_json() to it.
     payload: dict = {"model": model.facts(), **summary}
     finished = []  # the sections that ran to the end: only a complete page is reopened from the cache
+    results: list = []  # the phases' results: a caption says when they were read back from the disk cache
     with Section():
         totals = analyses.patch_layer_totals(model, model.fingerprint, key_)
         standout = patching.standout_mlp_layer(totals["mlp_out"])
@@ -305,6 +306,7 @@ def sections(model: Model, inp: PatchInputs, key_: PatchInputs, estimates: dict[
             key="patching:verify_k",
         )
         view = analyses.patch_top_neurons(model, model.fingerprint, key_, sweep_layer, top_k)
+        results.append(view)
         payload.update(headline_section(model, view, inp, top_k))
         sweep_section(model, view, inp.ablation)
         payload.update(
@@ -317,6 +319,7 @@ def sections(model: Model, inp: PatchInputs, key_: PatchInputs, estimates: dict[
     with Section():
         wants = st.session_state.get("patching:heads_pp_on") == key_
         heads = analyses.patch_heads(model, model.fingerprint, key_, per_position=wants)
+        results.append(heads)
         payload.update(heads.to_json())
         finished.append("heads")
         if heads_section(heads, summary, estimates["heads per position"]):
@@ -327,12 +330,14 @@ def sections(model: Model, inp: PatchInputs, key_: PatchInputs, estimates: dict[
     with Section():
         if grid_wanted(model, key_, estimates["layers × positions"]):
             layers = analyses.patch_layers(model, model.fingerprint, key_)
+            results.append(layers)
             payload.update(layers.to_json())
             grid_section(layers, summary)
             analyses.mark_completed(model.fingerprint, ("grid", key_))
         else:
             payload.update(scores=None, layers_positions="not computed: press 'Compute layers × positions'")
         finished.append("layers")
+    analyses.reopened_caption(*results)
     common.json_download(payload, "patching")
     return len(finished) == 4
 

@@ -228,6 +228,7 @@ def drivers_section(model: Model, layer: int, neuron: int) -> dict:
     position, corrupted, answer, wrong = drivers_inputs()
     side_by_side = dashboard_view.clean_vs_corrupted(model, layer, neuron, prompt, corrupted)
     result = analyses.drivers_view(model, model.fingerprint, prompt, layer, neuron, position, corrupted, answer, wrong)
+    analyses.reopened_caption(result)
     decomposition_view(model, result, layer, neuron, corrupted)
     payload: dict = {"drivers": result.to_json(), **side_by_side}
     if result.path_patching is not None:

@@ -12,15 +12,18 @@ admission gate inside the cached function (ui/admission.py), so a cache hit neve
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core import cache
 from core.analyses import activations, atlas, congruence, cost, drivers, effects, lens, patching, predict, search
 from core.analyses.patching import PatchInputs
 from core.corpus import dashboards, rarity, scan
@@ -44,6 +47,44 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
         bar.empty()
 
 
+# ---------------------------------------------------------------- the disk layer
+
+T = TypeVar("T")
+
+
+def on_disk(analysis: str, fingerprint: str, params: dict[str, Any], compute: Callable[[], T]) -> T:
+    """The result stored under (fingerprint, analysis, params) if the disk cache has it, else compute() stored there.
+
+    A value the codec refuses, or a disk that refuses the write, leaves only the memory cache (st.cache_data)."""
+    path = cache.key_path(fingerprint, analysis, params)
+    hit = cache.load_object(path)
+    if hit is not None:
+        value, computed_at = hit
+        if dataclasses.is_dataclass(value):
+            object.__setattr__(value, "from_disk", computed_at)  # survives st.cache_data's copies (pickled)
+        return value
+    value = compute()
+    try:
+        cache.save_object(path, value)
+    except (cache.Unencodable, OSError):
+        pass
+    return value
+
+
+def from_disk(*results: Any) -> float | None:
+    """When the earliest of these results was computed, if any of them was read back from the disk cache."""
+    times = [t for r in results if (t := getattr(r, "from_disk", None)) is not None]
+    return min(times) if times else None
+
+
+def reopened_caption(*results: Any) -> None:
+    """A small caption when a result on the page came from the disk cache, not from a computation just now."""
+    when = from_disk(*results)
+    if when is not None:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+        st.caption(f"Reopened from the disk cache (computed {stamp}); not recomputed.")
+
+
 # ---------------------------------------------------------------- predictions and logit lens
 
 
@@ -60,8 +101,13 @@ class LensView:
 def lens_view(_model: Model, fingerprint: str, text: str, answer: str, wrong: str, top_k: int = 10) -> LensView:
     prompt = tokens.prompt(_model, text)
     answer_id, wrong_id = tokens.answer_pair(_model, answer, wrong)
-    top = predict.top_k(_model, predict.last_logits(_model, prompt), top_k)
-    return LensView(prompt, answer_id, wrong_id, top, lens.logit_lens(_model, prompt, answer_id, wrong_id))
+
+    def compute() -> LensView:
+        top = predict.top_k(_model, predict.last_logits(_model, prompt), top_k)
+        return LensView(prompt, answer_id, wrong_id, top, lens.logit_lens(_model, prompt, answer_id, wrong_id))
+
+    params = {"text": text, "answer": answer, "wrong": wrong, "top_k": top_k}
+    return on_disk("lens_view", fingerprint, params, compute)
 
 
 # ---------------------------------------------------------------- patching
@@ -70,7 +116,7 @@ def lens_view(_model: Model, fingerprint: str, text: str, answer: str, wrong: st
 @st.cache_data(show_spinner="Running clean and corrupted prompts…", max_entries=32)
 def patch_summary(_model: Model, fingerprint: str, key: PatchInputs) -> dict:
     """Both runs and the conventions: the setup's to_json() (the head of `python -m core patch --json`)."""
-    return jobs.patch_summary(_model, key)
+    return on_disk("patch_summary", fingerprint, {"key": key}, lambda: jobs.patch_summary(_model, key))
 
 
 def estimate_seconds(model: Model, key: PatchInputs, per_position_heads: bool = False) -> dict[str, float]:
@@ -83,20 +129,29 @@ def estimate_seconds(model: Model, key: PatchInputs, per_position_heads: bool = 
 
 @st.cache_data(show_spinner="Patching each layer's attention and MLP at all positions…", max_entries=32)
 def patch_layer_totals(_model: Model, fingerprint: str, key: PatchInputs) -> dict[str, np.ndarray]:
-    return worker.run(jobs.patch_layer_totals, _model, key)
+    return on_disk(
+        "patch_layer_totals", fingerprint, {"key": key}, lambda: worker.run(jobs.patch_layer_totals, _model, key)
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_layers(_model: Model, fingerprint: str, key: PatchInputs) -> patching.LayerPatching:
-    with admitted("patching layers × positions"), progress_bar("patching every layer × position") as progress:
-        return worker.run(jobs.patch_layers, _model, key, progress=progress)
+    def compute() -> patching.LayerPatching:
+        with admitted("patching layers × positions"), progress_bar("patching every layer × position") as progress:
+            return worker.run(jobs.patch_layers, _model, key, progress=progress)
+
+    return on_disk("patch_layers", fingerprint, {"key": key}, compute)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_heads(_model: Model, fingerprint: str, key: PatchInputs, per_position: bool = False) -> patching.HeadPatching:
     label = "patching every head at each position" if per_position else "patching every head"
-    with admitted("patching heads"), progress_bar(label) as progress:
-        return worker.run(jobs.patch_heads, _model, key, per_position, progress=progress)
+
+    def compute() -> patching.HeadPatching:
+        with admitted("patching heads"), progress_bar(label) as progress:
+            return worker.run(jobs.patch_heads, _model, key, per_position, progress=progress)
+
+    return on_disk("patch_heads", fingerprint, {"key": key, "per_position": per_position}, compute)
 
 
 NeuronsView = jobs.NeuronsView
@@ -105,8 +160,12 @@ NeuronsView = jobs.NeuronsView
 @st.cache_data(show_spinner=False, max_entries=16)
 def patch_top_neurons(_model: Model, fingerprint: str, key: PatchInputs, layer: int, top_k: int) -> NeuronsView:
     """Sweep `layer`; for clean patching also attribution over every neuron, verified exactly (shared sweeps)."""
-    with admitted("patching neurons"), progress_bar("patching neurons (batches)") as progress:
-        return worker.run(jobs.patch_top_neurons, _model, key, layer, top_k, progress=progress)
+
+    def compute() -> NeuronsView:
+        with admitted("patching neurons"), progress_bar("patching neurons (batches)") as progress:
+            return worker.run(jobs.patch_top_neurons, _model, key, layer, top_k, progress=progress)
+
+    return on_disk("patch_top_neurons", fingerprint, {"key": key, "layer": layer, "top_k": top_k}, compute)
 
 
 @st.cache_resource
@@ -115,14 +174,29 @@ def _completed() -> set[tuple]:
     return set()
 
 
+def _completed_marker(fingerprint: str, key: Hashable):
+    return cache.key_path(fingerprint, "patching_page_completed", {"key": key})
+
+
 def mark_completed(fingerprint: str, key: Hashable) -> None:
     _completed().add((fingerprint, key))
+    marker = _completed_marker(fingerprint, key)
+    if not marker.exists():
+        try:
+            cache.save(marker, {"completed": np.ones(1, dtype=np.uint8)})
+        except OSError:
+            pass
 
 
 def was_completed(fingerprint: str, key: Hashable) -> bool:
-    """True when this server computed the page for these inputs (its results are in the cache: a reopened link
-    can show them without a Run)."""
-    return (fingerprint, key) in _completed()
+    """True when the page was computed for these inputs, by this server or (its marker on disk) by any server that
+    shares the cache folder: its results are cached, so a reopened link shows them without a Run."""
+    if (fingerprint, key) in _completed():
+        return True
+    if _completed_marker(fingerprint, key).exists():
+        _completed().add((fingerprint, key))
+        return True
+    return False
 
 
 # ---------------------------------------------------------------- congruence and activations
@@ -164,7 +238,21 @@ def drivers_view(
     batched pass: light enough to need no admission slot)."""
     prompt = tokens.prompt(_model, text)
     pair = PatchInputs(text, corrupted, answer, wrong).resolve(_model) if corrupted else None
-    return drivers.drivers(_model, prompt, layer, neuron, position, pair, reads_from_heads=3)
+    params = {
+        "text": text,
+        "layer": layer,
+        "neuron": neuron,
+        "position": position,
+        "corrupted": corrupted,
+        "answer": answer,
+        "wrong": wrong,
+    }
+    return on_disk(
+        "drivers_view",
+        fingerprint,
+        params,
+        lambda: drivers.drivers(_model, prompt, layer, neuron, position, pair, reads_from_heads=3),
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
