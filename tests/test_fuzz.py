@@ -322,21 +322,24 @@ def cli_env(embedded_light):
                 return embedded_light
         return real_load(args)
 
-    saved = []
-    for group in cli.GROUPS:
-        if hasattr(group, "load"):
-            saved.append((group, "load", group.load))
-            group.load = load
+    stubs = [(group, "load", load) for group in cli.GROUPS if hasattr(group, "load")]
     for path, attr in HEAVY:
         module_name, _, cls = path.partition(".PatchInputs")
         owner = importlib.import_module(module_name)
-        if cls:
-            owner = owner.PatchInputs
-        saved.append((owner, attr, getattr(owner, attr)))
-        setattr(owner, attr, _reached)
-    yield cli.main
-    for owner, attr, value in saved:
-        setattr(owner, attr, value)
+        stubs.append((owner.PatchInputs if cls else owner, attr, _reached))
+
+    def main(argv: list[str]) -> int:
+        """core.cli.main with the stubs in place for this call only (the page tests below run unstubbed)."""
+        saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in stubs]
+        for owner, attr, value in stubs:
+            setattr(owner, attr, value)
+        try:
+            return cli.main(argv)
+        finally:
+            for owner, attr, value in saved:
+                setattr(owner, attr, value)
+
+    return main
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +426,7 @@ def test_every_command_is_fuzzed():
         assert flags - aliases <= covered, (name, flags - covered)
 
 
-CLI_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 6))
+CLI_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 5))
 
 
 @pytest.mark.parametrize("command", sorted(CLI))
@@ -513,7 +516,7 @@ PAGE_PARAMS: dict[str | None, dict[str, st.SearchStrategy[str]]] = {
     },
 }
 PICKER = {"model": MODEL, "processing": PROCESSING}
-PAGE_EXAMPLES = int(os.environ.get("FUZZ_PAGE_EXAMPLES", 3))
+PAGE_EXAMPLES = int(os.environ.get("FUZZ_PAGE_EXAMPLES", 2))
 
 
 def test_every_page_is_fuzzed():
