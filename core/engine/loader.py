@@ -38,7 +38,7 @@ from core.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SAFETENSORS_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
-_CHUNK_BYTES = 64 << 20  # fp32 bytes of one (un)embedding chunk
+_CHUNK_BYTES = 32 << 20  # fp32 bytes of one (un)embedding chunk (a few are alive at once)
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
@@ -94,7 +94,7 @@ class Checkpoint:
                         raise ValueError(f"header length {n}")
                     header = json.loads(f.read(n))
             except (OSError, ValueError, struct.error) as err:
-                raise UserError(f"{path} is not a readable safetensors file: {err}") from err
+                raise UserError(f"could not load weights from {path}: not a readable safetensors file ({err})") from err
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
@@ -132,8 +132,8 @@ def weights_bytes(ck: Checkpoint, fam: families.Family, config: Any, dtype: torc
     """What the loaded `Weights` hold: every checkpoint tensor in `dtype`, plus W_U when tied to W_E (processing
     makes them differ, so both are held)."""
     params = ck.n_params()
-    if _name(ck, fam, fam.lm_head, top=True) is None:
-        params += math.prod(ck.shapes[_require(ck, fam, fam.embed)])
+    if _name(ck, fam, f"{fam.lm_head}.weight", top=True) is None:
+        params += math.prod(ck.shapes[_require(ck, fam, f"{fam.embed}.weight")])
     return params * torch.empty(0, dtype=dtype).element_size()
 
 
