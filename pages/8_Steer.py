@@ -188,17 +188,15 @@ def generation(model: Model, inp: dict) -> steering.SteerResult:
     """The finished generation for these inputs: from the store, or generated now with both runs streamed."""
     prompt, interventions = parsed(model, inp)
     seeds = tuple(range(int(inp["samples"])))
-    run_key = (
-        model.fingerprint,
-        prompt.text,
-        tuple(iv.spec for iv in interventions),
-        inp["positions"],
-        int(inp["new"]),
-        float(inp["temperature"]),
-        float(inp["top_p"]),
-        seeds,
-    )
-    hit = steer_view.remembered(run_key)
+    run_key = {
+        "prompt": prompt.text,
+        "interventions": [iv.to_json() for iv in interventions],
+        "new": int(inp["new"]),
+        "temperature": float(inp["temperature"]),
+        "top_p": float(inp["top_p"]),
+        "seeds": list(seeds),
+    }
+    hit = steer_view.remembered(model.fingerprint, run_key)
     if hit is not None:
         return hit
     left, right = st.columns(2)
@@ -229,11 +227,12 @@ def generation(model: Model, inp: dict) -> steering.SteerResult:
         box.empty()
     left.empty()
     right.empty()
-    steer_view.remember(run_key, result)
+    steer_view.remember(model.fingerprint, run_key, result)
     return result
 
 
 def show_generation(model: Model, result: steering.SteerResult) -> None:
+    analyses.reopened_caption(result)
     frame = result.frame()
     change = result.first_change()
     if change is None:

@@ -1,52 +1,45 @@
-"""The Steer page's pieces: generated text as coloured token strips, the dose–response chart, and a small
-process-wide store of finished generations (so a rerun or a reopened link shows them without generating again).
+"""The Steer page's pieces: generated text as coloured token strips, the dose–response chart, and finished
+generations kept in the disk cache (so a rerun, a reopened link or another server shows them without generating).
 
 Generation streams into the page as it runs (ui code draws each step), so it cannot sit inside `st.cache_data`
-(which replays what a cached function drew); finished greedy results are kept here instead, keyed like the cache.
+(which replays what a cached function drew); finished results go to core.cache instead, keyed by their inputs.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
-from collections.abc import Hashable
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core import cache
 from core.analyses.steering import DoseResponse, SteerResult
 from ui.charts import shown
 from ui.text import literal_html
-
-KEPT = 32  # finished generations kept per server process (a few KB each)
 
 _STRIP = "font-family:monospace;line-height:1.9;white-space:pre-wrap"
 _TOKEN = "padding:1px 0;border-radius:2px"
 _CHANGED = "background:rgba(255,196,0,0.55);outline:1px solid #b08800"
 
 
-@st.cache_resource
-def _store() -> tuple[threading.Lock, OrderedDict[Hashable, SteerResult]]:
-    return threading.Lock(), OrderedDict()
+def remembered(fingerprint: str, params: dict[str, Any]) -> SteerResult | None:
+    """A finished generation for these inputs from the disk cache (any server sharing the cache folder), else None.
+    Generation is deterministic for given inputs (greedy, or seeded), so a reopened link shows the same text."""
+    hit = cache.load_object(cache.key_path(fingerprint, "steer", params))
+    if hit is None:
+        return None
+    result, computed_at = hit
+    object.__setattr__(result, "from_disk", computed_at)  # the page's "reopened from the disk cache" caption
+    return result
 
 
-def remembered(key: Hashable) -> SteerResult | None:
-    lock, store = _store()
-    with lock:
-        hit = store.get(key)
-        if hit is not None:
-            store.move_to_end(key)
-        return hit
-
-
-def remember(key: Hashable, result: SteerResult) -> None:
-    lock, store = _store()
-    with lock:
-        store[key] = result
-        while len(store) > KEPT:
-            store.popitem(last=False)
+def remember(fingerprint: str, params: dict[str, Any], result: SteerResult) -> None:
+    try:
+        cache.save_object(cache.key_path(fingerprint, "steer", params), result)
+    except (cache.Unencodable, OSError):
+        pass  # not storable: the page just generates again next time
 
 
 def strip(rows: pd.DataFrame) -> str:
