@@ -45,8 +45,9 @@ def assert_clean(at: AppTest) -> None:
     assert not errors(at), errors(at)
 
 
-def downloaded_json(at: AppTest, monkeypatch) -> dict:
-    """Rerun the page and read back its JSON download from AppTest's in-memory media store."""
+def downloaded_json(at: AppTest, monkeypatch, label: str = "⬇ JSON") -> dict:
+    """Rerun the page and read back its JSON download (the first whose label starts with `label`) from AppTest's
+    in-memory media store."""
     from streamlit.testing.v1 import app_test
 
     stores = []
@@ -58,7 +59,7 @@ def downloaded_json(at: AppTest, monkeypatch) -> dict:
 
     monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
     at.run()
-    button = next(b for b in at.get("download_button") if b.proto.label.startswith("⬇ JSON"))
+    button = next(b for b in at.get("download_button") if b.proto.label.startswith(label))
     return json.loads(stores[-1].get_file(button.proto.url.rsplit("/", 1)[1]).content)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.cache import cache_root
 from core.corpus import pairs, scan
 from core.corpus.dashboards import DashboardSpec, build
 from core.engine.model import load_model
@@ -78,6 +79,11 @@ def planted(tmp_path_factory):
     hf.save_pretrained(folder)
     tok.save_pretrained(folder)
     return load_model(str(folder), device="cpu")
+
+
+# The cache folder the session started with (CI's TNE_CACHE_DIR, or the user's): where the embedded models were
+# converted. Read at import, before any fixture points TNE_CACHE_DIR at a temporary folder.
+SESSION_CACHE = cache_root()
 
 
 @pytest.fixture()
@@ -189,11 +195,9 @@ def test_budget_beyond_the_hosted_cap(planted, corpus, monkeypatch):
 
 
 def test_search_page_json_equals_the_cli(planted, corpus, capsys, monkeypatch):
-    from core.engine.model import cache_root
-    from tests.test_app import assert_clean, cli_json, open_page
+    from tests.test_app import assert_clean, cli_json, downloaded_json, open_page
 
-    monkeypatch.delenv("TNE_CACHE_DIR")
-    real = cache_root()
+    real = SESSION_CACHE
     tmp = Path(corpus).parent / "page-cache"
     tmp.mkdir()
     for shared in ("models", "gguf"):  # the converted embedded model (Home loads it), not converted again
@@ -207,17 +211,5 @@ def test_search_page_json_equals_the_cli(planted, corpus, capsys, monkeypatch):
     assert_clean(at)
     at.button(key="search:test_pairs").click().run()
     assert_clean(at)
-    from streamlit.testing.v1 import app_test
-
-    stores = []
-
-    class Recording(app_test.MemoryMediaFileStorage):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            stores.append(self)
-
-    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
-    at.run()
-    button = next(b for b in at.get("download_button") if b.proto.label.startswith("⬇ JSON of the pairs"))
-    page = json.loads(stores[-1].get_file(button.proto.url.rsplit("/", 1)[1]).content)
+    page = downloaded_json(at, monkeypatch, label="⬇ JSON of the pairs")
     assert page == expected

@@ -1,15 +1,17 @@
 """Heavy jobs in worker processes (hosted mode): the same numbers, progress relayed, errors kept, stops honoured."""
 
+import dataclasses
 import time
 
 import numpy as np
 import pytest
 
+from core.analyses.patching import PatchInputs
 from core.errors import UserError
 from core.serving import jobs, worker
 from core.story import ANSWER, CLEAN, CORRUPTED, WRONG
 
-KEY = (CLEAN, CORRUPTED, ANSWER, WRONG, "clean")
+KEY = PatchInputs(CLEAN, CORRUPTED, ANSWER, WRONG, "clean")
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +51,13 @@ def test_the_worker_reads_the_servers_weights_and_a_dead_worker_is_replaced(work
 
 def test_the_jobs_user_error_reaches_the_caller(workers_on):
     with pytest.raises(UserError, match="same number of tokens"):
-        worker.run(jobs.patch_layer_totals, workers_on, ("I climbed up the lemon tree", *KEY[1:]))
+        worker.run(jobs.patch_layer_totals, workers_on, dataclasses.replace(KEY, clean="I climbed up the lemon tree"))
 
 
 def test_a_stopped_job_frees_its_worker(workers_on):
     """Streamlit stops a run by raising inside a Streamlit call: here, inside the progress relay."""
     model = workers_on
-    zero = (CLEAN, CORRUPTED, ANSWER, WRONG, "zero")
+    zero = PatchInputs(CLEAN, CORRUPTED, ANSWER, WRONG, "zero")
 
     class Stopped(Exception):
         pass
@@ -64,7 +66,8 @@ def test_a_stopped_job_frees_its_worker(workers_on):
         raise Stopped
 
     began = time.perf_counter()
-    full = worker.run(jobs.patch_layers, model, (CLEAN, CORRUPTED, ANSWER, WRONG, "mean"))  # ~10 s here, uncut
+    mean = PatchInputs(CLEAN, CORRUPTED, ANSWER, WRONG, "mean")
+    full = worker.run(jobs.patch_layers, model, mean)  # ~10 s here, uncut
     uncut = time.perf_counter() - began
     with pytest.raises(Stopped):
         worker.run(jobs.patch_layers, model, zero, progress=stop)
