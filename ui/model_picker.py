@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.engine.model import DTYPES, EMBEDDED, PROCESSINGS, Model, available_models, load_model
+from core.engine.model import DTYPES, EMBEDDED, PROCESSINGS, Model, Processing, available_models, load_model
 from core.errors import UserError
 from core.hosting import limits
 from core.serving import worker
@@ -23,7 +23,7 @@ APP_PARAMS = [
 @st.cache_resource(
     max_entries=1, show_spinner="Loading the model (the first load converts the embedded model: ~20 s)…", show_time=True
 )
-def _load(name: str, device: str, processing: str, dtype: str = "float32") -> Model:
+def _load(name: str, device: str, processing: Processing, dtype: str = "float32") -> Model:
     # max_entries=1: one model in memory at a time (GPT-2 XL alone is 6 GB in fp32).
     model = load_model(name, device=device, processing=processing, dtype=dtype)
     worker.warm_up(model)  # hosted: the heavy-job workers load it now, not on a visitor's first Run
