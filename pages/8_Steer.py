@@ -199,10 +199,12 @@ def generation(model: Model, inp: dict) -> steering.SteerResult:
     hit = steer_view.remembered(model.fingerprint, run_key)
     if hit is not None:
         return hit
-    left, right = st.columns(2)
-    left.markdown("**Baseline** (generating…)")
-    right.markdown("**Steered** (generating…)")
-    boxes = (left.empty(), right.empty())
+    live = st.empty()  # both strips while they are generated; cleared once the result is drawn below
+    with live.container():
+        left, right = st.columns(2)
+        left.markdown("**Baseline** (generating…)")
+        right.markdown("**Steered** (generating…)")
+        boxes = (left.empty(), right.empty())
     pieces: tuple[list[str], list[str]] = ([], [])
     rows = len(seeds) if inp["temperature"] > 0 else 1
 
@@ -223,10 +225,7 @@ def generation(model: Model, inp: dict) -> steering.SteerResult:
             seeds=seeds,
             on_token=on_token,
         )
-    for box in boxes:
-        box.empty()
-    left.empty()
-    right.empty()
+    live.empty()
     steer_view.remember(model.fingerprint, run_key, result)
     return result
 
