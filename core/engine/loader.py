@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import types
 from dataclasses import dataclass, fields, replace
@@ -32,7 +31,7 @@ from typing import Any
 
 import torch
 
-from core.engine import families
+from core.engine import families, memory
 from core.engine.forward import Weights
 from core.errors import UserError
 
@@ -140,13 +139,10 @@ def weights_bytes(ck: Checkpoint, fam: families.Family, config: Any, dtype: torc
 def check_budget(label: str, ck: Checkpoint, fam: families.Family, config: Any, dtype: str) -> None:
     """Refuse, before loading, a model whose weights exceed TNE_MEMORY_BUDGET_MB (when set): one line that says
     the size, the budget and what would fit."""
-    raw = os.environ.get("TNE_MEMORY_BUDGET_MB", "").strip()
-    if not raw:
+    setting = memory.set_budget()
+    if setting is None:
         return
-    try:
-        budget = float(raw) * 2**20
-    except ValueError as err:
-        raise UserError(f"TNE_MEMORY_BUDGET_MB={raw!r} is not a number of megabytes") from err
+    raw, budget = setting
     need = weights_bytes(ck, fam, config, DTYPES[dtype])
     if need <= budget:
         return
