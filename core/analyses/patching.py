@@ -29,7 +29,7 @@ import torch
 
 from core.analyses import screen as bf16  # `screen` is a flag name here
 from core.engine import forward as fw
-from core.engine import tokens
+from core.engine import memory, tokens
 from core.engine.metric import DESCRIPTION, LogitDiff
 from core.engine.model import Model
 from core.engine.tokens import Prompt, first_difference
@@ -181,11 +181,17 @@ class PatchInputs:
         return first_difference(clean, corrupted) if self.ablation == "clean" else 0
 
 
-def default_batch_tokens(model: Model) -> int:
-    """Rows × positions per resumed forward: big enough to keep matmuls efficient, small enough for memory."""
-    cap = limits().max_batch_tokens
-    batch = 65536 if model.device.type == "cuda" else 8192
-    return batch if cap is None else min(batch, cap)
+def default_batch_tokens(model: Model, positions: int | None = None) -> int:
+    """Rows × positions per resumed forward: what fits the memory budget (core.engine.memory: a resumed token's
+    activations, whose attention scores grow with the prompt's `positions`; None: memory.TYPICAL_KEYS), at most
+    65536 on CUDA and 8192 on CPU (bigger batches gain no matmul efficiency) and a hosted demo's
+    TNE_MAX_BATCH_TOKENS. A big model gets smaller batches (at least one token: a longer row runs alone)."""
+    cap = 65536 if model.device.type == "cuda" else 8192
+    hosted = limits().max_batch_tokens
+    if hosted is not None:
+        cap = min(cap, hosted)
+    per_token = memory.forward_bytes_per_token(model.weights, positions or memory.TYPICAL_KEYS, unembed_columns=2)
+    return memory.rows_for(model.weights, per_token, cap=cap)
 
 
 def _batches(joins: list[fw.Join], max_batch_tokens: int) -> list[list[fw.Join]]:

@@ -31,6 +31,7 @@ BUDGET_VAR = "TNE_MEMORY_BUDGET_MB"
 GPU_SHARE = 0.8  # of free device memory: the rest covers the allocator's fragmentation and cuBLAS workspaces
 CPU_SHARE = 0.5  # of MemAvailable: other processes and the estimate's own error
 UNREADABLE_FREE = 4 << 30  # free memory assumed where the system does not say
+TYPICAL_KEYS = 512  # key positions assumed where a caller does not say (patching prompts are far shorter)
 
 
 class SetBudget(NamedTuple):
