@@ -29,10 +29,12 @@ def corpus_file(tmp_path, monkeypatch):
 NEURONS = [(0, 3), (2, 17), (2, 5)]
 
 
-@pytest.fixture(params=[scan.LOGIT_ROWS, 5], ids=["whole contexts", "5-position logit chunks"])
+@pytest.fixture(params=[None, 5], ids=["the batch at once", "5-position logit chunks"])
 def logit_rows(request, monkeypatch):
-    """The top-1 and the target's statistics are computed LOGIT_ROWS positions at a time: 5 splits every context."""
-    monkeypatch.setattr(scan, "LOGIT_ROWS", request.param)
+    """The top-1 and the target's statistics are computed logit_rows positions at a time, across the batch's
+    contexts: 5 splits every context and straddles their boundaries."""
+    if request.param is not None:
+        monkeypatch.setattr(scan, "logit_rows", lambda model: request.param)
     return request.param
 
 
@@ -116,6 +118,42 @@ def test_interrupted_scan_resumes_to_identical_results(tiny, corpus_file):
     resumed = scan.scan(tiny, spec, progress=lambda d, t: recomputed.append(d))
     assert resumed.to_json() == reference
     assert recomputed[-1] == reference["positions"]
+
+
+@pytest.mark.parametrize("per_forward", [1, 2, 7])
+def test_forwards_sized_by_memory_give_the_same_parts(tiny, corpus_file, monkeypatch, per_forward):
+    """Parts on disk are plan batches whatever the memory allows: a forward of 1 or 2 contexts (a part in several
+    forwards) or of 7 (two parts of 3 in one forward, then a part alone) saves the same records, and a scan
+    resumed from parts written with another forward size reads them back."""
+    spec = scan.ScanSpec(NEURONS, 281, str(corpus_file), max_tokens=10_000, ctx=12, batch_size=3)
+    reference = scan.records(tiny, spec, use_cache=False).data
+    monkeypatch.setattr(scan, "forward_contexts", lambda model, ctx, layers: per_forward)
+    written = scan.plan(tiny, spec)
+    assert len(written.batches) > 3
+    seen = scan.records(tiny, spec).data
+    for name in scan.PART_FIELDS:
+        np.testing.assert_allclose(seen[name], reference[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(seen["top1"], reference["top1"])
+    for index in range(len(written.batches)):
+        part = written.cached_part(index)
+        assert part is not None and set(part["chunk"]) == set(range(3 * index, 3 * index + len(written.batches[index])))
+    written.part_path(1).unlink()  # resumed with another forward size: the rest is read back, part 1 recomputed
+    monkeypatch.setattr(scan, "forward_contexts", lambda model, ctx, layers: 8)
+    resumed = scan.records(tiny, spec).data
+    for name in scan.PART_FIELDS:
+        np.testing.assert_allclose(resumed[name], reference[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_forward_contexts_follow_the_memory_budget(tiny, monkeypatch):
+    """A scan forward holds what TNE_MEMORY_BUDGET_MB leaves after the weights, at most 2048 CPU tokens."""
+    assert scan.forward_contexts(tiny, 256, 3) == 8
+    w = tiny.weights
+    per_context = 64 * (scan.memory.forward_bytes_per_token(w, 64) + 3 * w.d_mlp * scan.memory.element_bytes(w))
+    held = scan.memory.held_bytes(w)
+    monkeypatch.setenv("TNE_MEMORY_BUDGET_MB", str((held + 5 * per_context + per_context // 2) / 2**20))
+    assert scan.forward_contexts(tiny, 64, 3) == 5
+    monkeypatch.setenv("TNE_MEMORY_BUDGET_MB", str((held + 10) / 2**20))
+    assert scan.forward_contexts(tiny, 64, 3) == 1  # a context over the budget still runs, alone
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from core import cache
 from core.analyses.congruence import check_neuron, label
 from core.corpus.sources import Corpus, load_corpus
 from core.engine import forward as fw
+from core.engine import memory
 from core.engine.model import Model, cache_root
 from core.errors import UserError
 from core.hosting import limits
@@ -34,9 +35,13 @@ from core.progress import Progress
 
 DEFAULT_CTX = 256
 # Positions unembedded at once: a scan needs only the target's logit and probability and the top-1 at each position,
-# so it never holds a whole context's fp32 logits over the vocabulary (256 × 49,152 × 4 B = 50 MB per context,
-# several times that with the softmax's temporaries), only LOGIT_ROWS of them (6 MB on the embedded model).
+# so it never holds a whole batch's fp32 logits over the vocabulary (Gemma 3: 262,144 per position), only as many
+# rows as LOGIT_BYTES hold (341 on the embedded model, 64 on Gemma 3), and at least LOGIT_ROWS.
 LOGIT_ROWS = 32
+LOGIT_BYTES = 64 << 20
+# Tokens per scan forward at most (the memory budget may allow fewer): on 2 CPU cores 8 contexts of 256 already keep
+# the matmuls efficient; a GPU wants far more rows per launch.
+FORWARD_TOKENS = {"cpu": 2048, "cuda": 65536}
 MAX_BINS = 1000
 PART_FIELDS = ("chunk", "doc", "position", "token", "next", "top1", "logit", "prob", "act")
 
@@ -213,37 +218,68 @@ def _scan_dir(model: Model, corpus: Corpus, spec: ScanSpec) -> Path:
     return cache_root() / "scans" / digest
 
 
+def logit_rows(model: Model) -> int:
+    """Positions unembedded at once by a scan: as many as LOGIT_BYTES of fp32 logits hold (a row also needs the
+    softmax's temporaries: 3 copies counted against the memory budget), at least LOGIT_ROWS. Fewer, smaller
+    unembeddings cost more than the logits they save: each reads all of W_U (113 MB on the embedded model), and
+    32-row chunks made the top-1 ~60 % dearer than 256-row ones here."""
+    row = 4 * model.d_vocab
+    return memory.rows_for(model.weights, 3 * row, floor=LOGIT_ROWS, cap=max(LOGIT_ROWS, LOGIT_BYTES // row))
+
+
+def forward_contexts(model: Model, ctx: int, layers: int) -> int:
+    """Contexts of `ctx` tokens one scan forward holds: what fits the memory budget (core.engine.memory: a token's
+    activations at the forward's peak plus `layers` recorded [d_mlp] activations), at most FORWARD_TOKENS of its
+    device (bigger batches gain no matmul efficiency) and at least one."""
+    w = model.weights
+    per_token = memory.forward_bytes_per_token(w, ctx) + layers * w.d_mlp * memory.element_bytes(w)
+    cap = FORWARD_TOKENS["cuda" if model.device.type == "cuda" else "cpu"] // ctx
+    return memory.rows_for(w, per_token * ctx, cap=max(1, cap))
+
+
 @torch.no_grad()
 def _run_batch(
     model: Model, batch: list[tuple[int, list[int]]], first_chunk: int, neurons: list[tuple[int, int]], target: int
 ) -> dict[str, np.ndarray]:
     """Per counted position: chunk, doc, position, token, next token (-1 at a context's end), top-1 prediction,
-    target logit and probability, and each neuron's activation."""
+    target logit and probability, and each neuron's activation. One forward over the batch; the counted positions
+    of every context are gathered into one [T, d] block and unembedded logit_rows at a time across contexts."""
     w = model.weights
     skip = len(context_bos(model))
     tokens = batch_tokens(model, [ids for _, ids in batch])
+    B, P = tokens.shape
+    lengths = [len(ids) for _, ids in batch]
+    flat = torch.cat([torch.arange(skip, n) + row * P for row, n in enumerate(lengths)]).to(model.device)
     layers = sorted({layer for layer, _ in neurons})
     trace = fw.run(w, tokens, record={"mlp_post"}, layers=range(layers[0], layers[-1] + 1))
-    by_layer = {layer: trace.mlp_post[layer - layers[0]] for layer in layers}
+    posts = {layer: trace.mlp_post[layer - layers[0]].reshape(B * P, -1).index_select(0, flat) for layer in layers}
+    act = torch.stack([posts[layer][:, unit] for layer, unit in neurons], -1).float().cpu().numpy()
     final = trace.resid_final
     assert final is not None  # a run over all layers records it
-    parts: dict[str, list] = {name: [] for name in PART_FIELDS}
-    for row, (doc, ids) in enumerate(batch):
-        n = len(ids)
-        parts["chunk"].append(np.full(n - skip, first_chunk + row))
-        parts["doc"].append(np.full(n - skip, doc))
-        parts["position"].append(np.arange(skip, n))
-        parts["token"].append(np.asarray(ids[skip:]))
-        parts["next"].append(np.asarray(ids[skip + 1 :] + [-1]))
-        resid = final[row, skip:n]
-        for start in range(0, n - skip, LOGIT_ROWS):
-            logits = fw.unembed(w, resid[start : start + LOGIT_ROWS]).float()  # [≤ LOGIT_ROWS, V]
-            target_logit = logits[:, target]
-            parts["top1"].append(logits.argmax(-1).cpu().numpy())
-            parts["logit"].append(target_logit.cpu().numpy())
-            parts["prob"].append((target_logit - logits.logsumexp(-1)).exp().cpu().numpy())
-        parts["act"].append(torch.stack([by_layer[l][row, skip:n, n_] for l, n_ in neurons], -1).float().cpu().numpy())
-    return {name: np.concatenate(values) for name, values in parts.items()}
+    resid = final.reshape(B * P, -1).index_select(0, flat)
+    del trace, posts, final
+    count = resid.shape[0]
+    top = torch.empty(count, dtype=torch.long, device=resid.device)
+    logit = torch.empty(count, device=resid.device)
+    prob = torch.empty(count, device=resid.device)
+    rows = logit_rows(model)
+    for start in range(0, count, rows):
+        logits = fw.unembed(w, resid[start : start + rows]).float()  # [≤ rows, V]
+        top[start : start + rows] = logits.argmax(-1)
+        logit[start : start + rows] = logits[:, target]
+        prob[start : start + rows] = (logits[:, target] - logits.logsumexp(-1)).exp()
+    counted = np.array([n - skip for n in lengths])
+    return {
+        "chunk": np.repeat(first_chunk + np.arange(B), counted),
+        "doc": np.repeat(np.array([doc for doc, _ in batch], dtype=np.int64), counted),
+        "position": np.concatenate([np.arange(skip, n) for n in lengths]),
+        "token": np.concatenate([np.asarray(ids[skip:], dtype=np.int64) for _, ids in batch]),
+        "next": np.concatenate([np.asarray(ids[skip + 1 :] + [-1], dtype=np.int64) for _, ids in batch]),
+        "top1": top.cpu().numpy(),
+        "logit": logit.cpu().numpy(),
+        "prob": prob.cpu().numpy(),
+        "act": act,
+    }
 
 
 def _bins(act: np.ndarray, top1: np.ndarray, true_next: np.ndarray, width: float) -> pd.DataFrame:
@@ -366,19 +402,41 @@ def plan(model: Model, spec: ScanSpec) -> Plan:
 
 
 def _read(model: Model, work: Plan, progress: Progress | None, use_cache: bool) -> Records:
-    """Run the model over the plan's batches, resuming from the parts on disk."""
-    done, pieces = 0, []
-    for index, batch in enumerate(work.batches):
-        part = work.cached_part(index) if use_cache else None
-        if part is None:
-            part = _run_batch(model, batch, index * work.spec.batch_size, list(work.spec.neurons), work.spec.target)
-            if use_cache:
-                cache.save(work.part_path(index), part)
-        pieces.append(part)
+    """Run the model over the plan's batches, resuming from the parts on disk.
+
+    A part on disk is one plan batch (spec.batch_size contexts: the cache layout does not depend on memory); each
+    forward covers as many consecutive missing parts as forward_contexts allows, or a part in several forwards
+    when a context-batch does not fit, and is split back into parts before saving."""
+    size, neurons, target = work.spec.batch_size, list(work.spec.neurons), work.spec.target
+    assert work.spec.ctx is not None
+    layers = {layer for layer, _ in neurons}
+    per_forward = forward_contexts(model, work.spec.ctx, max(layers) - min(layers) + 1)
+    pieces = [work.cached_part(i) if use_cache else None for i in range(len(work.batches))]
+    done, index = 0, 0
+    while index < len(work.batches):
+        if pieces[index] is None:
+            end = index + 1
+            while end < len(work.batches) and pieces[end] is None and (end + 1 - index) * size <= per_forward:
+                end += 1
+            contexts = [c for batch in work.batches[index:end] for c in batch]
+            runs = [
+                _run_batch(model, contexts[i : i + per_forward], index * size + i, neurons, target)
+                for i in range(0, len(contexts), per_forward)
+            ]
+            data = {name: np.concatenate([r[name] for r in runs]) for name in PART_FIELDS}
+            bounds = np.searchsorted(data["chunk"], np.arange(index, end + 1) * size)
+            for k in range(index, end):
+                lo, hi = bounds[k - index], bounds[k - index + 1]
+                pieces[k] = piece = {name: values[lo:hi] for name, values in data.items()}
+                if use_cache:
+                    cache.save(work.part_path(k), piece)
+        part = pieces[index]
+        assert part is not None
         done += len(part["token"])
+        index += 1
         if progress:
             progress(done, work.total)  # may raise to interrupt: finished parts are on disk already
-    return work.records(pieces)
+    return work.records([p for p in pieces if p is not None])
 
 
 def records(model: Model, spec: ScanSpec, progress: Progress | None = None, use_cache: bool = True) -> Records:
