@@ -1,8 +1,10 @@
 """Load benchmark: N browser sessions against one hosted server, compared with one session alone, in one run.
 
 Run alone:  python bench/load.py [--sessions N] [--budget TOKENS]
-Each session (its own browser context in one Chromium) runs the heavy mix Patching → Search → Corpus with inputs of
-its own (names in the prompts, search kind × matrix, the scanned neuron), so the jobs are distinct computations;
+Each session (its own browser context in one Chromium) runs the heavy mix Patching → Search → Corpus → Prompt → Steer
+with inputs of its own (names in the prompts, search kind × matrix, the scanned neuron, the Prompt page's text, the
+steered prompt and token count), so the jobs are distinct computations; Prompt and Steer compute on opening (no Run
+button: the clock starts at the page load), Steer's generation streams its tokens and then draws its dose curve;
 meanwhile a prober loads the light pages (Home, Logit lens) and the health check over and over. The solo phase runs
 session 0 alone on a fresh server; the load phase runs all N on another fresh server (fresh result caches both times,
 the converted model shared), and session 0's results must equal the solo ones.
@@ -49,7 +51,10 @@ NAMES = ["I", "We", "They", "You", "She", "He", "Tom", "Anna", "Max", "Sam", "Be
 SEARCHES = [("mutual", "W_U"), ("standout", "W_U"), ("mutual", "W_E"), ("standout", "W_E")]
 TIMEOUT_MS = 1_200_000
 ERRORS = "[data-testid='stException'], [data-testid='stAlertContentError']"
-DONE = "⬇ JSON of this analysis"  # every heavy page's last element
+DONE = "⬇ JSON of this analysis"  # the last element of every heavy page but Steer
+STEER_DONE = "⬇ JSON of the curve"  # Steer's last element: its dose curve, drawn after the generation
+# What a session's page showed that must equal the solo run's: the metrics, and on Steer where the runs part
+SHOWN = "[data-testid='stMetric'], [data-testid='stAlertContentSuccess']"
 
 
 def lower_priority(stop: threading.Event) -> None:
@@ -165,8 +170,9 @@ class Server:
         shutil.rmtree(self.cache, ignore_errors=True)
 
 
-def heavy_urls(session: int, budget: int) -> list[tuple[str, str, str]]:
-    """(name, page path with query, button) of one session's heavy mix."""
+def heavy_urls(session: int, budget: int) -> list[tuple[str, str, str | None, str]]:
+    """(name, page path with query, button or None where the page computes on opening, its last element) of one
+    session's heavy mix."""
     name = NAMES[session % len(NAMES)]
     pair = {
         "clean": story.CLEAN.replace("I climbed", f"{name} climbed"),
@@ -177,10 +183,15 @@ def heavy_urls(session: int, budget: int) -> list[tuple[str, str, str]]:
     kind, matrix = SEARCHES[session % len(SEARCHES)]
     layer, neuron = story.KNOWN_NEURONS[EMBEDDED]
     corpus = {"neurons": f"L{layer}.N{neuron + session}", "target": story.ANSWER, "budget": str(budget)}
+    prompt = {"prompt": pair["clean"]}
+    # the post's decisive experiment on each session's own prompt, a token count of its own (20..29 new tokens)
+    steer = {"prompt": pair["clean"], "neuron": f"L{layer}.N{neuron}", "op": "negate", "new": str(20 + session % 10)}
     return [
-        ("patching", f"Patching?{urlencode(pair, quote_via=quote)}", "Run patching"),
-        ("search", f"Search?{urlencode({'kind': kind, 'matrix': matrix})}", "Run search"),
-        ("corpus", f"Corpus?{urlencode(corpus, quote_via=quote)}", "Scan"),
+        ("patching", f"Patching?{urlencode(pair, quote_via=quote)}", "Run patching", DONE),
+        ("search", f"Search?{urlencode({'kind': kind, 'matrix': matrix})}", "Run search", DONE),
+        ("corpus", f"Corpus?{urlencode(corpus, quote_via=quote)}", "Scan", DONE),
+        ("prompt", f"Prompt?{urlencode(prompt, quote_via=quote)}", None, DONE),
+        ("steer", f"Steer?{urlencode(steer, quote_via=quote)}", None, STEER_DONE),
     ]
 
 
@@ -190,16 +201,18 @@ async def heavy_session(browser, url: str, session: int, budget: int) -> dict:
     page = await context.new_page()
     out: dict = {"seconds": {}, "metrics": {}, "errors": []}
     try:
-        for name, path, button in heavy_urls(session, budget):
-            await page.goto(f"{url}/{path}")
-            run = page.get_by_role("button", name=button)
-            await run.wait_for(timeout=TIMEOUT_MS)
+        for name, path, button, done in heavy_urls(session, budget):
             started = time.monotonic()
-            await run.click()
-            await page.get_by_role("button", name=DONE).wait_for(timeout=TIMEOUT_MS)
+            await page.goto(f"{url}/{path}")
+            if button is not None:
+                run = page.get_by_role("button", name=button)
+                await run.wait_for(timeout=TIMEOUT_MS)
+                started = time.monotonic()
+                await run.click()
+            await page.get_by_role("button", name=done).wait_for(timeout=TIMEOUT_MS)
             out["seconds"][name] = time.monotonic() - started
             print(f"  session {session}: {name} done in {out['seconds'][name]:.1f} s", flush=True)
-            out["metrics"][name] = await page.locator("[data-testid='stMetric']").all_inner_texts()
+            out["metrics"][name] = await page.locator(SHOWN).all_inner_texts()
             out["errors"] += [f"{name}: {t[:200]}" for t in await page.locator(ERRORS).all_inner_texts()]
     except Exception as err:  # noqa: BLE001 - a timeout or a crash is an error of this session, counted
         out["errors"].append(f"{type(err).__name__}: {str(err)[:200]}")

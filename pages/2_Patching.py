@@ -2,8 +2,9 @@
 
 The page renders progressively, cheapest first: both runs, each layer patched whole (the first chart), the neurons
 (the top one anywhere, verified exactly, and the sweep of one layer, screened in bfloat16 where that pays), the heads
-(per position only on request: it costs P times as much), then the layer × position grids (on request where they
-would take more than GRID_AUTO_S here: prompts that differ early, ablations).
+(on request where they would take more than HEADS_AUTO_S here: prompts that differ early, ablations; per position only
+on request: it costs P times as much), then the layer × position grids (on request where they would take more than
+GRID_AUTO_S here).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ VERIFY_DEFAULT = 50
 # The layers × positions grid runs with the page when this machine should finish it within this many seconds;
 # above (prompts that differ early, ablations: ~6-10 s here) it is one press away, shown last.
 GRID_AUTO_S = 3.0
+# The heads (every head patched at all positions) run with the page when this machine should finish them within this
+# many seconds (the post's pair: ≈ 1 s); where every position is recomputed (ablations, prompts that differ early:
+# ≈ 3-4 s here, as much as the neurons) they are one press away, so the page settles on its headline first.
+HEADS_AUTO_S = 2.0
 # MLP 0's all-positions score above which the page calls it "an extended embedding" (the post's reading).
 EXTENDED_EMBEDDING = 0.5
 
@@ -236,6 +241,23 @@ def grid_wanted(model: Model, key_: PatchInputs, grid_s: float) -> bool:
     return False
 
 
+def heads_wanted(model: Model, key_: PatchInputs, heads_s: float) -> bool:
+    """The heads run by themselves when they are cheap here, when they are cached, or once asked for."""
+    if heads_s <= HEADS_AUTO_S or analyses.was_completed(model.fingerprint, ("heads", key_)):
+        return True
+    if st.session_state.get("patching:heads_on") == key_:
+        return True
+    st.subheader("Attention heads")
+    st.caption(
+        f"Each of the {model.n_layers * model.n_heads} heads' output patched at all positions: ≈ {seconds(heads_s)} "
+        "on this machine for these inputs (every position is recomputed; the rest of the page is shown first)."
+    )
+    if st.button(f"Compute the heads (≈ {seconds(heads_s)})", key="patching:heads"):
+        st.session_state["patching:heads_on"] = key_
+        st.rerun()
+    return False
+
+
 def grid_section(layers: patching.LayerPatching, summary: dict) -> None:
     st.subheader("Layers × positions")
     pieces, corrupted_pieces = summary["tokens"], summary["corrupted_tokens"]
@@ -317,14 +339,20 @@ def sections(model: Model, inp: PatchInputs, key_: PatchInputs, estimates: dict[
         )
         finished.append("neurons")
     with Section():
-        wants = st.session_state.get("patching:heads_pp_on") == key_
-        heads = analyses.patch_heads(model, model.fingerprint, key_, per_position=wants)
-        results.append(heads)
-        payload.update(heads.to_json())
+        if heads_wanted(model, key_, estimates["heads"]):
+            wants = st.session_state.get("patching:heads_pp_on") == key_
+            heads = analyses.patch_heads(model, model.fingerprint, key_, per_position=wants)
+            results.append(heads)
+            payload.update(heads.to_json())
+            analyses.mark_completed(model.fingerprint, ("heads", key_))
+            if heads_section(heads, summary, estimates["heads per position"]):
+                st.session_state["patching:heads_pp_on"] = key_
+                st.rerun()
+        else:
+            payload.update(
+                heads_all_positions=None, heads_per_position=None, heads="not computed: press 'Compute the heads'"
+            )
         finished.append("heads")
-        if heads_section(heads, summary, estimates["heads per position"]):
-            st.session_state["patching:heads_pp_on"] = key_
-            st.rerun()
     # Last: where prompts differ early (or under an ablation) every position is patched at every layer, the page's
     # largest job; above GRID_AUTO_S it waits for a press (the JSON then says so).
     with Section():
@@ -360,6 +388,8 @@ def body(model: Model) -> None:
     on_run = {k: v for k, v in estimates.items() if k != "heads per position"}
     if on_run["layers × positions"] > GRID_AUTO_S:
         on_run.pop("layers × positions")
+    if on_run["heads"] > HEADS_AUTO_S:
+        on_run.pop("heads")
     waiting = (
         f"Not computed yet for these inputs. Press **Run patching**: ≈ {seconds(sum(on_run.values()))} "
         "on this machine (" + ", ".join(f"{k} {seconds(v)}" for k, v in on_run.items()) + "), "

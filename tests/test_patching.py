@@ -1,5 +1,7 @@
 """Patching: identities, and equality with the one-forward-per-patch method run through TransformerLens hooks."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -76,6 +78,26 @@ def test_patch_nothing_is_corrupted_and_the_only_difference_is_everything(tiny):
             assert float(setup.metric(w, final)[0]) == pytest.approx(setup.corrupted_logit_diff, abs=1e-5)
     empty = patching.patch_neurons(setup, 0, neurons=[])
     assert empty.scores.size == 0 and empty.frame().empty
+
+
+@torch.no_grad()
+def test_layer_totals_run_once_per_setup_and_never_leak(tiny, monkeypatch):
+    """The first chart's layer totals are reused by the neurons phase: one computation per Setup, copies handed out."""
+    setup = setup_for(tiny)
+    first = patching.patch_layer_totals(setup)
+    expected = {kind: scores.copy() for kind, scores in first.items()}
+    first["mlp_out"][:] = 99.0  # a caller editing its result must not change what the next phase reads
+    calls = []
+    real = patching.score_joins
+    monkeypatch.setattr(patching, "score_joins", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = patching.patch_layer_totals(setup)
+    assert not calls
+    for kind in expected:
+        np.testing.assert_array_equal(again[kind], expected[kind])
+    # another Setup (a copy, another ablation) computes its own: the memo is never shared
+    assert dataclasses.replace(setup).shared == {}
+    zero = patching.patch_layer_totals(setup_for(tiny, ablation="zero"))
+    assert len(calls) == 1 and not np.allclose(zero["mlp_out"], expected["mlp_out"])
 
 
 @torch.no_grad()

@@ -20,8 +20,8 @@ How it is fast, all exact (docs/design.md has the measured speedups):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,9 @@ class Setup:
     clean_logit_diff: float
     corrupted_logit_diff: float
     start_pos: int  # first position any patched row can change
+    # Results several phases need, computed once per Setup (the page's neurons phase re-reads the layer totals its
+    # first chart computed); never part of equality or the printed form.
+    shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def base(self) -> fw.Trace:
@@ -358,7 +361,12 @@ def patch_layers(setup: Setup, max_batch_tokens: int | None = None, progress: Pr
 
 @torch.no_grad()
 def patch_layer_totals(setup: Setup, max_batch_tokens: int | None = None) -> dict[str, np.ndarray]:
-    """attn_out and mlp_out of every layer patched at all positions: {kind: [L]} (2L rows, one pass; cheap)."""
+    """attn_out and mlp_out of every layer patched at all positions: {kind: [L]} (2L rows, one pass; cheap).
+
+    Computed once per setup (setup.shared): the first chart and the neurons phase both read it."""
+    hit = setup.shared.get("layer totals")
+    if hit is not None:
+        return {kind: scores.copy() for kind, scores in hit.items()}
     w, start = setup.model.weights, setup.start_pos
     L = w.n_layers
     joins = []
@@ -368,7 +376,8 @@ def patch_layer_totals(setup: Setup, max_batch_tokens: int | None = None) -> dic
             delta = setup.replacement(kind, layer) - getattr(setup.base, kind)[layer]
             joins.append(fw.Join(at, stage, (resid + delta)[:, start:]))
     result = score_joins(setup, joins, start, max_batch_tokens or default_batch_tokens(setup.model)).reshape(2, L)
-    return {"attn_out": result[0], "mlp_out": result[1]}
+    setup.shared["layer totals"] = {"attn_out": result[0], "mlp_out": result[1]}
+    return {kind: scores.copy() for kind, scores in setup.shared["layer totals"].items()}
 
 
 @dataclass
