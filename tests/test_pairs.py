@@ -12,6 +12,7 @@ import torch
 from core.cache import cache_root
 from core.corpus import pairs, scan
 from core.corpus.dashboards import DashboardSpec, build
+from core.corpus.sources import load_corpus
 from core.engine.model import load_model
 from core.errors import UserError
 from tests.conftest import gpt2_tokenizer
@@ -143,6 +144,26 @@ def test_totals_equal_the_single_neuron_scan_and_the_dashboards(planted, corpus)
     assert {p["source"] for p in from_dash.pairs} == {"dashboards"}
     for a, b in zip(from_dash.pairs, scanned.pairs):
         assert a["curve"] == b["curve"] and a["verdict"] == b["verdict"] and a["spearman"] is None
+
+
+def test_scan_pass_counts_do_not_depend_on_the_forward_batch(planted, corpus, monkeypatch):
+    """Forwards sized by the memory budget (None), of one context, or of three, with logits unembedded 7 rows at a
+    time across contexts: the same per-bin counts and ρ."""
+    contexts = scan.cut(planted, load_corpus(corpus).texts, 64, 1500, spread=True)
+    neurons, tokens = [(0, 0), (1, 1), (0, 2)], [ids(planted, TARGET), ids(planted, OTHER), ids(planted, " the")]
+    reference = pairs.scan_pass(planted, contexts, neurons, tokens)
+    monkeypatch.setattr(scan, "logit_rows", lambda model: 7)
+    for batch in (1, 3):
+        other = pairs.scan_pass(planted, contexts, neurons, tokens, batch_size=batch)
+        for name in ("hist", "top1", "nxt"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(reference, name), err_msg=name)
+        np.testing.assert_allclose(other.spearman, reference.spearman, rtol=1e-6)
+        assert (
+            other.positions
+            == reference.positions
+            == sum(len(c) for _, _, c in contexts) - (1 if planted.prepend_bos else 0) * len(contexts)
+        )
+    assert reference.hist.sum(0).tolist() == [reference.positions] * 3
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,7 @@ class PairsSpec:
     max_tokens: int = DEFAULT_TOKENS
     matrix: str = "W_U"
     ctx: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # contexts per forward; None: what the memory budget fits (scan.forward_contexts)
 
 
 def verdict(top1: int, auc: float) -> str:
@@ -197,7 +197,7 @@ def _validate(model: Model, spec: PairsSpec) -> PairsSpec:
     ctx = spec.ctx or min(scan.DEFAULT_CTX, model.n_ctx)
     if not 8 <= ctx <= model.n_ctx:
         raise UserError(f"context length {ctx} is out of range; use 8..{model.n_ctx}")
-    if spec.batch_size < 1:
+    if spec.batch_size is not None and spec.batch_size < 1:
         raise UserError("batch size must be at least 1")
     return dataclasses.replace(spec, dataset=spec.dataset or dash_mod.default_corpus(), ctx=ctx)
 
@@ -279,15 +279,21 @@ def scan_pass(
     contexts: list[tuple[int, int, list[int]]],
     neurons: list[tuple[int, int]],
     token_ids: list[int],
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> Counts:
-    """One pass over the contexts for K pairs (neuron k with token k): binned counts and ρ(activation, P(token))."""
+    """One pass over the contexts for K pairs (neuron k with token k): binned counts and ρ(activation, P(token)).
+
+    batch_size: contexts per forward; None = what the memory budget fits (scan.forward_contexts, recording the
+    layers the pairs span)."""
     w, K, dev = model.weights, len(neurons), model.device
     skip = len(scan.context_bos(model))
     total = sum(len(ids) - skip for _, _, ids in contexts)
     stride = max(1, -(-total // SPEARMAN_POSITIONS))
     layers = sorted({layer for layer, _ in neurons})
+    if batch_size is None:
+        longest = max(len(ids) for _, _, ids in contexts)
+        batch_size = scan.forward_contexts(model, longest, layers[-1] - layers[0] + 1)
     cols = {layer: [k for k, (l, _) in enumerate(neurons) if l == layer] for layer in layers}
     units = {layer: torch.tensor([neurons[k][1] for k in cols[layer]], device=dev) for layer in layers}
     order = torch.tensor([k for layer in layers for k in cols[layer]], device=dev)
@@ -300,7 +306,7 @@ def scan_pass(
     hit1 = torch.zeros_like(hist)
     hitn = torch.zeros_like(hist)
     column = torch.arange(K, device=dev)
-    rows = max(scan.LOGIT_ROWS, dash_mod.LOGIT_BYTES // (4 * model.d_vocab))
+    rows = scan.logit_rows(model)
     kept_act: list[np.ndarray] = []
     kept_prob: list[np.ndarray] = []
     done = 0
@@ -359,7 +365,6 @@ def _cache_path(model: Model, corpus: Corpus, spec: PairsSpec, neurons: list, to
         "tokens": token_ids,
         "max_tokens": spec.max_tokens,
         "ctx": spec.ctx,
-        "batch": spec.batch_size,
         "bins": [dash_mod.OCTAVE_MIN, dash_mod.OCTAVE_MAX, dash_mod.STEPS],
         "spearman_positions": SPEARMAN_POSITIONS,
         "version": VERSION,
