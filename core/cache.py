@@ -3,7 +3,13 @@
 Entries are numpy .npz files (no pickle: allow_pickle=False on read). The cache is bounded: after each write the
 least recently used entries are deleted until it fits TNE_CACHE_MAX_MB (core.hosting). A write goes to a temp file in
 the same folder and is renamed into place, so a reader never sees half an entry; an entry that fails to load (truncated,
-corrupt) is deleted and reported as a miss, so it is recomputed.
+corrupt) is deleted and reported as a miss, so it is recomputed. A writer killed mid-write (SIGKILL, out of memory)
+leaves its temp file behind: temp names carry the writer's host and pid, and each process's first cache access deletes
+the temps of writers that are gone (sweep_temps).
+
+Fault injection, for the fault campaign only (bench/faults.py, tests/test_faults.py): TNE_FAULT_AT=POINT@N makes the
+process SIGKILL itself the N-th time (default 1st) it reaches the named point — `cache.write` (an entry's temp file
+half written, before its rename) or `dashboards.part` (a dashboards part between two batches). Unset: nothing happens.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import socket
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,7 +45,75 @@ def key_path(fingerprint: str, analysis: str, params: dict[str, Any]) -> Path:
     return cache_root() / "results" / analysis / f"{digest}.npz"
 
 
+FAULT_ENV = "TNE_FAULT_AT"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_due(name: str) -> bool:
+    """True when TNE_FAULT_AT names this point and this is its N-th hit in this process (see the module's
+    docstring); always False when it is unset. Test-only: the fault campaign kills a writer at an exact moment."""
+    point, _, nth = os.environ.get(FAULT_ENV, "").partition("@")
+    if point != name:
+        return False
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    return _fault_hits[name] == int(nth or 1)
+
+
+def fault_point(name: str) -> None:
+    """SIGKILL this process here when fault_due(name)."""
+    if fault_due(name):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+TEMP_PREFIX = ".tmp-"
+TEMP_MAX_AGE_S = 3600  # a temp of another host (a shared cache folder) is deleted once this old
+SWEPT_FOLDERS = ("results", "scans", "dashboards")
+_swept = False
+
+
+def temp_prefix() -> str:
+    """This process's temp-file prefix: `.tmp-<host>-<pid>-`, so a sweep can tell whether the writer still lives."""
+    return f"{TEMP_PREFIX}{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+
+
+def _writer_gone(name: str, age_s: float) -> bool:
+    host, _, rest = name.removeprefix(TEMP_PREFIX).partition("-")
+    pid = rest.partition("-")[0]
+    if host != socket.gethostname().replace("-", "_") or not pid.isdigit():
+        return age_s > TEMP_MAX_AGE_S  # another host's writer (or an old name): only once surely abandoned
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a live process of another user
+        return False
+    return int(pid) != os.getpid() and age_s > TEMP_MAX_AGE_S  # a reused pid: wait until surely abandoned
+
+
+def sweep_temps() -> int:
+    """Delete the temp files of writers that died mid-write under the cache folders; returns how many."""
+    removed = 0
+    now = time.time()
+    for folder in SWEPT_FOLDERS:
+        for path in (cache_root() / folder).rglob(f"{TEMP_PREFIX}*"):
+            try:
+                if path.is_file() and _writer_gone(path.name, now - path.stat().st_mtime):
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # swept by another process meanwhile
+                continue
+    return removed
+
+
+def _sweep_once() -> None:
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_temps()
+
+
 def load(path: Path) -> dict[str, np.ndarray] | None:
+    _sweep_once()
     if not path.exists():
         return None
     try:
@@ -50,18 +127,31 @@ def load(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def save(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(handle: Any) -> None:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+
+    write_atomic(path, write, ".npz")
+    prune(limits().cache_max_mb * 1024 * 1024)
+
+
+def write_atomic(path: Path, write: Any, suffix: str = "") -> None:
+    """write(handle) into a temp file beside `path`, synced, then renamed onto it: readers see all or nothing."""
+    _sweep_once()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+            write(handle)
+            if fault_due("cache.write"):  # the campaign's kill mid-write: half the file on disk, not renamed
+                handle.flush()
+                os.truncate(tmp, handle.tell() // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    prune(limits().cache_max_mb * 1024 * 1024)
 
 
 def prune(max_bytes: int) -> int:
@@ -72,6 +162,8 @@ def prune(max_bytes: int) -> int:
     entries = []
     for folder in ("results", "scans"):
         for path in (cache_root() / folder).rglob("*.npz"):
+            if path.name.startswith(TEMP_PREFIX):  # another writer's entry in the making: not an entry yet
+                continue
             try:
                 stat = path.stat()
             except FileNotFoundError:  # another process pruned it

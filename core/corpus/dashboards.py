@@ -294,6 +294,7 @@ def fold_part(model: Model, work: Plan, part: range, state: State, tokens: torch
             state.update_layer(layer, acts.float(), top, nxt, tokens[layer], int(starts[first]), lo, hi)
         del trace
         out.append(top.cpu().numpy().astype(np.int32))
+        cache.fault_point("dashboards.part")  # test-only (TNE_FAULT_AT): the fault campaign's kill mid part
     return np.concatenate(out)
 
 
@@ -437,9 +438,8 @@ def _spec_path(work: Plan) -> Path:
 def _write_spec(model: Model, work: Plan) -> None:
     """What a built folder holds, beside it (atomic): find_built reads it back."""
     record = {"model": model.fingerprint, "corpus": work.corpus.identity, "spec": dataclasses.asdict(work.spec)}
-    tmp = work.folder / "spec.json.tmp"
-    tmp.write_text(json.dumps(record, sort_keys=True))
-    tmp.replace(_spec_path(work))
+    blob = json.dumps(record, sort_keys=True).encode()
+    cache.write_atomic(_spec_path(work), lambda handle: handle.write(blob))  # a killed writer's temp is swept
 
 
 def find_built(model: Model, corpus: str | None = None) -> DashboardSpec | None:
