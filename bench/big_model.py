@@ -35,6 +35,8 @@ from pathlib import Path
 import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
 from memory import status_mb
 
+from core import story
+
 SHAPES = {
     "llama3-8b": dict(
         model_type="llama",
@@ -177,6 +179,40 @@ def generate(shape: str, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
+def more(model, setup, clean, layer: int, neuron: int, times: dict[str, float]) -> None:
+    """Drivers of one neuron (decomposition + path patching), the prompt's top neurons (direct effects, exact
+    totals of the top 20) and a short steered generation (8 new tokens, the neuron negated): timed into `times`."""
+    from core.analyses import drivers, effects, steering
+
+    start = time.perf_counter()
+    found = drivers.drivers(model, clean, layer, neuron)
+    times["drivers_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    frame, _ = drivers.path_patch(setup, layer, neuron, len(clean.ids) - 1)
+    times["path_patch_s"] = time.perf_counter() - start
+    print(
+        f"drivers of L{layer}.N{neuron}: decomposition {times['drivers_s']:.1f} s "
+        f"({len(found.components)} components), path patching {times['path_patch_s']:.1f} s ({len(frame)} components)",
+        flush=True,
+    )
+    start = time.perf_counter()
+    found_effects = effects.top_neurons(model, clean, story.ANSWER, story.WRONG, top_k=20)
+    times["effects_s"] = time.perf_counter() - start
+    print(
+        f"prompt effects (direct of all {model.n_layers * model.d_mlp:,} neurons, exact totals of the top 20 and "
+        f"{effects.DEFAULT_TOP_HEADS} heads): {times['effects_s']:.1f} s; metric {found_effects.metric:.3f}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    steered = steering.steer(model, clean, [steering.Intervention(layer, neuron, "negate")], max_new_tokens=8)
+    times["steer_s"] = time.perf_counter() - start
+    print(
+        f"steered generation (8 new tokens, baseline + L{layer}.N{neuron}:negate in one batch): "
+        f"{times['steer_s']:.1f} s; first change at {steered.first_change()}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     which = parser.add_mutually_exclusive_group(required=True)
@@ -184,8 +220,12 @@ def main() -> None:
     which.add_argument("--model", help="a model name or folder (e.g. smollm2-135m)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--loader", default="stream", choices=["stream", "bridge"])
-    parser.add_argument("--skip-attribution", action="store_true")
+    parser.add_argument("--skip-attribution", action="store_true", help="stop after predict and the logit lens")
+    parser.add_argument("--skip-more", action="store_true", help="no drivers, prompt effects or steering")
     parser.add_argument("--delete", action="store_true", help="delete the generated checkpoint afterwards")
+    parser.add_argument(
+        "--generate-only", action="store_true", help="write the --shape checkpoint and stop (a run of its own)"
+    )
     args = parser.parse_args()
 
     if args.shape:
@@ -196,6 +236,8 @@ def main() -> None:
         start = time.perf_counter()
         generate(args.shape, folder)
         print(f"checkpoint ready in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.generate_only:
+            return
         name = str(folder)
     else:
         name = args.model
@@ -203,7 +245,6 @@ def main() -> None:
     import torch
     from memory import reset_peak
 
-    from core import story
     from core.analyses import attribution, lens, patching, predict
     from core.engine import tokens
     from core.engine.model import load_model
@@ -241,6 +282,7 @@ def main() -> None:
     print(f"logit lens {lens_s:.1f} s ({len(lensed.layers)} rows)", flush=True)
 
     attribution_s = float("nan")
+    times: dict[str, float] = {}
     if not args.skip_attribution:
         inputs = patching.PatchInputs(story.CLEAN, story.CORRUPTED, story.ANSWER, story.WRONG)
         start = time.perf_counter()
@@ -256,10 +298,23 @@ def main() -> None:
         )
         start = time.perf_counter()
         top20 = attribution.verify_top(setup, approx, 20)
-        verify_s = time.perf_counter() - start
+        times["verify20_s"] = time.perf_counter() - start
         rho = attribution.spearman(top20.attribution.to_numpy(), top20.exact.to_numpy())
-        print(f"exact verification of the top 20: {verify_s:.1f} s (Spearman attribution vs exact {rho:.2f})")
+        print(f"exact verification of the top 20: {times['verify20_s']:.1f} s (Spearman vs exact {rho:.2f})")
+        # the deepest of the top 20: its drivers have the most upstream components (the costliest case)
+        deepest = top20.sort_values("layer").iloc[-1]
+        layer, neuron = int(deepest.layer), int(deepest.neuron)
+        if not args.skip_more:
+            more(model, setup, clean, layer, neuron, times)
 
+    from core.engine.speed import matmul_flops_per_s
+
+    d, m = model.weights.d_model, model.d_mlp  # one MLP matmul of this model's shape, 2048 rows
+    rates = {dt: matmul_flops_per_s("cpu", d, m, getattr(torch, dt)) / 1e9 for dt in ("float32", "bfloat16")}
+    print(f"plain matmul [2048x{d}]@[{d}x{m}]: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
+    peak_gb = status_mb("VmHWM") / 1024
+    if times:
+        print(" ".join(f"{k}={v:.1f}" for k, v in times.items()))
     peak_gb = status_mb("VmHWM") / 1024
     if args.delete and args.shape:
         shutil.rmtree(cache_dir() / args.shape, ignore_errors=True)

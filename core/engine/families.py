@@ -56,9 +56,19 @@ class Family:
     lm_head: str = "lm_head"  # the unembedding, outside the decoder (NeoX: embed_out); absent when tied
     conv1d: bool = False  # GPT-2's Conv1D stores weights as [in, out] (torch Linear: [out, in])
     bridge: bool = False  # the reference load goes through TransformerLens's bridge (GPT-2, Llama)
+    # Why float16 is refused for this family ("" = allowed; core.engine.model still checks its forward's range).
+    no_float16: str = ""
 
 
 _LLAMA_LIKE = Family("Llama")
+# Measured on Gemma 3 270M (docs/big_models.md), its story prompt: the residual stream's largest entry is 68,398
+# entering layer 8 and 103,795 at layer 15 in float32, past float16's largest value (65,504); float16 turns it
+# into inf at layer 8 and every later activation and logit into NaN. Gemma 2 has the same sandwich of (1 + w)
+# post-norms and √d_model-scaled embedding (trained in bfloat16); not measured here, refused alike.
+_GEMMA_FP16 = (
+    "its residual stream grows past float16's largest value 65,504 (Gemma 3 270M: |x| ≈ 104,000), so float16 "
+    "gives inf/NaN; use bfloat16 (float32's range, half the memory) or float32"
+)
 _GEMMA2 = replace(
     _LLAMA_LIKE,
     label="Gemma 2",
@@ -101,8 +111,8 @@ FAMILIES: dict[str, Family] = {
         _LLAMA_LIKE, label="Phi-3", qkv="fused", qkv_proj=("qkv_proj",), gate_up="fused", up_proj="gate_up_proj"
     ),
     "gemma": replace(_LLAMA_LIKE, label="Gemma", norm_plus_one=True, scaled_embedding=True),
-    "gemma2": _GEMMA2,
-    "gemma3_text": replace(_GEMMA2, label="Gemma 3", qk_norm="head"),
+    "gemma2": replace(_GEMMA2, no_float16=_GEMMA_FP16),
+    "gemma3_text": replace(_GEMMA2, label="Gemma 3", qk_norm="head", no_float16=_GEMMA_FP16),
     "olmo2": replace(
         _LLAMA_LIKE,
         label="OLMo 2",
@@ -149,6 +159,12 @@ def family_of(config: Any) -> Family:
     if config.model_type not in FAMILIES:
         raise UserError(unsupported_message(config.model_type))
     return FAMILIES[config.model_type]
+
+
+def check_dtype(fam: Family, dtype: str) -> None:
+    """Refuse a dtype the family cannot hold (float16 for Gemma 2/3): one line naming the family, why, what to use."""
+    if dtype == "float16" and fam.no_float16:
+        raise UserError(f"float16 is refused for {fam.label} models: {fam.no_float16}")
 
 
 def unsupported_message(model_type: str) -> str:

@@ -541,6 +541,7 @@ def load_model(
         hf_config, tokenizer = _config_and_tokenizer(kind, location)
         folder = _snapshot(kind, location)
         fam = families.family_of(hf_config)
+        families.check_dtype(fam, dtype)  # before reading any weight
         by_bridge = fam.bridge  # the same processing as the bridge's (see core.engine.loader)
         checkpoint = loader_module.Checkpoint.read(folder)
         checkpoint.float_dtype()
@@ -554,6 +555,7 @@ def load_model(
                 f"could not load weights or tokenizer from {str(folder)!r}: {type(err).__name__}: {str(err)[:300]}"
             ) from err
     else:
+        families.check_dtype(families.family_of(_config_and_tokenizer(kind, location)[0]), dtype)
         hf, tokenizer = _load_hf(kind, location, torch_dtype)
         hf_config = hf.config
         by_bridge = families.FAMILIES[hf_config.model_type].bridge
@@ -597,4 +599,32 @@ def load_model(
     if not keep_bridge:
         # Weights were copied out (stacked); the HF modules are no longer needed.
         del bridge, hf
+    if torch_dtype == torch.float16:
+        check_float16_range(model)
     return model
+
+
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)  # 65,504
+_RANGE_PROBE = "The quick brown fox jumps over the lazy dog. I climbed up the apple tree and picked"
+
+
+def check_float16_range(model: Model) -> None:
+    """Refuse a float16 model whose forward leaves float16's range on a probe prompt (one line).
+
+    Families known to overflow are refused before loading (families.check_dtype); this catches any other
+    checkpoint whose residual stream grows past 65,504 (an inf there makes every later activation NaN). The
+    largest entry must stay under half the range: SmolLM2's reaches ~24,000 (docs/big_models.md)."""
+    from core.engine import forward as fw
+
+    ids = torch.tensor([model.prompt_ids(_RANGE_PROBE)], device=model.device)
+    with torch.no_grad():
+        trace = fw.run(model.weights, ids, record=frozenset({"resid_pre"}))
+    peaks = [float(r.float().abs().max()) for r in [*trace.resid_pre, trace.resid_final]]
+    worst = max(range(len(peaks)), key=lambda i: peaks[i] if peaks[i] == peaks[i] else float("inf"))
+    if not all(p < FLOAT16_MAX / 2 for p in peaks):  # NaN compares False: refused too
+        where = f"entering layer {worst}" if worst < model.n_layers else "after the last layer"
+        raise UserError(
+            f"float16 is refused for {model.name}: its residual stream reaches |x| = {peaks[worst]:,.0f} {where} on a "
+            f"probe prompt, too close to or past float16's largest value 65,504 (inf/NaN follow); use bfloat16 "
+            "(float32's range, half the memory) or float32"
+        )
