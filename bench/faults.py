@@ -270,6 +270,7 @@ class World:
     """What the campaign and the visitors share: the server's generation (bumped whenever it goes down), whether it
     is up, and what the visitors saw."""
 
+    pages: tuple[str, ...] | None = None  # the routes visited (names); None: all
     generation: int = 0
     up: asyncio.Event = field(default_factory=asyncio.Event)
     stop: bool = False
@@ -345,7 +346,7 @@ async def visitor_loop(browser, url: str, world: World, visitor: int, rounds: in
     done_rounds = 0
     try:
         while not world.stop and (rounds is None or done_rounds < rounds):
-            for route in routes(visitor):
+            for route in [r for r in routes(visitor) if world.pages is None or r[0] in world.pages]:
                 for _ in range(1 if rounds is None else ATTEMPTS):  # campaign: move on; clean pass: retry
                     await world.up.wait()
                     if world.stop or await visit(page, url, world, visitor, route):
@@ -360,11 +361,11 @@ async def visitor_loop(browser, url: str, world: World, visitor: int, rounds: in
         await context.close()
 
 
-async def clean_pass(server: Server, visitors: int, builder: Builder | None) -> World:
+async def clean_pass(server: Server, visitors: int, builder: Builder | None, pages: tuple | None) -> World:
     """Every visitor's routes once on a server nobody kills (and the dashboards build to its end)."""
     from playwright.async_api import async_playwright
 
-    world = World()
+    world = World(pages)
     world.up.set()
     if builder is not None:
         builder.start()
@@ -391,11 +392,13 @@ class Tally:
     log: list[str] = field(default_factory=list)
 
 
-async def campaign(server: Server, builder: Builder, visitors: int, kills: int, seed: int, wait_s: tuple) -> tuple:
+async def campaign(
+    server: Server, builder: Builder, visitors: int, kills: int, seed: int, wait_s: tuple, pages: tuple | None
+) -> tuple:
     from playwright.async_api import async_playwright
 
     rng = random.Random(seed)
-    world, tally = World(), Tally()
+    world, tally = World(pages), Tally()
     started = time.monotonic()
 
     def note(text: str) -> None:
@@ -578,21 +581,31 @@ def check(reference: Path, folder: Path, clean: World, reopened: World, worlds: 
     )
 
 
-def run(kills: int, visitors: int, seed: int, wait_s: tuple = (3.0, 15.0), keep: bool = False) -> Report:
-    """The whole campaign: reference, kills, reopen, checks (see the module's docstring)."""
+def run(
+    kills: int,
+    visitors: int,
+    seed: int,
+    wait_s: tuple = (3.0, 15.0),
+    keep: bool = False,
+    pages: tuple[str, ...] | None = None,
+) -> Report:
+    """The whole campaign: reference, kills, reopen, checks (see the module's docstring); `pages` names the routes
+    visited (None: all)."""
     reference, folder = new_cache("tne-faults-ref-"), new_cache("tne-faults-")
+    if keep:
+        print(f"cache folders: reference {reference}, campaign {folder}")
     try:
         began = time.monotonic()
         server = Server(reference, free_port())
         server.start()
         try:
-            clean = asyncio.run(clean_pass(server, visitors, Builder(reference)))
+            clean = asyncio.run(clean_pass(server, visitors, Builder(reference), pages))
         finally:
             server.stop()
         print(f"reference: {clean.completed} routes in {time.monotonic() - began:.0f} s, errors {clean.other_errors}")
         began = time.monotonic()
         server, builder = Server(folder, free_port()), Builder(folder)
-        world, tally = asyncio.run(campaign(server, builder, visitors, kills, seed, wait_s))
+        world, tally = asyncio.run(campaign(server, builder, visitors, kills, seed, wait_s, pages))
         print(
             f"campaign: {tally.kills} kills, {tally.restarts} restarts, {world.visits} visits "
             f"({world.completed} completed, {len(world.allowed)} 'press Run again') in {time.monotonic() - began:.0f} s"
@@ -600,7 +613,7 @@ def run(kills: int, visitors: int, seed: int, wait_s: tuple = (3.0, 15.0), keep:
         began = time.monotonic()
         server.start()
         try:
-            reopened = asyncio.run(clean_pass(server, visitors, None))
+            reopened = asyncio.run(clean_pass(server, visitors, None, pages))
             builder.finish()
         finally:
             server.stop()
@@ -619,6 +632,7 @@ def main() -> None:
     parser.add_argument("--visitors", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep both cache folders (printed) for a look")
+    parser.add_argument("--pages", default="", help="comma-separated route names (default: all)")
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)  # the builder process
     args = parser.parse_args()
     if args.build:
@@ -626,7 +640,8 @@ def main() -> None:
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the servers (finally)
     print(f"cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}; seed {args.seed}", flush=True)
-    report = run(args.kills, args.visitors, args.seed, keep=args.keep)
+    pages = tuple(p for p in args.pages.split(",") if p) or None
+    report = run(args.kills, args.visitors, args.seed, keep=args.keep, pages=pages)
     for line in report.details:
         print(line)
     print(f"entries={report.entries} temp_files={report.temp_files} other_errors={report.other_errors}", flush=True)
