@@ -71,6 +71,14 @@ def test_the_steer_page_shows_the_negation_and_downloads_the_clis_json(capsys, m
     page = texts(at)
     assert "First change at new token 0" in "\n".join(s.value for s in at.success)
     assert "Dose–response" in page
+    # Both strips mark the first change (new token 0 here) alone; the five later tokens are shaded as diverged,
+    # not highlighted one by one, and each hover still names the other run's token with its probability.
+    strips = [m.value for m in at.markdown if "steer-strip" in m.value]
+    assert len(strips) == 2
+    for html in strips:
+        assert html.count("diverged from here") == 1
+        assert html.count("rgba(255,196,0,0.6)") == 1 and html.count("rgba(255,196,0,0.14)") == 5
+        assert html.count("the other run wrote") == 6
     payload = downloaded_json(at, monkeypatch)
     expected = cli(capsys, "steer", "--prompt", CLEAN, "--intervene", "L25.N1527:negate", "--max-new-tokens", "6")
     assert payload == expected

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from core.engine import forward as fw
 from core.engine.model import Model
@@ -288,6 +289,223 @@ def forward_step(w: fw.Weights, tokens: torch.Tensor, cache: KVCache, edits: _Ed
     return resid[:, -1]
 
 
+# ---------------------------------------------------------------- the one-position decoding step
+
+
+def _splits(length: int, threads: int) -> int:
+    """Into how many equal chunks to cut a matrix dimension of `length` for `threads` cores (1 = leave it whole)."""
+    return next(s for s in range(max(1, threads), 0, -1) if length % s == 0)
+
+
+class _Matrix:
+    """x @ W for decoding: x [B, k] (a few rows), W [k, n]; returns [B, n].
+
+    Why not plain `x @ W`: with one row it is a matrix-vector product, which MKL runs on one core at ~20 GB/s here
+    (bench/generate.py: half of what a single pass over the weights can stream). Cut W into `s` equal chunks along
+    one dimension, as views (no copy), and torch.bmm runs the chunks on separate cores: ~35-39 GB/s on 2 cores.
+    Contiguous W [k, n] is cut along k (s partial products, summed); a transposed view (a tied unembedding,
+    W = W_E.T) along n (s slices of the output, side by side). The sum over chunks reorders fp32 additions: the
+    result equals x @ W within fp32 noise. On a GPU, or with one thread, it is plain x @ W.
+    """
+
+    def __init__(self, W: torch.Tensor, threads: int) -> None:
+        k, n = W.shape
+        self.W, self.k, self.n = W, k, n
+        self.mode, self.chunks = "plain", W
+        if W.device.type != "cpu" or threads < 2:
+            return
+        if W.is_contiguous() and (s := _splits(k, threads)) > 1:
+            self.mode, self.s, self.chunks = "k", s, W.view(s, k // s, n)
+        elif W.T.is_contiguous() and (s := _splits(n, threads)) > 1:
+            self.mode, self.s, self.chunks = "n", s, W.T.view(s, n // s, k)  # [s, n/s, k]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        if self.mode == "k":  # [s, B, k/s] @ [s, k/s, n] → summed over s
+            return torch.bmm(x.reshape(B, self.s, self.k // self.s).transpose(0, 1), self.chunks).sum(0)
+        if self.mode == "n":  # [s, n/s, k] @ [s, k, B] → [B, n] (row-major chunks times x: 45 vs 16 GB/s here)
+            return torch.bmm(self.chunks, x.T.expand(self.s, self.k, B)).permute(2, 0, 1).reshape(B, self.n)
+        return x @ self.W
+
+
+def _bias(b: torch.Tensor) -> torch.Tensor | None:
+    """A bias, or None when it is all zeros (most families' processed biases): adding it would cost an op."""
+    return b if bool(b.any()) else None
+
+
+@dataclass
+class _Layer:
+    """One layer's parameters for decoding, as views of the model's weights, with its switches resolved."""
+
+    ln1: tuple[torch.Tensor | None, torch.Tensor | None]
+    qkv: _Matrix
+    b_qkv: torch.Tensor | None
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o: _Matrix
+    b_o: torch.Tensor | None
+    attn_post: torch.Tensor | None
+    ln2: tuple[torch.Tensor | None, torch.Tensor | None]
+    up: _Matrix
+    b_up: torch.Tensor | None
+    gate: _Matrix | None
+    down: _Matrix
+    b_down: torch.Tensor | None
+    mlp_post: torch.Tensor | None
+    window: int | None
+    base: float | None  # rotary base
+
+
+class Decoder:
+    """One new token per row through every layer, reading and filling a KVCache: the step generation repeats.
+
+    forward_step does the same for any number of positions; this is its S = 1 case specialised once per
+    generation, because one step reads each weight once and the Python around ~40 small ops per layer costs as
+    much as the reading: per-layer views and switches (bias or none, norm weights, qk-norm, window, rotary
+    base) are resolved here, rotary cos/sin are looked up once per step for all layers, the query and key heads
+    rotate together, attention is one scaled_dot_product_attention (a single query needs no mask: a sliding
+    window only narrows the keys), and every matrix product goes through _Matrix. No weight is copied.
+    Exactness against forward_step (and so against a recompute and transformers): tests/test_generate.py.
+    """
+
+    def __init__(self, w: fw.Weights, capacity: int, device: torch.device) -> None:
+        a = w.arch
+        self.w, self.a = w, a
+        threads = torch.get_num_threads()
+        H, K, h = w.n_heads, w.n_kv_heads, w.d_head
+        self.H, self.K, self.h = H, K, h
+        self.scale = a.attn_scale if a.attn_scale is not None else 1 / math.sqrt(h)
+        pre = a.pre_norms
+        self.layers = [
+            _Layer(
+                ln1=(fw.at(w.ln1_w, l), fw.at(w.ln1_b, l)) if pre else (None, None),
+                qkv=_Matrix(w.W_QKV[l], threads),
+                b_qkv=_bias(w.b_QKV[l]),
+                q_norm=fw.at(w.q_norm_w, l),
+                k_norm=fw.at(w.k_norm_w, l),
+                o=_Matrix(w.W_O[l].flatten(0, 1), threads),
+                b_o=_bias(w.b_O[l]),
+                attn_post=fw.at(w.attn_post_w, l),
+                ln2=(fw.at(w.ln2_w, l), fw.at(w.ln2_b, l)) if pre else (None, None),
+                up=_Matrix(w.W_in[l], threads),
+                b_up=_bias(w.b_in[l]),
+                gate=None if w.W_gate is None else _Matrix(w.W_gate[l], threads),
+                down=_Matrix(w.W_out[l], threads),
+                b_down=_bias(w.b_out[l]),
+                mlp_post=fw.at(w.mlp_post_w, l),
+                window=a.window(l),
+                base=a.rotary_bases[l] if a.rotary_dim is not None else None,
+            )
+            for l in range(w.n_layers)
+        ]
+        self.act = fw.ACTIVATIONS[a.act]
+        self.unembedding = _Matrix(w.W_U, threads)
+        self.b_U = _bias(w.b_U)
+        # cos/sin of every position the cache can hold, per rotary base: [T, 1, dim]; sin with rotate_half's
+        # sign folded in (its first half negated), so rotating is x·cos + roll(x, dim/2)·sin.
+        self.tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+        if a.rotary_dim is not None:
+            half = a.rotary_dim // 2
+            for base in set(a.rotary_bases):
+                cos, sin = fw._rotary_tables(base, a.rotary_dim, 0, capacity, device, w.W_QKV.dtype)
+                sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+                self.tables[base] = (cos, sin)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """HF's rotary (rotate_half layout) on the first rotary_dim dims of x [B, n, h] at one position."""
+        dim = self.a.rotary_dim
+        assert dim is not None
+        if dim == x.shape[-1]:
+            return torch.addcmul(x * cos, x.roll(dim // 2, -1), sin)
+        out = x.clone()  # partial rotary (GPT-NeoX, Phi-3): the other dims pass through
+        rot = x[..., :dim]
+        out[..., :dim] = torch.addcmul(rot * cos, rot.roll(dim // 2, -1), sin)
+        return out
+
+    def step(self, tokens: torch.Tensor, cache: KVCache, edits: _Edits | None = None) -> torch.Tensor:
+        """tokens [B, 1] at position cache.length → the final residual [B, d] (= forward_step's, fp32 noise)."""
+        w, a = self.w, self.a
+        pos = cache.length
+        if pos + 1 > cache.capacity:
+            raise ValueError(f"cache holds {cache.capacity} positions; asked for {pos + 1}")
+        B = tokens.shape[0]
+        H, K, h = self.H, self.K, self.h
+        resid = _embed_at(w, tokens, pos)[:, 0]  # [B, d]
+        rotary = {base: (cos[pos], sin[pos]) for base, (cos, sin) in self.tables.items()}  # [1, dim] each
+        for l, p in enumerate(self.layers):
+            x = fw.norm(w, resid, *p.ln1) if a.pre_norms else resid
+            qkv = p.qkv(x)
+            if p.b_qkv is not None:
+                qkv = qkv + p.b_qkv
+            qk, v = qkv[:, : (H + K) * h].view(B, H + K, h), qkv[:, (H + K) * h :].view(B, K, h)
+            if a.qk_norm is not None:
+                q, k = _qk_norm(w, a.qk_norm, qk[:, :H], qk[:, H:], p.q_norm, p.k_norm)
+                qk = torch.cat([q, k], dim=1)
+            if p.base is not None:
+                qk = self._rotate(qk, *rotary[p.base])
+            q, k = qk[:, :H], qk[:, H:]
+            cache.ks[l].select(2, pos).copy_(k)
+            cache.vs[l].select(2, pos).copy_(v)
+            lo = 0 if p.window is None else max(0, pos - p.window + 1)
+            keys, values = cache.ks[l][:, :, lo : pos + 1], cache.vs[l][:, :, lo : pos + 1]  # [B, K, T', h]
+            z = self._attend(q, keys, values)  # [B, H h]
+            attn = p.o(z)
+            if p.b_o is not None:
+                attn = attn + p.b_o
+            if a.post_norms:
+                attn = fw.rms(attn, p.attn_post, w.eps)
+            mid = resid + attn
+            x = resid if a.parallel else mid
+            if a.pre_norms:
+                x = fw.norm(w, x, *p.ln2)
+            up = p.up(x)
+            if p.b_up is not None:
+                up = up + p.b_up
+            post = self.act(p.gate(x)) * up if p.gate is not None else self.act(up)
+            if edits is not None:
+                edits.apply(l, "post", post.view(B, 1, -1), pos)
+            out = p.down(post)
+            if p.b_down is not None:
+                out = out + p.b_down
+            if a.post_norms:
+                out = fw.rms(out, p.mlp_post, w.eps)
+            if edits is not None:
+                edits.apply(l, "resid", out.view(B, 1, -1), pos)
+            resid = mid + out
+        cache.length = pos + 1
+        return resid
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """One query per head q [B, H, h] over keys/values [B, K, T', h] (GQA: head i reads kv head i // g)."""
+        B, K, T, h = keys.shape
+        g = self.H // K
+        if self.a.attn_softcap is None:
+            z = F.scaled_dot_product_attention(
+                q.view(B, K, g, h), keys, values, scale=self.scale
+            )  # keys broadcast over the g query heads of each kv head: [B, K, g, h]
+            return z.reshape(B, self.H * h)
+        scores = (q.view(B, K, g, h) @ keys.transpose(-1, -2)) * self.scale  # [B, K, g, T']
+        pattern = fw.softcap(scores, self.a.attn_softcap).softmax(-1)
+        return (pattern @ values).reshape(B, self.H * h)
+
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] of the final residual [B, d] (= fw.unembed)."""
+        w = self.w
+        logits = self.unembedding(fw.norm(w, resid, w.lnf_w, w.lnf_b))
+        if self.b_U is not None:
+            logits = logits + self.b_U
+        return fw.softcap(logits, w.arch.final_softcap)
+
+
+def _qk_norm(
+    w: fw.Weights, kind: str, q: torch.Tensor, k: torch.Tensor, q_w: torch.Tensor | None, k_w: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The qk-norm of fw.split_qkv on q [B, H, h], k [B, K, h]: per head, or over all heads (OLMo 2)."""
+    if kind == "head":
+        return fw.rms(q, q_w, w.eps), fw.rms(k, k_w, w.eps)
+    return fw.rms(q.flatten(1), q_w, w.eps).view(q.shape), fw.rms(k.flatten(1), k_w, w.eps).view(k.shape)
+
+
 # ---------------------------------------------------------------- decoding
 
 
@@ -410,17 +628,19 @@ def generate(
     kept: list[torch.Tensor] = []
     sequence = torch.tensor([prompt_ids] * B, device=device)  # [B, P + steps] (for the no-cache path)
     cache = KVCache.empty(w, B, P + max_new_tokens, device) if use_cache else None
+    decoder = Decoder(w, P + max_new_tokens, device) if use_cache else None
     step_input = sequence
     for step in range(max_new_tokens):
         if should_stop is not None and should_stop():
             finish = ["stopped" if not d else f for d, f in zip(done, finish)]
             break
-        if cache is None:  # recompute everything from position 0
+        if cache is None or decoder is None:  # recompute everything from position 0
             fresh = KVCache.empty(w, B, sequence.shape[1], device)
-            final = forward_step(w, sequence, fresh, plan)
+            logits = fw.unembed(w, forward_step(w, sequence, fresh, plan)).float()  # [B, V]
+        elif step == 0:  # the prompt: every position at once
+            logits = decoder.unembed(forward_step(w, step_input, cache, plan)).float()
         else:
-            final = forward_step(w, step_input, cache, plan)
-        logits = fw.unembed(w, final).float()  # [B, V]
+            logits = decoder.unembed(decoder.step(step_input, cache, plan)).float()
         if keep_logits:
             kept.append(logits)
         chosen = _choose(logits, sampling, generators)

@@ -231,10 +231,13 @@ class SteerResult:
 
     def frame(self) -> pd.DataFrame:
         """One row per generated token: sample, seed, variant, index, position, id, token, logprob, prob, changed
-        (the other variant chose a different token at this index of the same sample), other_token, other_prob
-        (that token and its probability in the other variant; the continuations diverge after the first change)."""
+        (the other variant chose a different token at this index of the same sample), diverged (an earlier token
+        already differs: from the first change on, the two runs condition on different text, so `changed` there
+        compares tokens of different contexts and says little), other_token, other_prob (that token and its
+        probability in the other variant)."""
         rows = []
         for sample, pair in enumerate(zip(self.baseline, self.steered)):
+            first = self.first_change(sample)
             for variant, cont, other in (("baseline", pair[0], pair[1]), ("steered", pair[1], pair[0])):
                 for i, (tid, piece, lp) in enumerate(zip(cont.token_ids, cont.pieces, cont.logprobs)):
                     rows.append(
@@ -249,6 +252,7 @@ class SteerResult:
                             "logprob": lp,
                             "prob": math.exp(lp),
                             "changed": i >= len(other.token_ids) or other.token_ids[i] != tid,
+                            "diverged": first is not None and i > first,
                             # for a hover: what the other variant wrote at this index, and its probability there
                             "other_token": other.pieces[i] if i < len(other.token_ids) else None,
                             "other_prob": math.exp(other.logprobs[i]) if i < len(other.logprobs) else None,
