@@ -2,7 +2,7 @@
 plain forward over the same tokens, in one run.
 
 Run alone:  python bench/pairs.py [--model M] [--corpus brown] [--max-tokens 100000] [--top-k 100] [--build]
---build builds the dashboards of that corpus and budget first when they are missing (≈ 3.5 min per 100k tokens on the
+--build builds the dashboards of that corpus and budget first when they are missing (≈ 4 min per 100k tokens on the
 embedded model, 2 cores); without them the dashboards figure is left out (printed as nan). Both sides run with
 use_cache=False for the scan (the pairs' own result cache is bypassed); the dashboards path reads the built npz.
 The plain forward is the same contexts (spread over the corpus, as pairs reads them) through
@@ -31,7 +31,7 @@ def plain_forward(model, contexts, batch_size: int) -> None:
         batch = [ids for _, _, ids in contexts[i : i + batch_size]]
         trace = fw.run(w, scan.batch_tokens(model, batch), record=frozenset())
         for row, ids in enumerate(batch):
-            scan.top1(model, trace.resid_final[row, : len(ids)], 341)
+            scan.top1(model, trace.resid_final[row, : len(ids)], scan.logit_rows(model))
 
 
 def main() -> None:
