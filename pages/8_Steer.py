@@ -17,7 +17,6 @@ from core.engine.model import Model
 from core.errors import UserError
 from ui import analyses, common, params, steer_view
 from ui.admission import admitted
-from ui.text import literal_html
 
 PAGE = "steer"
 OPS = list(steering.OPS)
@@ -25,10 +24,6 @@ MAX_SAMPLES = 4
 DEFAULT_NEW_TOKENS = 24
 # A strip's styles: the first token where the runs part (strong), and everything after it (a light shade: the
 # runs have diverged, so comparing them index by index no longer means anything).
-STRIP = "font-family:monospace;line-height:1.9;white-space:pre-wrap"
-FIRST_CHANGE = "padding:1px 0;border-radius:2px;background:rgba(255,196,0,0.6);outline:1px solid #b08800"
-DIVERGED = "padding:1px 0;background:rgba(255,196,0,0.14)"
-MARK = "font-size:0.7em;color:#8a6d00;vertical-align:super;font-family:sans-serif"
 
 
 def key(name: str) -> str:
@@ -237,29 +232,6 @@ def generation(model: Model, inp: dict) -> steering.SteerResult:
     return result
 
 
-def diverged_strip(rows: pd.DataFrame) -> str:
-    """One continuation as HTML: the first token where it differs from the other run highlighted and marked
-    "diverged from here", every later token lightly shaded (from there on the two runs continue different text);
-    hover: the token's probability and what the other run wrote at the same index, with its probability.
-
-    rows: SteerResult.frame() rows of one sample and variant, in order."""
-    spans = []
-    for row in rows.itertuples():
-        title = f"{steer_view.shown(row.token)}: P = {row.prob:.3f}"
-        if row.other_token is None:
-            title += "; the other run had ended"
-        elif row.changed or row.diverged:
-            title += f"; the other run wrote {steer_view.shown(row.other_token)} (P = {row.other_prob:.3f})"
-        style = "padding:1px 0"
-        if row.diverged:
-            style = DIVERGED
-        elif row.changed:  # the first change: the runs part here
-            style = FIRST_CHANGE
-            spans.append(f'<span style="{MARK}">diverged from here ▸</span>')
-        spans.append(f'<span title="{literal_html(title)}" style="{style}">{literal_html(row.token)}</span>')
-    return f'<div class="steer-strip" style="{STRIP}">{"".join(spans)}</div>'
-
-
 def show_generation(model: Model, result: steering.SteerResult) -> None:
     analyses.reopened_caption(result)
     frame = result.frame()
@@ -286,7 +258,7 @@ def show_generation(model: Model, result: steering.SteerResult) -> None:
         for column, variant in ((left, "baseline"), (right, "steered")):
             rows = frame[(frame["sample"] == sample) & (frame.variant == variant)]
             column.markdown(f"**{variant.capitalize()}**")
-            column.markdown(diverged_strip(rows), unsafe_allow_html=True)
+            column.markdown(steer_view.strip(rows), unsafe_allow_html=True)
     specs = ", ".join(f"`{iv.spec}`" for iv in result.interventions)
     decoding = "greedy" if result.temperature == 0 else f"T={result.temperature:g}, top-p={result.top_p:g}"
     common.conventions(

@@ -21,7 +21,9 @@ from ui.text import literal_html
 
 _STRIP = "font-family:monospace;line-height:1.9;white-space:pre-wrap"
 _TOKEN = "padding:1px 0;border-radius:2px"
-_CHANGED = "background:rgba(255,196,0,0.55);outline:1px solid #b08800"
+_FIRST_CHANGE = f"{_TOKEN};background:rgba(255,196,0,0.6);outline:1px solid #b08800"
+_DIVERGED = "padding:1px 0;background:rgba(255,196,0,0.14)"  # after the first change: the runs wrote different text
+_MARK = "font-size:0.7em;color:#8a6d00;vertical-align:super;font-family:sans-serif"
 
 
 def remembered(fingerprint: str, params: dict[str, Any]) -> SteerResult | None:
@@ -43,16 +45,24 @@ def remember(fingerprint: str, params: dict[str, Any], result: SteerResult) -> N
 
 
 def strip(rows: pd.DataFrame) -> str:
-    """One continuation as HTML: tokens whose choice differs from the other variant highlighted; hover: the token's
-    probability here and what the other variant wrote at the same index with its probability.
+    """One continuation as HTML: the first token where it differs from the other run highlighted and marked
+    "diverged from here", every later token lightly shaded (from there on the two runs continue different text);
+    hover: the token's probability and what the other run wrote at the same index, with its probability.
 
     rows: SteerResult.frame() rows of one sample and variant, in order."""
     spans = []
     for row in rows.itertuples():
         title = f"{shown(row.token)}: P = {row.prob:.3f}"
-        if row.other_token is not None and row.changed:
+        if row.other_token is None:
+            title += "; the other run had ended"
+        elif row.changed or row.diverged:
             title += f"; the other run wrote {shown(row.other_token)} (P = {row.other_prob:.3f})"
-        style = f"{_TOKEN};{_CHANGED}" if row.changed else _TOKEN
+        style = _TOKEN
+        if row.diverged:
+            style = _DIVERGED
+        elif row.changed:  # the first change: the runs part here
+            style = _FIRST_CHANGE
+            spans.append(f'<span style="{_MARK}">diverged from here ▸</span>')
         spans.append(f'<span title="{literal_html(title)}" style="{style}">{literal_html(row.token)}</span>')
     return f'<div class="steer-strip" style="{_STRIP}">{"".join(spans)}</div>'
 
