@@ -101,6 +101,18 @@ def test_prompt_page_shows_effects_and_its_json_equals_the_cli(cli_payload, monk
     assert not at.exception and any("outside the prompt" in e for e in errors(at)), errors(at)
 
 
+def test_hosted_pages_offer_dashboards_within_the_hosted_budget(monkeypatch):
+    """No dashboards built, hosted (scan budget capped at 50,000 tokens): the Prompt and Neuron pages say how to
+    build them with a budget the server accepts, instead of an error box for the 100,000-token default."""
+    monkeypatch.setenv("TNE_HOSTED", "1")
+    at = open_page("0_Prompt.py", prompt="an apple", top_k="5")
+    assert_clean(at)
+    assert any("dashboards build --model smollm2-135m" in i.value for i in at.info)
+    at = open_page("3_Neuron.py", layer="25", neuron="1527")
+    assert_clean(at)
+    assert any("(50,000 tokens)" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_home_story_is_computed_for_the_picked_model(name):
     from core import reproduce

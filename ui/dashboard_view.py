@@ -101,7 +101,7 @@ def dashboard_section(
     """Examples, density and histogram of one neuron from the built dashboards; a Build button when none are."""
     name = label(layer, neuron)
     corpus = corpus or dashboards.default_corpus()
-    budget = budget or dashboards.DashboardSpec.max_tokens
+    budget = budget or dashboards.default_budget()
     st.subheader("Max-activating examples over a corpus")
     built = _built(model, corpus, budget)
     if built is None:

@@ -74,12 +74,16 @@ def default_corpus() -> str:
     return BROWN if installed(BROWN) else BUNDLED
 
 
+DEFAULT_BUDGET = 100_000  # tokens of a build when none is given (a hosted server caps it lower)
+
+
 @dataclass(frozen=True)
 class DashboardSpec:
-    """What a build reads. dataset None = default_corpus(); ctx None = min(256, the model's context)."""
+    """What a build reads. dataset None = default_corpus(); max_tokens None = default_budget(); ctx None =
+    min(256, the model's context). A planned spec has all three resolved (so cache keys never hold None)."""
 
     dataset: str | None = None
-    max_tokens: int = 100_000
+    max_tokens: int | None = None
     top_k: int = TOP_K
     ctx: int | None = None
     batch_size: int = 8
@@ -220,25 +224,32 @@ class Plan:
         return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
+def default_budget() -> int:
+    """The token budget a page offers when the visitor gave none: DashboardSpec's default, within the hosted cap
+    (a hosted server must not offer a build that it then refuses)."""
+    return min(DEFAULT_BUDGET, limits().max_scan_tokens)
+
+
 def _validate(model: Model, spec: DashboardSpec) -> DashboardSpec:
     ctx = spec.ctx or min(scan.DEFAULT_CTX, model.n_ctx)
     cap = limits().max_scan_tokens
-    if not 1 <= spec.max_tokens <= cap:
-        raise UserError(f"token budget {spec.max_tokens:,} is out of range; use 1..{cap:,}")
+    budget = default_budget() if spec.max_tokens is None else spec.max_tokens
+    if not 1 <= budget <= cap:
+        raise UserError(f"token budget {budget:,} is out of range; use 1..{cap:,}")
     if not 8 <= ctx <= model.n_ctx:
         raise UserError(f"context length {ctx} is out of range; use 8..{model.n_ctx}")
     if not 1 <= spec.top_k <= 200:
         raise UserError(f"top-k {spec.top_k} is out of range; use 1..200 examples per neuron")
     if spec.batch_size < 1 or spec.part_batches < 1:
         raise UserError("batch size and batches per part must be at least 1")
-    return dataclasses.replace(spec, dataset=spec.dataset or default_corpus(), ctx=ctx)
+    return dataclasses.replace(spec, dataset=spec.dataset or default_corpus(), max_tokens=budget, ctx=ctx)
 
 
 def plan(model: Model, spec: DashboardSpec, contexts: bool = True) -> Plan:
     """Validate, read the corpus, and (contexts=True) cut it into the contexts a build reads. The cache folder
     depends only on the model, the corpus's identity and the settings: finding a built one cuts nothing."""
     spec = _validate(model, spec)
-    assert spec.ctx is not None
+    assert spec.ctx is not None and spec.max_tokens is not None
     corpus = load_corpus(spec.dataset)
     cut = scan.cut(model, corpus.texts, spec.ctx, spec.max_tokens, spread=True) if contexts else []
     if contexts and not cut:
@@ -465,7 +476,7 @@ def find_built(model: Model, corpus: str | None = None) -> DashboardSpec | None:
                 found.append(spec)
         except UserError:  # a budget beyond a hosted cap
             continue
-    return max(found, key=lambda s: s.max_tokens, default=None)
+    return max(found, key=lambda s: s.max_tokens or 0, default=None)
 
 
 def largest_built(model: Model, corpus: str | None = None, why: str = "this") -> Dashboards:
