@@ -42,6 +42,7 @@ import torch
 from core import cache
 from core.analyses import search
 from core.analyses.congruence import label, neuron_vectors, token_vectors
+from core.engine import memory
 from core.engine.model import Model
 from core.errors import UserError
 from core.jsonable import to_jsonable
@@ -51,6 +52,7 @@ VERSION = 1  # bump when what is cached changes meaning
 TOP_K = 5  # top and bottom tokens reported per neuron
 STANDOUT_MAX = 8  # a "handful": at most this many tokens above the stand-out gap
 KEEP = STANDOUT_MAX + 1  # top values kept per neuron (the gap after the 8th needs the 9th)
+GRAM_COLUMNS = 16384  # vocabulary columns per float64 chunk of W_U W_Uᵀ at most (fewer where memory is short)
 NULL_FRACTION = 0.01  # Stolfo et al.: ρ with k ≈ 0.01 · d_model bottom singular vectors of W_U (k = 40 for d 4096)
 CLASSES = ("prediction", "suppression", "partition", "entropy", "token")
 
@@ -122,12 +124,13 @@ def null_space_size(d_model: int) -> int:
 
 
 @torch.no_grad()
-def null_space_basis(W_U: torch.Tensor, k: int) -> torch.Tensor:
+def null_space_basis(W_U: torch.Tensor, k: int, columns: int = GRAM_COLUMNS) -> torch.Tensor:
     """[d, k]: the left singular vectors of W_U [d, V] with the k smallest singular values (eigenvectors of
-    W_U W_Uᵀ, accumulated in float64 over vocabulary chunks: the bottom of the spectrum is what fp32 loses)."""
+    W_U W_Uᵀ, accumulated in float64 over chunks of `columns` vocabulary columns: the bottom of the spectrum is
+    what fp32 loses; a chunk's float64 copy is [d, columns])."""
     d = W_U.shape[0]
     gram = torch.zeros(d, d, dtype=torch.float64, device=W_U.device)
-    for chunk in W_U.split(16384, dim=1):
+    for chunk in W_U.split(columns, dim=1):
         c = chunk.double()
         gram += c @ c.T
     _, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues
@@ -152,7 +155,8 @@ def compute_stats(
     unit = raw / norms.clamp_min(1e-30)[:, None]
     tokens = (W_U / W_U.norm(dim=0).clamp_min(1e-30)).contiguous()  # unit columns: scores are cosines
     token_mean = tokens.mean(dim=1)  # [d]: the composition's mean is unit · token_mean
-    basis = null_space_basis(W_U, null_space_size(W_U.shape[0]))
+    columns = memory.rows_for(model.weights, W_U.shape[0] * 8, cap=GRAM_COLUMNS)  # a column: d float64s
+    basis = null_space_basis(W_U, null_space_size(W_U.shape[0]), columns)
     null_share = (unit @ basis).square().sum(dim=1)
 
     out = {
@@ -165,7 +169,7 @@ def compute_stats(
         "bottom_vals": torch.empty(N, TOP_K),
         "bottom_ids": torch.empty(N, TOP_K, dtype=torch.int32),
     }
-    rows = rows_per_block or search.chunk_rows(model)
+    rows = rows_per_block or search.chunk_rows(model, copies=3)  # the scores, their squares, topk's temporaries
     squares: torch.Tensor | None = None
     for start, scores in search.blocks(unit, tokens, rows, progress):
         r, sl = scores.shape[0], slice(start, start + scores.shape[0])

@@ -462,7 +462,7 @@ def path_patch(
     after = patching.entry(setup, "mlp_out", layer)[2][:, start:]
     change = d_post[:, :, None] * w.W_out[layer][neuron]
     joins = [fw.Join(layer + 1, "pre", after + patching.mlp_delta(setup, layer, change, start))]
-    batch = max_batch_tokens or patching.default_batch_tokens(model)
+    batch = max_batch_tokens or patching.default_batch_tokens(model, len(setup.clean.ids))
     logit_scores = patching.score_joins(setup, joins, start, batch)
     if position >= start:
         gap = float(clean_post[position - start] - base_post[position - start])

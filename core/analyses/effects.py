@@ -34,6 +34,7 @@ import torch
 from core.analyses.congruence import label
 from core.analyses.lens import direct_attribution
 from core.engine import forward as fw
+from core.engine import memory
 from core.engine import tokens as tok
 from core.engine.model import Model
 from core.engine.tokens import Prompt
@@ -216,13 +217,31 @@ def _head_joins(w: fw.Weights, trace: fw.Trace, picks: list[tuple[int, int]]) ->
 
 
 @torch.no_grad()
-def resumed_metrics(w: fw.Weights, trace: fw.Trace, target: Target, joins: list[fw.Join]) -> torch.Tensor:
-    """The metric of every row of `joins` (in order), resumed at the trace's last position only: [rows]."""
+def resumed_metrics(
+    w: fw.Weights, trace: fw.Trace, target: Target, joins: list[fw.Join], max_rows: int | None = None
+) -> torch.Tensor:
+    """The metric of every row of `joins` (in order), resumed at the trace's last position only: [rows].
+
+    Rows go in batches of ≤ max_rows (default: what fits the memory budget, core.engine.memory), consecutive
+    joins together; each batch is one resume_joined pass, which returns its rows in the order of its joins."""
     if not joins:
         return torch.zeros(0)
     start = trace.resid_final.shape[1] - 1
-    final = fw.resume_joined(w, joins, start, trace)  # [rows, d]
-    return target.value(w, final).float()
+    if max_rows is None:
+        per_row = memory.forward_bytes_per_token(w, start + 1, unembed_columns=len(target.ids))
+        max_rows = memory.rows_for(w, per_row)
+    batches: list[list[fw.Join]] = [[]]
+    room = max_rows
+    for join in joins:
+        done, n = 0, join.resid.shape[0]
+        while done < n:
+            if room == 0:  # this batch is full: start the next one
+                batches.append([])
+                room = max_rows
+            take = min(n - done, room)
+            batches[-1].append(fw.Join(join.layer, join.stage, join.resid[done : done + take]))
+            done, room = done + take, room - take
+    return torch.cat([target.value(w, fw.resume_joined(w, batch, start, trace)).float() for batch in batches])
 
 
 # ---------------------------------------------------------------- the result

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, cast, get_args
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 
 from core import cache
 from core.analyses.congruence import label, neuron_vectors, token_vectors
+from core.engine import memory
 from core.engine.model import Model
 from core.errors import UserError
 from core.hosting import check_top_k, limits
@@ -53,27 +53,17 @@ class Tables:
         return dict(self.__dict__)
 
 
-def _free_bytes(device: torch.device) -> int:
-    """Free memory on the device; 4 GiB where it cannot be read (no /proc/meminfo: macOS, Windows)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 4 << 30
-
-
-def chunk_rows(model: Model) -> int:
-    """Neurons per block: the block's [rows, V] scores use at most 1/8 of free memory (capped at 512 MB on CPU,
-    where bigger blocks gain nothing; a hosted demo's TNE_MAX_BLOCK_MB, since K searches may run at once)."""
+def chunk_rows(model: Model, copies: int = 2) -> int:
+    """Neurons per block: the block's `copies` fp32 [rows, V] buffers (the scores, and a caller's working copy or
+    the fp32 cast of half-precision scores) fit the memory budget (core.engine.memory); and, as speed goes, two
+    such buffers within 512 MB on CPU, where bigger blocks gain nothing (4 GB on CUDA), within a hosted demo's
+    TNE_MAX_BLOCK_MB (K searches may run at once), and 8192 rows. Little memory gets smaller blocks (≥ 1 row)."""
     cap = (4 << 30) if model.device.type == "cuda" else (512 << 20)
     block_mb = limits().max_block_mb
     if block_mb is not None:
         cap = min(cap, block_mb << 20)
-    budget = min(cap, _free_bytes(model.device) // 8)
-    return int(max(64, min(8192, budget // (model.d_vocab * 4 * 2))))
+    row = model.d_vocab * 4  # one fp32 row of scores
+    return memory.rows_for(model.weights, row * copies, cap=min(8192, max(1, cap // (row * 2))))
 
 
 def merge_top2(vals: torch.Tensor, ids: torch.Tensor, new_vals: torch.Tensor, new_ids: torch.Tensor):
