@@ -356,10 +356,10 @@ def attention(
         # The prefix's keys/values are the same for every row: one large matmul per kv head, not B small ones.
         pk, pv = prefix_kv[0][0], prefix_kv[1][0]  # [start_pos, K, h]
         scores = torch.cat([torch.einsum("bskgh,tkh->bkgst", q, pk), scores], dim=-1)
-    # softmax in float32 whatever the weights' dtype (as Hugging Face's eager attention): in bfloat16 the
-    # normalisation over many keys loses the small weights; for float32 weights this is the same operation.
+    # softmax in at least float32 (as Hugging Face's eager attention): in bfloat16 the normalisation over many
+    # keys loses the small weights; float32 and float64 weights keep their own precision.
     masked = softcap(scores, w.arch.attn_softcap).masked_fill(hidden, torch.finfo(q.dtype).min)
-    pattern = masked.softmax(-1, dtype=torch.float32).to(q.dtype)
+    pattern = masked.softmax(-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
     if prefix_kv is not None and has_prefix:
         z = torch.einsum("bkgst,tkh->bskgh", pattern[..., :start_pos], pv)
         z = z + torch.einsum("bkgst,btkh->bskgh", pattern[..., start_pos:], v)
