@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
 import shutil
@@ -64,13 +65,15 @@ ATTEMPTS = 3  # a clean pass's tries per route
 DASH_SPEC = {"dataset": "bundled", "max_tokens": 2400, "ctx": 64, "batch_size": 2, "part_batches": 2}
 
 
-STORY = "The post's story in five steps"  # the Home page's last section
+STORY = "The post's story in"  # the Home page's last section ("... in six steps"; a substring match)
 
 
-def routes(visitor: int) -> list[tuple[str, str, str | None]]:
-    """(name, page path with query, button to press or None) of one visitor's click-through. A route is done when
-    its page shows DONE (the Home page: STORY)."""
-    name = NAMES[visitor % len(NAMES)]
+def routes(visitor: int, round_: int = 0) -> list[tuple[str, str, str | None]]:
+    """(name, page path with query, button to press or None) of one visitor's click-through in its round `round_`.
+    A route is done when its page shows DONE (the Home page: STORY). Each round asks for other results (another
+    name in the prompts, another neuron to scan), so the campaign's server keeps writing cache entries to be killed
+    in; round 0 is what the clean passes compare."""
+    name = NAMES[(visitor + round_) % len(NAMES)]
     pair = {
         "clean": story.CLEAN.replace("I climbed", f"{name} climbed"),
         "corrupted": story.CORRUPTED.replace("I climbed", f"{name} climbed"),
@@ -79,7 +82,7 @@ def routes(visitor: int) -> list[tuple[str, str, str | None]]:
     }
     layer, neuron = story.KNOWN_NEURONS[EMBEDDED]
     lens = {"prompt": pair["clean"], "answer": story.ANSWER, "wrong": story.WRONG}
-    corpus = {"neurons": f"L{layer}.N{neuron + visitor}", "target": story.ANSWER, "budget": "1000"}
+    corpus = {"neurons": f"L{layer}.N{neuron + visitor + 7 * round_}", "target": story.ANSWER, "budget": "1000"}
     steer = {"prompt": pair["clean"], "neuron": f"L{layer}.N{neuron}", "op": "negate", "new": "6"}
     search = {"kind": "mutual", "matrix": "W_U", "budget": "500", "pairs": "2"}
     q = {"quote_via": quote}
@@ -286,7 +289,10 @@ async def visit(page, url: str, world: World, visitor: int, route: tuple[str, st
     """visit_once, its outcome printed."""
     began = time.monotonic()
     done = await visit_once(page, url, world, visitor, route)
-    print(f"    visitor {visitor} {route[0]}: {'done' if done else 'ended'} after {time.monotonic() - began:.1f} s")
+    print(
+        f"    visitor {visitor} {route[0]}: {'done' if done else 'ended'} after {time.monotonic() - began:.1f} s",
+        flush=True,
+    )
     return done
 
 
@@ -346,7 +352,7 @@ async def visitor_loop(browser, url: str, world: World, visitor: int, rounds: in
     done_rounds = 0
     try:
         while not world.stop and (rounds is None or done_rounds < rounds):
-            for route in [r for r in routes(visitor) if world.pages is None or r[0] in world.pages]:
+            for route in [r for r in routes(visitor, done_rounds) if world.pages is None or r[0] in world.pages]:
                 for _ in range(1 if rounds is None else ATTEMPTS):  # campaign: move on; clean pass: retry
                     await world.up.wait()
                     if world.stop or await visit(page, url, world, visitor, route):
@@ -638,6 +644,7 @@ def main() -> None:
     if args.build:
         build_dashboards()
         return
+    logging.getLogger("streamlit").setLevel(logging.ERROR)  # "No runtime found" per cached function read back
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the servers (finally)
     print(f"cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}; seed {args.seed}", flush=True)
     pages = tuple(p for p in args.pages.split(",") if p) or None

@@ -276,3 +276,15 @@ def test_float16_out_of_range_is_refused_for_any_family(tmp_path, llama_folder):
     assert "float16 is refused" in text and "entering layer 0" in text and "40,000" in text
     assert "use bfloat16" in text
     load_model(str(folder), device="cpu", dtype="float32")
+
+
+def test_the_fingerprint_names_the_model_not_the_folder_it_lies_in(gpt2_folder, tmp_path):
+    """Results are keyed by the fingerprint: a second server whose cache folder is mounted elsewhere (or a model
+    folder copied) must find the same keys; a model with other weights must not."""
+    import shutil
+
+    copy = shutil.copytree(gpt2_folder, tmp_path / "elsewhere" / "gpt2-copy")
+    here, there = load_model(str(gpt2_folder), device="cpu"), load_model(str(copy), device="cpu")
+    assert here.fingerprint == there.fingerprint
+    assert here.source != there.source  # the page still says where the files are
+    assert load_model(str(gpt2_folder), device="cpu", processing="none").fingerprint != here.fingerprint

@@ -76,7 +76,7 @@ class Target:
     def pre_cap(self, w: fw.Weights, resid_final: torch.Tensor) -> torch.Tensor:
         """The target tokens' logits before any soft-cap: [..., T] from resid_final [..., d]."""
         normed = fw.norm(w, resid_final, w.lnf_w, w.lnf_b)
-        return normed @ w.W_U[:, list(self.ids)] + w.b_U[list(self.ids)]
+        return fw.unembed_columns(w, normed, list(self.ids))
 
     def value(self, w: fw.Weights, resid_final: torch.Tensor) -> torch.Tensor:
         """The metric, exactly as the model's logits give it (after the soft-cap): [...] from [..., d]."""

@@ -491,6 +491,8 @@ class Decoder:
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] of the final residual [B, d] (= fw.unembed)."""
         w = self.w
+        if w.W_U.dtype in fw.HALF:
+            return fw.unembed(w, resid)  # float32 logits, as the first step's (see fw.unembed)
         logits = self.unembedding(fw.norm(w, resid, w.lnf_w, w.lnf_b))
         if self.b_U is not None:
             logits = logits + self.b_U

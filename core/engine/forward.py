@@ -226,9 +226,10 @@ def rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tenso
 
 def norm_scale(w: Weights, x: torch.Tensor) -> torch.Tensor:
     """The divisor the norm applies to x: [..., 1]. Frozen, it makes the norm linear (logit lens, DLA)."""
+    x32 = x.float()  # squared in float32: float16 overflows past |x| = 256
     if w.norm == "LN":
-        x = x - x.mean(-1, keepdim=True)
-    return (x.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()
+        x32 = x32 - x32.mean(-1, keepdim=True)
+    return (x32.pow(2).mean(-1, keepdim=True) + w.eps).sqrt().to(x.dtype)
 
 
 def norm_scale_apply(
@@ -244,7 +245,7 @@ def norm_scale_apply(
 
 def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
     """The divisor of RMSNorm: [..., 1] (frozen for DLA through a post-norm)."""
-    return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt().to(x.dtype)  # float32: see norm_scale
 
 
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -459,9 +460,33 @@ def run(
     return trace
 
 
+HALF = (torch.bfloat16, torch.float16)
+UNEMBED_COLUMNS = 16_384  # the block of W_U cast to float32 at a time with half-precision weights (≤ 256 MiB at d 4096)
+
+
 def unembed(w: Weights, resid: torch.Tensor) -> torch.Tensor:
-    """Logits [..., V] from a residual stream [..., d] entering the final norm."""
-    return softcap(norm(w, resid, w.lnf_w, w.lnf_b) @ w.W_U + w.b_U, w.arch.final_softcap)
+    """Logits [..., V] from a residual stream [..., d] entering the final norm.
+
+    With bfloat16 / float16 weights the logits come out in float32, the product accumulated and rounded in float32:
+    a bfloat16 logit of size 16–32 is rounded to a multiple of 0.125, as large as the differences the metric and the
+    prompt effects read. W_U is cast a block of columns at a time, so no float32 copy of it is ever held."""
+    normed = norm(w, resid, w.lnf_w, w.lnf_b)
+    if w.W_U.dtype not in HALF:
+        return softcap(normed @ w.W_U + w.b_U, w.arch.final_softcap)
+    normed = normed.float()
+    blocks = [
+        normed @ w.W_U[:, start : start + UNEMBED_COLUMNS].float()
+        for start in range(0, w.W_U.shape[1], UNEMBED_COLUMNS)
+    ]
+    return softcap(torch.cat(blocks, dim=-1) + w.b_U.float(), w.arch.final_softcap)
+
+
+def unembed_columns(w: Weights, normed: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """The logits of tokens `ids` before any soft-cap: [..., len(ids)] from the normed final residual [..., d];
+    in float32 with half-precision weights (see `unembed`)."""
+    if w.W_U.dtype not in HALF:
+        return normed @ w.W_U[:, ids] + w.b_U[ids]
+    return normed.float() @ w.W_U[:, ids].float() + w.b_U[ids].float()
 
 
 @dataclass

@@ -31,8 +31,10 @@ class LogitDiff:
         """resid_final: [..., d] entering the final norm → [...]."""
         normed = fw.norm(w, resid_final, w.lnf_w, w.lnf_b)
         if w.arch.final_softcap is None:
+            if self.direction.dtype in fw.HALF:  # accumulated and rounded in float32 (see fw.unembed)
+                return normed.float() @ self.direction.float() + self.bias
             return normed @ self.direction + self.bias
         # A soft-capped unembedding (Gemma 2) is not linear: cap both logits, then subtract.
-        logits = normed @ w.W_U[:, [self.answer, self.wrong]] + w.b_U[[self.answer, self.wrong]]
+        logits = fw.unembed_columns(w, normed, [self.answer, self.wrong])
         capped = fw.softcap(logits, w.arch.final_softcap)
         return capped[..., 0] - capped[..., 1]

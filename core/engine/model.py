@@ -493,10 +493,11 @@ def _processing(processing: str, weights: Weights, by_bridge: bool) -> dict[str,
     }
 
 
-def _fingerprint(source: str, hf_config: Any, processing: str, weights: Weights) -> str:
+def _fingerprint(identity: str, hf_config: Any, processing: str, weights: Weights) -> str:
     digest = hashlib.sha256()
-    digest.update(source.encode())
-    digest.update(json.dumps(hf_config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(identity.encode())
+    config = {k: v for k, v in hf_config.to_dict().items() if k != "_name_or_path"}  # a path, not the model
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(processing.encode())
     for tensor in (weights.W_E[:64], weights.W_out[:, :8], weights.W_U[:, :64]):
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
@@ -580,6 +581,13 @@ def load_model(
         "hub": f"Hugging Face hub {location}",
         "local": f"local folder {location}",
     }[kind]
+    # The fingerprint names the model, not where its files lie: an embedded model converted into another cache folder
+    # (another server sharing the results, mounted elsewhere) keys the same results.
+    identity = {
+        "embedded": f"{embedded.package if embedded else ''} GGUF ({embedded.gguf if embedded else ''})",
+        "hub": f"Hugging Face hub {location}",
+        "local": "local folder",  # its config and weights (hashed below) tell two folders apart
+    }[kind]
     model = Model(
         name=name,
         source=source,
@@ -593,7 +601,7 @@ def load_model(
         ),
         processing=_processing(processing, weights, by_bridge),
         device=torch_device,
-        fingerprint=_fingerprint(source, hf_config, processing, weights),
+        fingerprint=_fingerprint(identity, hf_config, processing, weights),
         bridge=bridge if keep_bridge else None,
     )
     if not keep_bridge:
