@@ -1,11 +1,13 @@
 """Batches sized by memory (issue #27 item 3): the budget's parser and sources, and that a small budget gives
-smaller batches whose results equal the default budget's (patching sweeps, the search, prompt effects)."""
+smaller batches whose results equal the default budget's (patching sweeps, the search, prompt effects, the dose
+curve, generation's prefill)."""
 
 import numpy as np
 import pytest
 import torch
 
-from core.analyses import effects, patching, search
+from core.analyses import effects, patching, search, steering
+from core.analyses import generate as gen
 from core.engine import memory
 from core.engine import tokens as tok
 from core.errors import UserError
@@ -89,3 +91,59 @@ def test_prompt_effects_verified_in_small_batches_equal_one_batch(tiny, monkeypa
     got = effects.top_neurons(tiny, prompt, " an", " a", top_k=6)
     assert len(calls) > 1 and max(calls) == 4  # the verification ran in several passes of ≤ 4 rows
     np.testing.assert_allclose(got.neurons.total.to_numpy(), expected.neurons.total.to_numpy(), atol=5e-5)
+
+
+def test_a_dose_curve_in_small_batches_equals_one_batch(tiny, monkeypatch):
+    prompt = tok.prompt(tiny, CLEAN)
+    layer = tiny.n_layers // 2
+    monkeypatch.delenv(memory.BUDGET_VAR, raising=False)
+    expected = steering.dose_response(tiny, prompt, layer, 3, " an", " a", values=np.linspace(-4, 4, 9))
+    calls: list[int] = []
+    resume = steering.fw.resume
+
+    def counted(w, resid, *args):
+        calls.append(resid.shape[0])
+        return resume(w, resid, *args)
+
+    monkeypatch.setattr(steering.fw, "resume", counted)
+    held = memory.held_bytes(tiny.weights)
+    per_row = memory.forward_bytes_per_token(tiny.weights, len(prompt.ids), unembed_columns=tiny.d_vocab)
+    monkeypatch.setenv(memory.BUDGET_VAR, str((held + 3 * per_row) / 2**20))  # 3 rows per resumed pass
+    got = steering.dose_response(tiny, prompt, layer, 3, " an", " a", values=np.linspace(-4, 4, 9))
+    assert calls == [3, 3, 3, 1]  # 9 clamps + the natural row
+    np.testing.assert_allclose(got.logit_diff, expected.logit_diff, atol=1e-5)
+    assert got.natural_logit_diff == pytest.approx(expected.natural_logit_diff, abs=1e-5)
+    assert np.ptp(got.logit_diff) > 0.01  # the clamp moves the metric: a row left unclamped would show
+
+
+def test_generation_prefills_in_chunks_when_memory_is_short_and_continues_the_same(tiny, monkeypatch):
+    ids = tok.prompt(tiny, CLEAN).ids
+    rows, new = 4, 6
+    edits = [gen.Edit(1, 5, "post", "set", 3.0, "all", (2, 3))]
+    sampling = [gen.Sampling()] * rows
+    monkeypatch.delenv(memory.BUDGET_VAR, raising=False)
+    expected = gen.generate(tiny, ids, new, sampling, edits=edits, keep_logits=True)
+    assert gen.prefill_positions(tiny.weights, rows, len(ids), len(ids) + new) == len(ids)  # roomy: one pass
+    held = memory.held_bytes(tiny.weights)
+    kv = rows * memory.kv_cache_bytes_per_row(tiny.weights, len(ids) + new)
+    per_position = rows * memory.forward_bytes_per_token(tiny.weights, keys=len(ids) + new)
+    monkeypatch.setenv(memory.BUDGET_VAR, str((held + kv + 2 * per_position) / 2**20))
+    assert gen.prefill_positions(tiny.weights, rows, len(ids), len(ids) + new) == 2
+    calls: list[int] = []
+    step = gen.forward_step
+
+    def counted(w, tokens, cache, plan=None):
+        calls.append(tokens.shape[1])
+        return step(w, tokens, cache, plan)
+
+    monkeypatch.setattr(gen, "forward_step", counted)
+    got = gen.generate(tiny, ids, new, sampling, edits=edits, keep_logits=True)
+    assert calls == [2] * (len(ids) // 2) + [len(ids) % 2] * (len(ids) % 2)  # the prompt, 2 positions a pass
+    assert got.token_ids == expected.token_ids
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=0)
+    assert got.token_ids[0] != got.token_ids[2] or not torch.equal(got.logits[:, 0], got.logits[:, 2])  # edit seen
+    # a key/value cache past the budget: refused before any work, in one line
+    monkeypatch.setenv(memory.BUDGET_VAR, str((held + kv // 2) / 2**20))
+    with pytest.raises(UserError, match="key/value cache") as err:
+        gen.generate(tiny, ids, new, sampling)
+    assert "\n" not in str(err.value) and "fewer samples" in str(err.value)

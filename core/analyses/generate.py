@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from core.engine import forward as fw
+from core.engine import memory
 from core.engine.model import Model
 from core.errors import UserError
 from core.hosting import limits
@@ -569,6 +570,23 @@ def check_settings(model: Model, prompt_len: int, max_new_tokens: int, sampling:
             raise UserError(f"top-p {s.top_p} must be in (0, 1]")
 
 
+def prefill_positions(w: fw.Weights, rows: int, prompt_len: int, capacity: int) -> int:
+    """Prompt positions per prefill pass: the whole prompt at once unless the memory budget (core.engine.memory)
+    says fewer; then the prompt goes through in chunks of positions, each reading the keys and values the earlier
+    ones cached (the key/value cache of `rows` × `capacity` positions counted first). A cache that does not fit
+    the budget at all is refused before any work, in one line."""
+    kv = rows * memory.kv_cache_bytes_per_row(w, capacity)
+    budget = memory.budget_bytes(w.W_E.device, memory.held_bytes(w))
+    if kv > budget:
+        mib = 1 << 20
+        raise UserError(
+            f"{rows} continuations of {capacity} positions need {kv / mib:,.0f} MiB of key/value cache and the "
+            f"memory budget leaves {budget / mib:,.0f} MiB; ask for fewer samples, fewer new tokens or a shorter prompt"
+        )
+    per_position = rows * memory.forward_bytes_per_token(w, keys=capacity)
+    return memory.rows_that_fit(per_position, budget - kv, cap=prompt_len)
+
+
 def eos_ids(model: Model) -> tuple[int, ...]:
     """The tokens that end a continuation: the tokenizer's EOS (none if it has none)."""
     eos = getattr(model.tokenizer, "eos_token_id", None)
@@ -631,6 +649,7 @@ def generate(
     sequence = torch.tensor([prompt_ids] * B, device=device)  # [B, P + steps] (for the no-cache path)
     cache = KVCache.empty(w, B, P + max_new_tokens, device) if use_cache else None
     decoder = Decoder(w, P + max_new_tokens, device) if use_cache else None
+    prefill = prefill_positions(w, B, P, P + max_new_tokens) if use_cache else P
     step_input = sequence
     for step in range(max_new_tokens):
         if should_stop is not None and should_stop():
@@ -639,8 +658,10 @@ def generate(
         if cache is None or decoder is None:  # recompute everything from position 0
             fresh = KVCache.empty(w, B, sequence.shape[1], device)
             logits = fw.unembed(w, forward_step(w, sequence, fresh, plan)).float()  # [B, V]
-        elif step == 0:  # the prompt: every position at once
-            logits = decoder.unembed(forward_step(w, step_input, cache, plan)).float()
+        elif step == 0:  # the prompt: every position at once, or in chunks of `prefill` when memory is short
+            for lo in range(0, P, prefill):
+                final = forward_step(w, step_input[:, lo : lo + prefill], cache, plan)
+            logits = decoder.unembed(final).float()
         else:
             logits = decoder.unembed(decoder.step(step_input, cache, plan)).float()
         if keep_logits:

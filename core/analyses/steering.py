@@ -32,7 +32,7 @@ import torch
 from core.analyses import generate as gen
 from core.analyses.congruence import check_neuron, label, parse_neuron
 from core.engine import forward as fw
-from core.engine import tokens
+from core.engine import memory, tokens
 from core.engine.model import Model
 from core.engine.tokens import Prompt
 from core.errors import UserError
@@ -454,6 +454,24 @@ class DoseResponse:
 
 
 @torch.no_grad()
+def _clamped_logits(
+    w: fw.Weights, trace: fw.Trace, layer: int, neuron: int, start: int, clamps: torch.Tensor
+) -> torch.Tensor:
+    """Last-position logits [n, V] (float32) with L{layer}.N{neuron} clamped to each of `clamps` [n] at positions
+    start.. (NaN: left at its natural activation), resumed after block `layer` from the prompt's trace."""
+    post = trace.mlp_post[layer][:, start:].expand(len(clamps), -1, -1).clone()  # [n, S, m]
+    clamped = ~clamps.isnan()
+    post[clamped, :, neuron] = clamps[clamped][:, None]
+    # Leaving block `layer`: resid_mid + mlp_out in every family (with parallel attention + MLP too, where
+    # resid_mid = resid_pre + attn_out); the MLP's input is not needed, the trace holds its activation.
+    resid = trace.resid_mid[layer][:, start:] + fw.mlp_out_from_post(w, layer, post)  # [n, S, d]
+    if layer == w.n_layers - 1:
+        final = resid[:, -1]
+    else:
+        final = fw.resume(w, resid, layer + 1, "pre", start, trace)  # [n, d]
+    return fw.unembed(w, final).float()
+
+
 def dose_response(
     model: Model,
     prompt: str | Prompt,
@@ -490,17 +508,15 @@ def dose_response(
     if not np.isfinite(grid).all():
         raise UserError("every clamp value must be a finite number")
     start = len(p.ids) - 1 if positions == "last" else 0
-    rows = len(grid) + 1  # the last row keeps the natural activation: the unclamped run, through the same path
-    post = trace.mlp_post[layer][:, start:].expand(rows, -1, -1).clone()  # [rows, S, m]
-    post[:-1, :, neuron] = torch.as_tensor(grid, dtype=post.dtype, device=post.device)[:, None]
-    # Leaving block `layer`: resid_mid + mlp_out in every family (with parallel attention + MLP too, where
-    # resid_mid = resid_pre + attn_out); the MLP's input is not needed, the trace holds its activation.
-    resid = trace.resid_mid[layer][:, start:] + fw.mlp_out_from_post(w, layer, post)  # [rows, S, d]
-    if layer == w.n_layers - 1:
-        final = resid[:, -1]
-    else:
-        final = fw.resume(w, resid, layer + 1, "pre", start, trace)  # [rows, d]
-    logits = fw.unembed(w, final).float()
+    # The last row keeps the natural activation: the unclamped run, through the same path.
+    clamps = torch.as_tensor(np.append(grid, np.nan), dtype=w.W_E.dtype, device=model.device)
+    S = len(p.ids) - start
+    # Rows per resumed pass from the memory budget: all of them at once unless the prompt is long or the model big.
+    per_row = S * memory.forward_bytes_per_token(w, len(p.ids), unembed_columns=w.d_vocab // max(1, S))
+    chunk = memory.rows_for(w, per_row, cap=len(clamps))
+    logits = torch.cat(
+        [_clamped_logits(w, trace, layer, neuron, start, clamps[i : i + chunk]) for i in range(0, len(clamps), chunk)]
+    )
     probs = logits.softmax(-1)
     pa, pw = probs[:, a_id].cpu().numpy(), probs[:, w_id].cpu().numpy()
     ld = (logits[:, a_id] - logits[:, w_id]).cpu().numpy()
