@@ -7,7 +7,8 @@ Each model is loaded in float32, bfloat16 and float16 (the streaming loader: pro
 Gemma 3 refuses float16, see core.engine.families) and run on its story pair (core.story.pair, " an" vs " a"):
 - logits: every position of the clean prompt, max |Δ| against float32 and the share of positions whose top-1
   token is float32's;
-- the metric: the logit diff on the clean prompt (the last position, core.engine.metric.LogitDiff);
+- the metric: the logit diff on the clean prompt (the last position, core.engine.metric.LogitDiff), and as the
+  Prompt page's effects read it (core.analyses.effects: the two logits, each rounded as the logits are);
 - layer patching (resid_pre / attn_out / mlp_out, every layer × position): max |Δ score|;
 - the neuron sweep of the story layer (core.story.KNOWN_NEURONS): max |Δ score| over its neurons, the top neuron;
 - attribution patching over all neurons: Spearman against float32's, overlap of the top 20 (by |attribution|);
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from core import story
-from core.analyses import attribution, congruence, patching, search
+from core.analyses import attribution, congruence, effects, patching, search
 from core.engine import forward as fw
 from core.engine import tokens
 from core.engine.model import EMBEDDED, GEMMA3, load_model
@@ -49,6 +50,7 @@ def measure(name: str, dtype: str) -> dict:
     setup = patching.PatchInputs(clean_text, corrupted_text, story.ANSWER, story.WRONG).prepare(model)
     out["metric"] = setup.clean_logit_diff
     out["corrupted_metric"] = setup.corrupted_logit_diff
+    out["effects_metric"] = effects.top_neurons(model, clean, story.ANSWER, story.WRONG, top_k=5).metric
     layers = patching.patch_layers(setup)
     out["layers"] = np.concatenate([layers.scores[k].ravel() for k in sorted(layers.scores)])
     sweep = patching.patch_neurons(setup, layer)
@@ -78,6 +80,7 @@ def compare(ref: dict, got: dict) -> dict[str, float | int | str]:
         "top1_agree": float((got["logits"].argmax(-1) == ref["logits"].argmax(-1)).mean()),
         "logit_diff": got["metric"],
         "logit_diff_delta": got["metric"] - ref["metric"],
+        "effects_metric": got["effects_metric"],
         "layer_patch_max_abs": float(np.abs(got["layers"] - ref["layers"]).max()),
         "sweep_max_abs": float(np.abs(got["sweep"] - ref["sweep"]).max()),
         "sweep_top": int(np.argmax(got["sweep"])),
@@ -93,6 +96,7 @@ COLUMNS = [
     ("logits_max_abs", "logits max|Δ|", "{:.3f}"),
     ("top1_agree", "top-1 agree", "{:.3f}"),
     ("logit_diff", "logit diff", "{:.3f}"),
+    ("effects_metric", "prompt effects' metric", "{:.3f}"),
     ("layer_patch_max_abs", "layer patch max|Δ|", "{:.4f}"),
     ("sweep_max_abs", "sweep max|Δ|", "{:.4f}"),
     ("sweep_top_same", "sweep top same", "{}"),
@@ -118,7 +122,8 @@ def main() -> None:
         ref = measure(name, "float32")
         took = time.perf_counter() - start
         print(
-            f"{name} float32: logit diff {ref['metric']:.3f} (corrupted {ref['corrupted_metric']:.3f}), story "
+            f"{name} float32: logit diff {ref['metric']:.3f} (prompt effects {ref['effects_metric']:.3f}, "
+            f"corrupted {ref['corrupted_metric']:.3f}), story "
             f"layer {ref['story_layer']}, sweep top N{int(np.argmax(ref['sweep']))} ({took:.0f} s)",
             flush=True,
         )

@@ -82,7 +82,7 @@ def routes(visitor: int, round_: int = 0) -> list[tuple[str, str, str | None]]:
     }
     layer, neuron = story.KNOWN_NEURONS[EMBEDDED]
     lens = {"prompt": pair["clean"], "answer": story.ANSWER, "wrong": story.WRONG}
-    corpus = {"neurons": f"L{layer}.N{neuron + visitor + 7 * round_}", "target": story.ANSWER, "budget": "1000"}
+    corpus = {"neurons": f"L{layer}.N{neuron + visitor - 7 * round_}", "target": story.ANSWER, "budget": "1000"}
     steer = {"prompt": pair["clean"], "neuron": f"L{layer}.N{neuron}", "op": "negate", "new": "6"}
     search = {"kind": "mutual", "matrix": "W_U", "budget": "500", "pairs": "2"}
     q = {"quote_via": quote}
