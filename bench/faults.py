@@ -12,7 +12,8 @@ Run alone:  python bench/faults.py [--kills 20] [--visitors 2] [--seed 0]
      inherits it — SIGKILLs itself with its N-th cache entry half written (not yet renamed into place);
    - `part`   restarts the dashboards build (its own process, on the same cache folder) with
      TNE_FAULT_AT=dashboards.part@N: it SIGKILLs itself between two batches of a part, its last checkpoint on disk;
-   - `worker` SIGKILLs one heavy-job worker of the server (the server replaces it; the page says "press Run again");
+   - `worker` SIGKILLs one heavy-job worker of the server, a busy one when one gets busy within 30 s (the server
+     replaces it; the visitor whose job it ran sees "press Run again");
    - `server` SIGKILLs the server and its workers (its process group), then starts it again.
    A visitor whose server went away opens its next route once the new one answers.
 3. Reopen: a clean server on the campaign's folder; every route once more (from disk where the campaign finished
@@ -176,6 +177,26 @@ class Server:
             if parent == self.process.pid and "spawn_main" in line and "resource_tracker" not in line:
                 found.append(int(proc.name))
         return sorted(found)
+
+    def busy_worker(self, within: float = 30.0) -> int | None:
+        """A worker that is computing (its CPU time grew over half a second), waiting up to `within` seconds for
+        one; None when none got busy. Killing a busy worker is what a visitor notices ("press Run again")."""
+
+        def cpu(pid: int) -> int:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return int(fields[11]) + int(fields[12])  # utime + stime
+            except (OSError, IndexError, ValueError):
+                return -1
+
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            before = {pid: cpu(pid) for pid in self.workers()}
+            time.sleep(0.5)
+            for pid, ticks in before.items():
+                if ticks >= 0 and cpu(pid) > ticks + 10:  # > 0.1 s of CPU in 0.5 s: working, not idling
+                    return pid
+        return None
 
     def kill(self) -> None:
         """SIGKILL the server and every process of its group (workers, resource tracker)."""
@@ -478,14 +499,16 @@ async def campaign(
             else:
                 await asyncio.sleep(delay)
                 if kind == "worker":
-                    pids = await asyncio.to_thread(server.workers)
+                    busy = await asyncio.to_thread(server.busy_worker)
+                    pids = [busy] if busy is not None else await asyncio.to_thread(server.workers)
                     if not pids:
                         note(f"kill {i + 1}: worker — none running; the server instead")
                         kind = "server"
                     else:
-                        pid = rng.choice(pids)
+                        pid = pids[0] if busy is not None else rng.choice(pids)
                         os.kill(pid, signal.SIGKILL)
-                        note(f"kill {i + 1}: worker {pid} after {delay:.1f} s")
+                        state = "busy" if busy is not None else "idle (none got busy within 30 s)"
+                        note(f"kill {i + 1}: worker {pid}, {state}, after {delay:.1f} s")
                 if kind == "server":
                     world.up.clear()
                     world.generation += 1
