@@ -5,18 +5,21 @@ Each session (its own browser context in one Chromium) runs the heavy mix Patchi
 with inputs of its own (names in the prompts, search kind × matrix, the scanned neuron, the Prompt page's text, the
 steered prompt and token count), so the jobs are distinct computations; Prompt and Steer compute on opening (no Run
 button: the clock starts at the page load), Steer's generation streams its tokens and then draws its dose curve;
-meanwhile a prober loads the light pages (Home, Logit lens) and the health check over and over. The solo phase runs
-session 0 alone on a fresh server; the load phase runs all N on another fresh server (fresh result caches both times,
-the converted model shared), and session 0's results must equal the solo ones.
+meanwhile a prober loads the light pages (Home, Logit lens) and the health check over and over. The serial phase
+runs the N sessions one after another on a fresh server (session 0 is the solo run); the load phase runs all N at
+once on another fresh server (fresh result caches both times, the converted model shared), and every session's
+results must equal its serial ones. Both phases do the same work, so what the sessions share (the search's tables
+per matrix, computed by the first session that needs them) is shared in both: the ratio measures contention only.
 
 The visitors' browsers run on this machine too (on a real host they are elsewhere): every Chromium process gets the
 lowest CPU priority (nice 19, re-applied every second as Chromium starts renderers and sets its own priorities), so
 its page rendering does not count as the server's contention.
 
-Measured: errors (error boxes, exceptions, timeouts, results that differ from solo), the 95th percentile of light page
-loads during the load phase, heavy_makespan_ratio = (load phase's heavy makespan) / (N × solo heavy time) — 1.0 is
-perfect queueing, more is time lost to contention —, and the peak memory over both phases of the server and every
-process it started (its heavy-job workers): their proportional set sizes summed (shared pages counted once).
+Measured: errors (error boxes, exceptions, timeouts, results that differ from the serial run's), the 95th
+percentile of light page loads during the load phase, heavy_makespan_ratio = (load phase's heavy makespan) /
+(the serial phase's) — 1.0 is perfect queueing, more is time lost to contention —, and the peak memory over both
+phases of the server and every process it started (its heavy-job workers): their proportional set sizes summed
+(shared pages counted once).
 Last line: `sessions=N errors=E p95_light_s=X heavy_makespan_ratio=Y peak_rss_mb=Z`
 (goal at N=10: E = 0, X <= 2, Y <= 1.2, Z <= 4096).
 """
@@ -53,7 +56,7 @@ TIMEOUT_MS = 1_200_000
 ERRORS = "[data-testid='stException'], [data-testid='stAlertContentError']"
 DONE = "⬇ JSON of this analysis"  # the last element of every heavy page but Steer
 STEER_DONE = "⬇ JSON of the curve"  # Steer's last element: its dose curve, drawn after the generation
-# What a session's page showed that must equal the solo run's: the metrics, and on Steer where the runs part
+# What a session's page showed that must equal its serial run's: the metrics, and on Steer where the runs part
 SHOWN = "[data-testid='stMetric'], [data-testid='stAlertContentSuccess']"
 
 
@@ -227,7 +230,7 @@ async def light_prober(browser, url: str, stop: asyncio.Event) -> tuple[list[flo
     page = await context.new_page()
     seconds, errors = [], []
     while not stop.is_set():
-        for path, ready in (("", "The post's story in five steps"), ("Logit_Lens", "Direct logit attribution")):
+        for path, ready in (("", "The post's story in"), ("Logit_Lens", "Direct logit attribution")):
             started = time.monotonic()
             try:
                 await page.goto(f"{url}/{path}")
@@ -243,7 +246,9 @@ async def light_prober(browser, url: str, stop: asyncio.Event) -> tuple[list[flo
     return seconds, errors
 
 
-async def phase(url: str, sessions: int, budget: int, probe: bool) -> tuple[list[dict], float, list[float], list]:
+async def phase(
+    url: str, sessions: int, budget: int, probe: bool, serial: bool = False
+) -> tuple[list[dict], float, list[float], list]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -253,7 +258,10 @@ async def phase(url: str, sessions: int, budget: int, probe: bool) -> tuple[list
         stop = asyncio.Event()
         prober = asyncio.create_task(light_prober(browser, url, stop)) if probe else None
         started = time.monotonic()
-        results = await asyncio.gather(*(heavy_session(browser, url, i, budget) for i in range(sessions)))
+        if serial:
+            results = [await heavy_session(browser, url, i, budget) for i in range(sessions)]
+        else:
+            results = await asyncio.gather(*(heavy_session(browser, url, i, budget) for i in range(sessions)))
         makespan = time.monotonic() - started
         stop.set()
         light, light_errors = await prober if prober else ([], [])
@@ -279,13 +287,15 @@ def main() -> None:
 
     server = Server()
     try:
-        [solo], solo_s, _, _ = asyncio.run(phase(server.url, 1, args.budget, probe=False))
-        solo_peak = server.peak_mb
+        serial, serial_s, _, _ = asyncio.run(phase(server.url, args.sessions, args.budget, probe=False, serial=True))
+        serial_peak = server.peak_mb
     finally:
         server.stop()
+    solo = serial[0]
     print(
-        f"solo: {solo_s:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in solo['seconds'].items())}), "
-        f"peak memory {solo_peak:.0f} MB ({server.peak_parts}), errors {solo['errors']}",
+        f"serial: {serial_s:.1f} s for {args.sessions} sessions; session 0 alone "
+        f"({', '.join(f'{k} {v:.1f} s' for k, v in solo['seconds'].items())}), peak memory {serial_peak:.0f} MB "
+        f"({server.peak_parts})",
         flush=True,
     )
 
@@ -293,25 +303,28 @@ def main() -> None:
     try:
         load = phase(server.url, args.sessions, args.budget, probe=not args.no_prober)
         results, makespan, light, light_errors = asyncio.run(load)
-        peak = max(server.peak_mb, solo_peak)
+        peak = max(server.peak_mb, serial_peak)
         print(f"load phase: peak memory {server.peak_mb:.0f} MB ({server.peak_parts})", flush=True)
     finally:
         server.stop()
-    errors = light_errors + [e for r in results for e in r["errors"]] + solo["errors"]
-    if results[0]["metrics"] != solo["metrics"]:
-        errors.append(f"session 0 differs from solo: {results[0]['metrics']} vs {solo['metrics']}")
+    errors = light_errors + [e for r in results + serial for e in r["errors"]]
+    for i, (alone, together) in enumerate(zip(serial, results)):
+        if together["metrics"] != alone["metrics"]:
+            errors.append(f"session {i} differs from its serial run: {together['metrics']} vs {alone['metrics']}")
     for i, r in enumerate(results):
         print(f"session {i}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()), flush=True)
     for e in errors:
         print(f"error: {e}", flush=True)
     p95 = statistics.quantiles(light, n=20)[-1] if len(light) >= 2 else float("nan")
+    median = statistics.median(light) if light else float("nan")
     print(
-        f"load: makespan {makespan:.1f} s vs {args.sessions} × solo {solo_s:.1f} s; {len(light)} light loads, "
-        f"median {statistics.median(light) if light else float('nan'):.2f} s, max {max(light, default=0):.2f} s"
+        f"load: makespan {makespan:.1f} s vs serial {serial_s:.1f} s "
+        f"(session 0 alone {sum(solo['seconds'].values()):.1f} s); {len(light)} light loads, median {median:.2f} s, "
+        f"max {max(light, default=0):.2f} s"
     )
     print(
         f"sessions={args.sessions} errors={len(errors)} p95_light_s={p95:.2f} "
-        f"heavy_makespan_ratio={makespan / (args.sessions * solo_s):.2f} peak_rss_mb={peak:.0f}"
+        f"heavy_makespan_ratio={makespan / serial_s:.2f} peak_rss_mb={peak:.0f}"
     )
 
 
