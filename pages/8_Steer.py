@@ -15,6 +15,7 @@ from core.analyses.congruence import label, parse_neuron
 from core.engine import tokens
 from core.engine.model import Model
 from core.errors import UserError
+from core.serving import jobs, worker
 from ui import analyses, common, params, steer_view
 from ui.admission import admitted
 
@@ -216,16 +217,18 @@ def generation(model: Model, inp: dict) -> steering.SteerResult:
                 pieces[variant].append(model.token_str(event.token_ids[row]))
             boxes[variant].markdown(steer_view.live_strip(pieces[variant]), unsafe_allow_html=True)
 
-    with admitted("steered generation"):
-        result = steering.steer(
+    with admitted("steered generation"):  # in a worker process on a hosted server; its tokens stream back
+        result = worker.run(
+            jobs.steer,
             model,
-            prompt,
-            interventions,
-            max_new_tokens=int(inp["new"]),
-            temperature=float(inp["temperature"]),
-            top_p=float(inp["top_p"]),
-            seeds=seeds,
-            on_token=on_token,
+            prompt.text,
+            [iv.spec for iv in interventions],
+            inp["positions"],
+            int(inp["new"]),
+            float(inp["temperature"]),
+            float(inp["top_p"]),
+            seeds,
+            on_event=on_token,
         )
     live.empty()
     steer_view.remember(model.fingerprint, run_key, result)

@@ -90,3 +90,34 @@ def test_search_and_scan_jobs_cross_the_process_boundary(workers_on, gpt2_folder
     here = worker.run(jobs.search_table, tiny, "standout", "W_U", 5)
     assert there.equals(here)
     assert scanned.to_json() == scan.scan(workers_on, spec).to_json()
+
+
+def test_a_steered_generation_in_the_worker_streams_its_tokens_and_equals_one_here(workers_on, monkeypatch):
+    """The Steer page's generation runs in the worker (its own GIL: under load in the server it held the gate for
+    minutes); every step's tokens come back as events, in order, before the result."""
+    from core.analyses import steering
+
+    model = workers_on
+    args = (CLEAN, ["L25.N1527:negate"], "all", 6, 0.0, 1.0, (0,))
+    events: list = []
+    there = worker.run(jobs.steer, model, *args, on_event=events.append)
+    assert [e.step for e in events] == list(range(len(there.baseline[0].token_ids)))
+    assert [e.token_ids[1] for e in events] == there.steered[0].token_ids  # row 1: the steered run, as it came
+    monkeypatch.setenv("TNE_WORKERS", "0")
+    here_events: list = []
+    here = worker.run(jobs.steer, model, *args, on_event=here_events.append)
+    assert here.baseline[0].token_ids == there.baseline[0].token_ids
+    assert here.steered[0].token_ids == there.steered[0].token_ids != there.baseline[0].token_ids
+    assert [e.token_ids for e in here_events] == [e.token_ids for e in events]
+    direct = steering.steer(model, CLEAN, [steering.parse_intervention(model, "L25.N1527:negate")], 6)
+    assert direct.steered[0].token_ids == there.steered[0].token_ids
+
+
+def test_prompt_effects_in_the_worker_equal_them_here(workers_on, monkeypatch):
+    model = workers_on
+    there = worker.run(jobs.prompt_effects, model, CLEAN, ANSWER, WRONG, None, 5, "zero", None)
+    monkeypatch.setenv("TNE_WORKERS", "0")
+    here = worker.run(jobs.prompt_effects, model, CLEAN, ANSWER, WRONG, None, 5, "zero", None)
+    assert there.metric == pytest.approx(here.metric, abs=1e-6)
+    np.testing.assert_allclose(there.neurons.total.to_numpy(), here.neurons.total.to_numpy(), atol=1e-5)
+    assert there.neurons.neuron.tolist() == here.neurons.neuron.tolist()

@@ -368,20 +368,12 @@ def top_neurons(
 ) -> effects.Effects:
     """core.analyses.effects.top_neurons on the text; ablation "mean" reads the corpus means of `spec`'s built
     dashboards (None: none built, which the engine refuses with the command that builds them)."""
-    prompt = tokens.prompt(_model, text)
+    tokens.prompt(_model, text)  # a bad prompt is answered before queueing
     means = None
     if ablation == "mean" and spec is not None:
         means = rarity.corpus_means(rarity.require(_model, _dashboards(_model, fingerprint, spec)))
-    return effects.top_neurons(
-        _model,
-        prompt,
-        answer,
-        wrong,
-        position=position,
-        top_k=top_k,
-        ablation=ablation,  # type: ignore[arg-type]  # checked by top_neurons (a UserError names the valid ones)
-        means=means,  # type: ignore[arg-type]
-    )
+    with admitted("prompt effects"):
+        return worker.run(jobs.prompt_effects, _model, text, answer, wrong, position, top_k, ablation, means)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from core.analyses import attribution, patching, search
+from core.analyses import attribution, effects, patching, search, steering
 from core.analyses.patching import PatchInputs
 from core.corpus import scan
+from core.engine import tokens
 from core.engine.model import Model
 from core.progress import Progress
 
@@ -104,3 +107,54 @@ def search_table(model: Model, kind: str, matrix: str, top_k: int, progress: Pro
 
 def corpus_scan(model: Model, spec: scan.ScanSpec, progress: Progress | None = None) -> scan.ScanResult:
     return scan.scan(model, spec, progress=progress)
+
+
+def steer(
+    model: Model,
+    prompt: str,
+    specs: Sequence[str],
+    positions: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seeds: Sequence[int],
+    progress: Progress | None = None,
+    on_event: Callable[[Any], None] | None = None,
+) -> steering.SteerResult:
+    """Baseline and steered continuations (steering.steer); every step's TokenEvent goes to on_event as it is made
+    (the page streams them). Interventions travel as their specs ('L25.N1527:negate') and are parsed here."""
+    p = tokens.prompt(model, prompt)
+    interventions = [steering.parse_intervention(model, spec, positions, len(p.ids)) for spec in specs]
+
+    def on_token(event: Any) -> None:
+        if progress is not None:
+            progress(event.step + 1, max_new_tokens)  # a stopped visitor cancels between two tokens
+        if on_event is not None:
+            on_event(event)
+
+    return steering.steer(model, p, interventions, max_new_tokens, temperature, top_p, seeds, on_token=on_token)
+
+
+def prompt_effects(
+    model: Model,
+    text: str,
+    answer: str | None,
+    wrong: str | None,
+    position: int | None,
+    top_k: int,
+    ablation: str,
+    means: np.ndarray | None,
+    progress: Progress | None = None,
+) -> effects.Effects:
+    """The Prompt page's direct effects of every neuron and head, exact totals of the top ones
+    (effects.top_neurons; `means`: the corpus means for ablation "mean")."""
+    return effects.top_neurons(
+        model,
+        tokens.prompt(model, text),
+        answer,
+        wrong,
+        position=position,
+        top_k=top_k,
+        ablation=ablation,  # type: ignore[arg-type]  # checked by top_neurons (a UserError names the valid ones)
+        means=means,
+    )

@@ -86,7 +86,7 @@ def _serve(conn: Connection, cancel: Any, threads: int, model: Model | None) -> 
     _give_back_memory()  # what unpickling the model left behind (1.63 → 1.10 GB at rest under `streamlit run`)
     while True:
         try:
-            fn, key, fingerprint, args, kwargs = conn.recv()
+            fn, key, fingerprint, args, kwargs, streams = conn.recv()
         except (EOFError, OSError):  # the server went away
             return
 
@@ -94,6 +94,14 @@ def _serve(conn: Connection, cancel: Any, threads: int, model: Model | None) -> 
             if cancel.is_set():
                 raise Cancelled()
             conn.send(("progress", (done, total)))
+
+        def emit(event: Any) -> None:
+            if cancel.is_set():
+                raise Cancelled()
+            conn.send(("event", event))
+
+        if streams:
+            kwargs = {**kwargs, "on_event": emit}
 
         try:
             conn.send(("done", fn(_model(key, fingerprint), *args, progress=progress, **kwargs)))
@@ -223,20 +231,30 @@ def _take(pool: list[Worker]) -> Worker:
     return pool[0]
 
 
-def run(fn: Callable[..., T], model: Model, *args: Any, progress: Progress | None = None, **kwargs: Any) -> T:
+def run(
+    fn: Callable[..., T],
+    model: Model,
+    *args: Any,
+    progress: Progress | None = None,
+    on_event: Callable[[Any], None] | None = None,
+    **kwargs: Any,
+) -> T:
     """fn(model, *args, progress=progress, **kwargs), in a worker process where enabled, else here.
 
     The caller holds an admission slot. Progress is relayed as it comes; any exception of the job is raised here
     (a UserError keeps its message). If the caller is interrupted (Streamlit stopping the run raises inside the
     progress relay), the job is cancelled in the worker, which is free again after its current batch.
+    on_event: a job that streams (a generation's tokens) gets `on_event=` too; every (picklable) event it emits is
+    handed to this callback here, in order, as it comes.
     """
     if not enabled():
-        return fn(model, *args, progress=progress, **kwargs)
+        streaming = {} if on_event is None else {"on_event": on_event}
+        return fn(model, *args, progress=progress, **streaming, **kwargs)
     worker = _take(workers(model))
     handed_back = False
     try:
         worker.cancel.clear()
-        worker.conn.send((fn, spec(model), model.fingerprint, args, kwargs))
+        worker.conn.send((fn, spec(model), model.fingerprint, args, kwargs, on_event is not None))
         while True:
             if not worker.conn.poll(POLL_S):
                 if not worker.alive():
@@ -246,6 +264,10 @@ def run(fn: Callable[..., T], model: Model, *args: Any, progress: Progress | Non
             if kind == "progress":
                 if progress is not None:
                     progress(*value)
+                continue
+            if kind == "event":
+                if on_event is not None:
+                    on_event(value)
                 continue
             handed_back = True
             if kind == "error":
@@ -271,7 +293,7 @@ def _drain(worker: Worker) -> None:
                 if not worker.alive():
                     return
                 continue
-            if worker.conn.recv()[0] != "progress":
+            if worker.conn.recv()[0] not in ("progress", "event"):
                 return
     except (EOFError, OSError):
         return
