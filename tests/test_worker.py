@@ -111,13 +111,3 @@ def test_a_steered_generation_in_the_worker_streams_its_tokens_and_equals_one_he
     assert [e.token_ids for e in here_events] == [e.token_ids for e in events]
     direct = steering.steer(model, CLEAN, [steering.parse_intervention(model, "L25.N1527:negate")], 6)
     assert direct.steered[0].token_ids == there.steered[0].token_ids
-
-
-def test_prompt_effects_in_the_worker_equal_them_here(workers_on, monkeypatch):
-    model = workers_on
-    there = worker.run(jobs.prompt_effects, model, CLEAN, ANSWER, WRONG, None, 5, "zero", None)
-    monkeypatch.setenv("TNE_WORKERS", "0")
-    here = worker.run(jobs.prompt_effects, model, CLEAN, ANSWER, WRONG, None, 5, "zero", None)
-    assert there.metric == pytest.approx(here.metric, abs=1e-6)
-    np.testing.assert_allclose(there.neurons.total.to_numpy(), here.neurons.total.to_numpy(), atol=1e-5)
-    assert there.neurons.neuron.tolist() == here.neurons.neuron.tolist()

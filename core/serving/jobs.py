@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.analyses import attribution, effects, patching, search, steering
+from core.analyses import attribution, patching, search, steering
 from core.analyses.patching import PatchInputs
 from core.corpus import scan
 from core.engine import tokens
@@ -133,28 +133,3 @@ def steer(
             on_event(event)
 
     return steering.steer(model, p, interventions, max_new_tokens, temperature, top_p, seeds, on_token=on_token)
-
-
-def prompt_effects(
-    model: Model,
-    text: str,
-    answer: str | None,
-    wrong: str | None,
-    position: int | None,
-    top_k: int,
-    ablation: str,
-    means: np.ndarray | None,
-    progress: Progress | None = None,
-) -> effects.Effects:
-    """The Prompt page's direct effects of every neuron and head, exact totals of the top ones
-    (effects.top_neurons; `means`: the corpus means for ablation "mean")."""
-    return effects.top_neurons(
-        model,
-        tokens.prompt(model, text),
-        answer,
-        wrong,
-        position=position,
-        top_k=top_k,
-        ablation=ablation,  # type: ignore[arg-type]  # checked by top_neurons (a UserError names the valid ones)
-        means=means,
-    )
