@@ -48,7 +48,7 @@ from urllib.parse import quote, urlencode
 
 import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
 import numpy as np
-from _common import ROOT
+from _common import ROOT, settled_texts
 
 from core import cache, story
 from core.engine.model import EMBEDDED
@@ -345,8 +345,7 @@ async def visit_once(page, url: str, world: World, visitor: int, route: tuple[st
                 return False
             finished = page.get_by_text(STORY) if name == "story" else page.get_by_role("button", name=DONE)
             if await finished.count() and await finished.first.is_visible():
-                await page.wait_for_timeout(300)  # the last metrics drawn with it
-                metrics = await page.locator("[data-testid='stMetric']").all_inner_texts()
+                metrics = await settled_texts(page, "[data-testid='stMetric']")
                 if world.generation == generation:
                     world.metrics[(visitor, name)] = metrics
                     world.completed += 1

@@ -43,7 +43,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
-from _common import ROOT
+from _common import ROOT, settled_texts
 
 from core import story
 from core.engine.model import EMBEDDED, cache_root
@@ -215,7 +215,7 @@ async def heavy_session(browser, url: str, session: int, budget: int) -> dict:
             await page.get_by_role("button", name=done).wait_for(timeout=TIMEOUT_MS)
             out["seconds"][name] = time.monotonic() - started
             print(f"  session {session}: {name} done in {out['seconds'][name]:.1f} s", flush=True)
-            out["metrics"][name] = await page.locator(SHOWN).all_inner_texts()
+            out["metrics"][name] = await settled_texts(page, SHOWN)
             out["errors"] += [f"{name}: {t[:200]}" for t in await page.locator(ERRORS).all_inner_texts()]
     except Exception as err:  # noqa: BLE001 - a timeout or a crash is an error of this session, counted
         out["errors"].append(f"{type(err).__name__}: {str(err)[:200]}")
