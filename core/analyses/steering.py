@@ -472,6 +472,7 @@ def _clamped_logits(
     return fw.unembed(w, final).float()
 
 
+@torch.no_grad()
 def dose_response(
     model: Model,
     prompt: str | Prompt,

@@ -122,14 +122,8 @@ def steer(
     on_event: Callable[[Any], None] | None = None,
 ) -> steering.SteerResult:
     """Baseline and steered continuations (steering.steer); every step's TokenEvent goes to on_event as it is made
-    (the page streams them). Interventions travel as their specs ('L25.N1527:negate') and are parsed here."""
+    (the page streams them; in a worker, emitting is also where a stopped visitor's cancel lands, between two
+    tokens). Interventions travel as their specs ('L25.N1527:negate') and are parsed here."""
     p = tokens.prompt(model, prompt)
     interventions = [steering.parse_intervention(model, spec, positions, len(p.ids)) for spec in specs]
-
-    def on_token(event: Any) -> None:
-        if progress is not None:
-            progress(event.step + 1, max_new_tokens)  # a stopped visitor cancels between two tokens
-        if on_event is not None:
-            on_event(event)
-
-    return steering.steer(model, p, interventions, max_new_tokens, temperature, top_p, seeds, on_token=on_token)
+    return steering.steer(model, p, interventions, max_new_tokens, temperature, top_p, seeds, on_token=on_event)
