@@ -11,9 +11,11 @@ once on another fresh server (fresh result caches both times, the converted mode
 results must equal its serial ones. Both phases do the same work, so what the sessions share (the search's tables
 per matrix, computed by the first session that needs them) is shared in both: the ratio measures contention only.
 
-The visitors' browsers run on this machine too (on a real host they are elsewhere): every Chromium process gets the
-lowest CPU priority (nice 19, re-applied every second as Chromium starts renderers and sets its own priorities), so
-its page rendering does not count as the server's contention.
+The visitors' browsers run on this machine too (on a real host they are elsewhere): the heavy sessions' Chromium
+runs every thread at the lowest CPU priority (nice 19, in the bench's own session so that the scheduler honours it:
+see _common.niced_chromium), so their page rendering does not count as the server's contention; the prober, whose
+page loads are what is measured, has a Chromium of its own at nice 0. The phase's CPU time is accounted per
+process group (machine, server, workers, browsers, bench), with the time each waited for a CPU.
 
 Measured: errors (error boxes, exceptions, timeouts, results that differ from the serial run's), the 95th
 percentile of light page loads during the load phase, heavy_makespan_ratio = (load phase's heavy makespan) /
@@ -62,25 +64,24 @@ STEER_DONE = "⬇ JSON of the curve"  # Steer's last element: its dose curve, dr
 SHOWN = "[data-testid='stMetric'], [data-testid='stAlertContentSuccess']"
 
 
-def lower_priority(stop: threading.Event, ticks: dict[int, tuple[str, int, int, int]]) -> None:
-    """nice 19 for every Chromium process (/usr/lib/chromium/…) and Playwright's driver, every second until `stop`;
-    their CPU ticks so far into `ticks` (pid → ("browser", user, system)). Chromium starts at nice 19 already
-    (_common.niced_chromium); this catches the Playwright driver and any process that resets its own priority."""
+def watch_browsers(
+    stop: threading.Event, ticks: dict[int, tuple[str, int, int, int]], browsers: dict[str, dict[int, int]]
+) -> None:
+    """Every second until `stop`: the CPU ticks so far of every process of each browser (name → its pids, filled by
+    _common.niced_chromium) and of Playwright's driver (counted with the visitors' browser, and set to nice 19)
+    into `ticks` (pid → (name, user, system, waited))."""
     while not stop.wait(1.0):
+        named = [(name, pid) for name, seen in browsers.items() for pid in list(seen)]
         for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                program = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
-                if "/chromium/" not in program and "playwright/driver" not in program:
-                    continue
-                if os.getpriority(os.PRIO_PROCESS, int(proc.name)) != 19:
-                    os.setpriority(os.PRIO_PROCESS, int(proc.name), 19)
-                used = _ticks(int(proc.name))
-                if used is not None:
-                    ticks[int(proc.name)] = ("browser", *used)
-            except (OSError, UnicodeDecodeError, IndexError):
-                continue
+            with contextlib.suppress(OSError, UnicodeDecodeError, IndexError):
+                if proc.name.isdigit() and b"playwright/driver" in (proc / "cmdline").read_bytes().split(b"\0")[0]:
+                    if os.getpriority(os.PRIO_PROCESS, int(proc.name)) != 19:
+                        os.setpriority(os.PRIO_PROCESS, int(proc.name), 19)
+                    named.append(("browser", int(proc.name)))
+        for name, pid in named:
+            used = _ticks(pid)
+            if used is not None:
+                ticks[pid] = (name, *used)
 
 
 def _ticks(pid: int) -> tuple[int, int, int] | None:
@@ -340,11 +341,18 @@ async def phase(
 
     url = server.url
     browser_ticks: dict[int, tuple[str, int, int, int]] = {}
-    async with async_playwright() as playwright, niced_chromium(playwright, CHROMIUM, ARGS) as browser:
-        niced = threading.Event()
-        threading.Thread(target=lower_priority, args=(niced, browser_ticks), daemon=True).start()
+    visitors: dict[int, int] = {}
+    prober_pids: dict[int, int] = {}
+    async with (
+        async_playwright() as playwright,
+        niced_chromium(playwright, CHROMIUM, ARGS, nice=19, seen=visitors) as browser,
+        niced_chromium(playwright, CHROMIUM, ARGS, nice=0, seen=prober_pids) as prober_browser,
+    ):
+        watching = threading.Event()
+        browsers = {"browser": visitors, "prober's browser": prober_pids}
+        threading.Thread(target=watch_browsers, args=(watching, browser_ticks, browsers), daemon=True).start()
         stop = asyncio.Event()
-        prober = asyncio.create_task(light_prober(browser, url, stop)) if probe else None
+        prober = asyncio.create_task(light_prober(prober_browser, url, stop)) if probe else None
         machine_before, server_before = machine_ticks(), dict(server.cpu_ticks)
         own_before = _ticks(os.getpid())
         started = time.monotonic()
@@ -361,7 +369,7 @@ async def phase(
         print(cpu_report("serial" if serial else "load", machine_before, machine_after, groups), flush=True)
         stop.set()
         light, light_errors = await prober if prober else ([], [])
-        niced.set()
+        watching.set()
     return results, makespan, light, light_errors
 
 
