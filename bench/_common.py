@@ -66,8 +66,8 @@ def _descendants(root: int) -> set[int]:
 def keep_nice(root: int, nice: int, stop: threading.Event, seen: dict[int, int] | None = None) -> None:
     """Every second until `stop`: every thread of `root`'s process tree at `nice`; each process's pid into `seen`.
 
-    Every thread, not only each process's first: Chromium (running as root here) raises its own UI and IO threads
-    to nice -8, above the server's workers."""
+    Every thread, not only each process's first: Chromium (running as root here) raises the main threads of its
+    browser and GPU processes to nice -8, above the server's workers."""
     while not stop.wait(1.0):
         for pid in _descendants(root):
             with contextlib.suppress(OSError):
