@@ -48,7 +48,7 @@ async def settled_texts(page, selector: str, timeout_s: float = 20.0) -> list[st
         await page.wait_for_timeout(500)
 
 
-def _descendants(root: int) -> set[int]:
+def descendants(root: int) -> set[int]:
     """`root` and every process below it."""
     parents = {}
     for proc in Path("/proc").iterdir():
@@ -69,7 +69,7 @@ def keep_nice(root: int, nice: int, stop: threading.Event, seen: dict[int, int] 
     Every thread, not only each process's first: Chromium (running as root here) raises the main threads of its
     browser and GPU processes to nice -8, above the server's workers."""
     while not stop.wait(1.0):
-        for pid in _descendants(root):
+        for pid in descendants(root):
             with contextlib.suppress(OSError):
                 for task in Path(f"/proc/{pid}/task").iterdir():
                     with contextlib.suppress(OSError, ValueError):

@@ -47,7 +47,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import _common  # noqa: F401  (first: the repo on sys.path, the hub offline)
-from _common import ROOT, niced_chromium, settled_texts
+from _common import ROOT, descendants, niced_chromium, settled_texts
 
 from core import story
 from core.engine.model import EMBEDDED, cache_root
@@ -194,7 +194,7 @@ class Server:
             if self._stop.wait(0.25) or self.process.poll() is not None:
                 return
             if sample % 8 == 0:
-                family = self._family()
+                family = descendants(self.process.pid)
             rss = {}
             for pid in family:
                 ticks = _ticks(pid)
@@ -221,23 +221,6 @@ class Server:
                     ("server" if pid == self.process.pid else f"child {pid}"): round(kb / 1024)
                     for pid, kb in sizes.items()
                 }
-
-    def _family(self) -> set[int]:
-        """The server's pid and its descendants'."""
-        family = {self.process.pid}
-        parents = {}
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit():
-                    parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-        grew = True
-        while grew:
-            grown = {pid for pid, parent in parents.items() if parent in family} - family
-            family |= grown
-            grew = bool(grown)
-        return family
 
     def stop(self) -> None:
         self._stop.set()
