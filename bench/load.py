@@ -166,7 +166,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.peak_mb = 0.0
         self.peak_parts: dict[str, int] = {}  # process → MB at the peak
-        self.cpu_ticks: dict[int, tuple[str, int, int, int]] = {}  # pid → (server/worker, user ticks, system ticks)
+        self.cpu_ticks: dict[int, tuple[str, int, int, int]] = {}  # pid → (server/workers, user, system, waited ticks)
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
         end = time.monotonic() + 120
@@ -183,7 +183,7 @@ class Server:
         their proportional set sizes, so shared pages count once (with one process, PSS ≈ RSS).
 
         Reading a process's PSS (smaps_rollup) walks its page tables under its memory lock: every 0.25 s on two
-        2 GB processes it cost the bench ~0.1 core in kernel time and stalled the worker's allocations. So the
+        2 GB processes it cost the bench ~0.1 core in kernel time (28 s of a 198 s phase). So the
         resident sizes (statm, cheap) are read every 0.25 s and the PSS only near their highest sum so far (within
         64 MB): the shared part (the weights in shared memory, torch's libraries) is about constant, so the PSS sum
         peaks where the RSS sum does. The family is listed again every 2 s."""
