@@ -1,15 +1,19 @@
 """Load benchmark: N browser sessions against one hosted server, compared with one session alone, in one run.
 
-Run alone:  python bench/load.py [--sessions N] [--budget TOKENS]
+Run alone:  python bench/load.py [--sessions N] [--budget TOKENS] [--think SECONDS] [--no-prober]
 Each session (its own browser context in one Chromium) runs the heavy mix Patching → Search → Corpus → Prompt → Steer
 with inputs of its own (names in the prompts, search kind × matrix, the scanned neuron, the Prompt page's text, the
 steered prompt and token count), so the jobs are distinct computations; Prompt and Steer compute on opening (no Run
 button: the clock starts at the page load), Steer's generation streams its tokens and then draws its dose curve;
-meanwhile a prober loads the light pages (Home, Logit lens) and the health check over and over. The serial phase
-runs the N sessions one after another on a fresh server (session 0 is the solo run); the load phase runs all N at
-once on another fresh server (fresh result caches both times, the converted model shared), and every session's
-results must equal its serial ones. Both phases do the same work, so what the sessions share (the search's tables
-per matrix, computed by the first session that needs them) is shared in both: the ratio measures contention only.
+meanwhile a prober loads the light pages (Home, Logit lens) and the health check in turn, pausing --think seconds
+(2) after each page as a reader does. The serial phase runs the N sessions one after another on a fresh server
+(session 0 is the solo run); the load phase runs all N at once on another fresh server (fresh result caches both
+times, the converted model shared), and every session's results must equal its serial ones. Both phases do the same
+work: what the sessions share (the search's tables per matrix, computed by the first session that needs them) is
+shared in both, and the same paced prober runs in both, so the ratio measures the heavy sessions' contention, not
+the light traffic's cost (a light visitor's cost shows in the light loads' seconds, which the bench prints for both
+phases). Until 3 Dec the prober ran in the load phase only, reloading nonstop: at one session that alone made the
+ratio 1.82.
 
 The visitors' browsers run on this machine too (on a real host they are elsewhere): the heavy sessions' Chromium
 runs every thread at the lowest CPU priority (nice 19, in the bench's own session so that the scheduler honours it:
@@ -283,8 +287,10 @@ async def heavy_session(browser, url: str, session: int, budget: int) -> dict:
     return out
 
 
-async def light_prober(browser, url: str, stop: asyncio.Event) -> tuple[list[float], list[str]]:
-    """Load Home, Logit lens and the health check in turn until `stop`; seconds per load."""
+async def light_prober(browser, url: str, stop: asyncio.Event, think_s: float) -> tuple[list[float], list[str]]:
+    """Load Home, Logit lens and the health check in turn until `stop`, pausing `think_s` after each page as a
+    reader does; seconds per load. Unpaced, one prober reloading nonstop on the server's own two cores was most of
+    the machine's load at one session (its browser 121 of 310 core-seconds)."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     seconds, errors = [], []
@@ -298,6 +304,8 @@ async def light_prober(browser, url: str, stop: asyncio.Event) -> tuple[list[flo
                 errors += [f"{path or 'Home'}: {t[:200]}" for t in await page.locator(ERRORS).all_inner_texts()]
             except Exception as err:  # noqa: BLE001
                 errors.append(f"light {path or 'Home'}: {type(err).__name__}: {str(err)[:200]}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), think_s)
         started = time.monotonic()
         await asyncio.to_thread(urllib.request.urlopen, f"{url}/_stcore/health", None, 30)
         seconds.append(time.monotonic() - started)
@@ -318,8 +326,11 @@ def group_ticks(
 
 
 async def phase(
-    server: Server, sessions: int, budget: int, probe: bool, serial: bool = False
+    server: Server, sessions: int, budget: int, think_s: float | None, serial: bool = False
 ) -> tuple[list[dict], float, list[float], list]:
+    """Run `sessions` heavy mixes (one after another when `serial`, else all at once) while a prober loads light
+    pages with `think_s` seconds between them (none when None); returns the sessions' results, their makespan, and
+    the light loads' seconds and errors."""
     from playwright.async_api import async_playwright
 
     url = server.url
@@ -335,7 +346,7 @@ async def phase(
         browsers = {"browser": visitors, "prober's browser": prober_pids}
         threading.Thread(target=watch_browsers, args=(watching, browser_ticks, browsers), daemon=True).start()
         stop = asyncio.Event()
-        prober = asyncio.create_task(light_prober(prober_browser, url, stop)) if probe else None
+        prober = asyncio.create_task(light_prober(prober_browser, url, stop, think_s)) if think_s is not None else None
         machine_before, server_before = machine_ticks(), dict(server.cpu_ticks)
         own_before = _ticks(os.getpid())
         started = time.monotonic()
@@ -356,12 +367,30 @@ async def phase(
     return results, makespan, light, light_errors
 
 
+def p95_s(seconds: list[float]) -> float:
+    return statistics.quantiles(seconds, n=20)[-1] if len(seconds) >= 2 else float("nan")
+
+
+def light_summary(seconds: list[float]) -> str:
+    median = statistics.median(seconds) if seconds else float("nan")
+    return (
+        f"{len(seconds)} light loads, median {median:.2f} s, p95 {p95_s(seconds):.2f} s, "
+        f"max {max(seconds, default=0):.2f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--budget", type=int, default=10_000, help="corpus tokens per scan")
     parser.add_argument(
-        "--no-prober", action="store_true", help="no light page loads during the load phase (to isolate their cost)"
+        "--think",
+        type=float,
+        default=2.0,
+        help="seconds the prober pauses after each light page, as a reader does (0: reloads nonstop)",
+    )
+    parser.add_argument(
+        "--no-prober", action="store_true", help="no light page loads in either phase (to isolate their cost)"
     )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the server (finally below)
@@ -371,9 +400,13 @@ def main() -> None:
         flush=True,
     )
 
+    if args.think < 0 or args.think != args.think:
+        parser.error(f"--think must be 0 or more seconds, not {args.think}")
+    think_s = None if args.no_prober else args.think
     server = Server()
     try:
-        serial, serial_s, _, _ = asyncio.run(phase(server, args.sessions, args.budget, probe=False, serial=True))
+        run = phase(server, args.sessions, args.budget, think_s, serial=True)
+        serial, serial_s, serial_light, serial_light_errors = asyncio.run(run)
         serial_peak = server.peak_mb
     finally:
         server.stop()
@@ -387,13 +420,13 @@ def main() -> None:
 
     server = Server()
     try:
-        load = phase(server, args.sessions, args.budget, probe=not args.no_prober)
+        load = phase(server, args.sessions, args.budget, think_s)
         results, makespan, light, light_errors = asyncio.run(load)
         peak = max(server.peak_mb, serial_peak)
         print(f"load phase: peak memory {server.peak_mb:.0f} MB ({server.peak_parts})", flush=True)
     finally:
         server.stop()
-    errors = light_errors + [e for r in results + serial for e in r["errors"]]
+    errors = serial_light_errors + light_errors + [e for r in results + serial for e in r["errors"]]
     for i, (alone, together) in enumerate(zip(serial, results)):
         if together["metrics"] != alone["metrics"]:
             errors.append(f"session {i} differs from its serial run: {together['metrics']} vs {alone['metrics']}")
@@ -401,13 +434,12 @@ def main() -> None:
         print(f"session {i}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()), flush=True)
     for e in errors:
         print(f"error: {e}", flush=True)
-    p95 = statistics.quantiles(light, n=20)[-1] if len(light) >= 2 else float("nan")
-    median = statistics.median(light) if light else float("nan")
+    print(f"serial: {light_summary(serial_light)}")
     print(
         f"load: makespan {makespan:.1f} s vs serial {serial_s:.1f} s "
-        f"(session 0 alone {sum(solo['seconds'].values()):.1f} s); {len(light)} light loads, median {median:.2f} s, "
-        f"max {max(light, default=0):.2f} s"
+        f"(session 0 alone {sum(solo['seconds'].values()):.1f} s); {light_summary(light)}"
     )
+    p95 = p95_s(light)
     print(
         f"sessions={args.sessions} errors={len(errors)} p95_light_s={p95:.2f} "
         f"heavy_makespan_ratio={makespan / serial_s:.2f} peak_rss_mb={peak:.0f}"
