@@ -1,4 +1,4 @@
-"""Load benchmark: N browser sessions against one hosted server, compared with one session alone, in one run.
+"""Load benchmark: N browser sessions at once against one hosted server, compared with the same N one after another.
 
 Run alone:  python bench/load.py [--sessions N] [--budget TOKENS] [--think SECONDS] [--no-prober]
 Each session (its own browser context in one Chromium) runs the heavy mix Patching → Search → Corpus → Prompt → Steer
