@@ -496,3 +496,15 @@ def test_logit_lens_head_in_the_url_shows_its_pattern():
     at = open_page("1_Logit_Lens.py", head="L23.H0")
     assert_clean(at)
     assert any("**Head L23.H0**" in m.value for m in at.markdown)
+
+
+def test_the_served_app_skips_streamlits_full_gc_after_every_run():
+    """Streamlit's post-run gc.collect(2) held the GIL ~0.2 s after each page run: a light load cost the server
+    0.29 core-s with it, 0.08 without (docs/hosting.md). The option must exist in this Streamlit and be off."""
+    import tomllib
+
+    from streamlit import config
+
+    settings = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit/config.toml").read_text())
+    assert "runner.postScriptGC" in config._config_options_template
+    assert settings["runner"]["postScriptGC"] is False

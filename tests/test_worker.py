@@ -1,7 +1,11 @@
 """Heavy jobs in worker processes (hosted mode): the same numbers, progress relayed, errors kept, stops honoured."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from core.errors import UserError
 from core.serving import jobs, worker
 from core.story import ANSWER, CLEAN, CORRUPTED, WRONG
 
+ROOT = Path(__file__).resolve().parents[1]
 KEY = PatchInputs(CLEAN, CORRUPTED, ANSWER, WRONG, "clean")
 
 
@@ -111,3 +116,26 @@ def test_a_steered_generation_in_the_worker_streams_its_tokens_and_equals_one_he
     assert [e.token_ids for e in here_events] == [e.token_ids for e in events]
     direct = steering.steer(model, CLEAN, [steering.parse_intervention(model, "L25.N1527:negate")], 6)
     assert direct.steered[0].token_ids == there.steered[0].token_ids
+
+
+def test_the_server_keeps_its_priority_unless_told_and_yields_by_the_setting(monkeypatch):
+    monkeypatch.delenv("TNE_SERVER_NICE", raising=False)
+    assert worker.server_nice() == 0
+    monkeypatch.setenv("TNE_SERVER_NICE", "99")
+    assert worker.server_nice() == 19
+    monkeypatch.setenv("TNE_SERVER_NICE", "-3")
+    with pytest.raises(UserError, match="whole number from 0 to 19"):
+        worker.server_nice()
+    # every thread of the serving process moves (in a child: renicing this test process would stay for good)
+    code = (
+        "import os, threading\n"
+        "from core.serving import worker\n"
+        "base = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "done = threading.Event(); seen = []\n"
+        "t = threading.Thread(target=lambda: (done.wait(), seen.append(os.getpriority(os.PRIO_PROCESS, 0))))\n"
+        "t.start(); worker.yield_to_workers(); done.set(); t.join()\n"
+        "print(os.getpriority(os.PRIO_PROCESS, 0) - base, seen[0] - base)\n"
+    )
+    env = {**os.environ, "TNE_SERVER_NICE": "3"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "3"]

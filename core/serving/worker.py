@@ -11,8 +11,8 @@ pipe. The server's model reaches each worker at its start as shared memory (the 
 worker asked for another model loads it itself and checks its fingerprint. Progress streams back on the pipe; when
 the visitor stops (Streamlit stops the page's run), the worker's cancel event is set and its next progress call
 raises Cancelled, freeing it within one batch. A worker that dies (out of memory, killed) is replaced and the page
-says so. The serving process then lowers its own CPU priority (yield_to_workers): queued heavy work goes first,
-light pages run in the gaps.
+says so. A host whose light traffic crowds out the heavy jobs can lower the serving process's CPU priority
+(TNE_SERVER_NICE, yield_to_workers): queued heavy work then goes first, light pages run in the gaps.
 
 On by default in hosted mode (TNE_WORKERS=0 turns it off, TNE_WORKERS=1 turns it on anywhere); otherwise jobs run
 in the calling process.
@@ -40,7 +40,11 @@ from core.serving import admission
 
 T = TypeVar("T")
 POLL_S = 0.25
-SERVER_NICE = 5  # the serving process's nice value above the workers' (TNE_SERVER_NICE; 0 = equal)
+# The serving process's nice value above the workers' (TNE_SERVER_NICE; 0 = equal, the default). It was 5 while each
+# page run ended in Streamlit's full gc.collect (~0.2 s of GIL); with that off (.streamlit/config.toml) a light load
+# costs the server ~0.08 core-s, and at 10 sessions equal priority measured heavy ratio 0.99, light p95 3.07 s, while
+# workers below the server (the other way round) gave 1.03 and 3.10: the priorities no longer decide either figure.
+SERVER_NICE = 0
 BASE_NICE = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0  # at import, before yielding
 
 
@@ -187,7 +191,7 @@ def _reset() -> None:
 
 def warm_up(model: Model) -> None:
     """Start the workers now with `model` shared into them (hosted mode, at the model's load), not on a visitor's
-    first job; then let them outrank the serving process (yield_to_workers)."""
+    first job; then let them outrank the serving process if TNE_SERVER_NICE says so (yield_to_workers)."""
     if enabled():
         workers(model)
         yield_to_workers()
@@ -203,9 +207,10 @@ def server_nice() -> int:
 def yield_to_workers() -> None:
     """Lower the serving process's CPU priority by server_nice() (every thread; later threads inherit it).
 
-    A visitor loading pages nonstop (bench/load.py's prober) kept one of two cores busy in the server and doubled
-    every heavy job's time; at nice 5 a page run still gets ~25% of a core the workers saturate (CFS weights 335 vs
-    1024), enough for light pages, and the queued heavy work goes first. Raising a nice value needs no privilege.
+    A visitor loading pages nonstop (bench/load.py's prober, before the post-run GC was off) kept one of two cores
+    busy in the server and doubled every heavy job's time; at nice 5 a page run still gets ~25% of a core the
+    workers saturate (CFS weights 335 vs 1024), and the queued heavy work goes first. Raising a nice value needs
+    no privilege.
     """
     step = server_nice()
     if step == 0 or not hasattr(os, "setpriority"):
