@@ -298,16 +298,24 @@ async def light_prober(browser, url: str, stop: asyncio.Event, think_s: float) -
     the machine's load at one session (its browser 121 of 310 core-seconds)."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
+    finished = ScriptFinished(page)
     seconds, errors = [], []
     by_page: dict[str, list[float]] = {}
+    server_by_page: dict[str, list[float]] = {}
+    socket_by_page: dict[str, list[float]] = {}
     while not stop.is_set():
         for path, ready in (("", "The post's story in"), ("Logit_Lens", "Direct logit attribution")):
             started = time.monotonic()
+            finished.at = finished.opened = None
             try:
                 await page.goto(f"{url}/{path}")
                 await page.get_by_text(ready).first.wait_for(timeout=60_000)
                 seconds.append(time.monotonic() - started)
                 by_page.setdefault(path or "Home", []).append(seconds[-1])
+                await finished.wait(started)
+                if finished.at is not None and finished.opened is not None:
+                    server_by_page.setdefault(path or "Home", []).append(finished.at - started)
+                    socket_by_page.setdefault(path or "Home", []).append(finished.opened - started)
                 errors += [f"{path or 'Home'}: {t[:200]}" for t in await page.locator(ERRORS).all_inner_texts()]
             except Exception as err:  # noqa: BLE001
                 errors.append(f"light {path or 'Home'}: {type(err).__name__}: {str(err)[:200]}")
@@ -316,10 +324,44 @@ async def light_prober(browser, url: str, stop: asyncio.Event, think_s: float) -
         started = time.monotonic()
         await asyncio.to_thread(urllib.request.urlopen, f"{url}/_stcore/health", None, 30)
         seconds.append(time.monotonic() - started)
+        by_page.setdefault("health check", []).append(seconds[-1])  # the server's event loop, no browser
     await context.close()
     for name, page_seconds in by_page.items():
         print(f"  light {name}: {light_summary(page_seconds)}", flush=True)
+        if name in server_by_page:
+            print(f"    until the browser opened its socket: {light_summary(socket_by_page[name])}", flush=True)
+            print(f"    until the run's last message arrived: {light_summary(server_by_page[name])}", flush=True)
     return seconds, errors
+
+
+class ScriptFinished:
+    """Two marks of a page load. `opened`: the page opened its websocket. Before it come the HTML, the app's
+    JavaScript starting up, and the health and host-config requests; for any page but Home, Streamlit's frontend first
+    asks at the page's own path (/Logit_Lens/_stcore/health: 404) and retries at the root after its 0.1 s backoff.
+    `at`: the server's `script_finished` message arrived. Playwright sees frames where the page's renderer does, so a
+    renderer busy drawing delays this mark too; the health-check line is the server's responsiveness alone."""
+
+    def __init__(self, page) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        self.at: float | None = None
+        self.opened: float | None = None
+        self._message = ForwardMsg
+        page.on("websocket", self._socket)
+
+    def _socket(self, socket) -> None:
+        self.opened = time.monotonic()
+        socket.on("framereceived", self._frame)
+
+    def _frame(self, payload) -> None:
+        if isinstance(payload, bytes) and self.at is None:
+            with contextlib.suppress(Exception):  # a frame that is not a ForwardMsg is not the one we look for
+                if self._message.FromString(payload).WhichOneof("type") == "script_finished":
+                    self.at = time.monotonic()
+
+    async def wait(self, since: float, timeout_s: float = 30.0) -> None:
+        while self.at is None and time.monotonic() - since < timeout_s:
+            await asyncio.sleep(0.02)
 
 
 def group_ticks(

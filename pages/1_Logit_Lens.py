@@ -52,6 +52,7 @@ def body(model: Model) -> None:
     view = analyses.lens_view(model, model.fingerprint, prompt, answer, wrong)
     analyses.reopened_caption(view)
     result = view.result
+    lines, dla, heads = analyses.lens_figures(view, model.fingerprint, prompt, answer, wrong)
 
     st.markdown(f"**Tokenization** — {len(view.prompt.ids)} tokens (␣ = space, small number = token id)")
     st.markdown(text.chips(view.prompt.pieces, view.prompt.ids), unsafe_allow_html=True)
@@ -77,18 +78,12 @@ def body(model: Model) -> None:
         a.metric(f"P({text.literal(charts.shown(answer))})", f"{last['answer_prob']:.3f}")
         b.metric(f"P({text.literal(charts.shown(wrong))})", f"{last['wrong_prob']:.3f}")
         c.metric("logit diff", f"{result.logit_diff:.3f}")
-        st.plotly_chart(charts.lens_line(result.layers, answer, wrong), key="lens:line")
-    st.plotly_chart(charts.lens_probs(result.layers, answer, wrong), key="lens:probs")
+        st.plotly_chart(lines, key="lens:lines")
 
     st.subheader("Direct logit attribution")
     common.conventions(model, extra="final norm's scale frozen at its value on the real residual")
-    st.plotly_chart(charts.dla_bar(result.components), key="lens:dla")
-    event = st.plotly_chart(
-        charts.heads_heatmap(result.heads, "logit_diff", "Direct logit attribution per head", "logit diff"),
-        key="lens:heads",
-        on_select="rerun",
-        selection_mode="points",
-    )
+    st.plotly_chart(dla, key="lens:dla")
+    event = st.plotly_chart(heads, key="lens:heads", on_select="rerun", selection_mode="points")
     if clicked := clicked_head(event):
         st.session_state[key("head")] = clicked
         params.publish(PAGE, page_params(model))

@@ -176,6 +176,40 @@ def test_logit_lens_download_equals_the_cli_json(monkeypatch, capsys):
     assert page == cli_json(capsys, "lens")
 
 
+def chart_traces(at: AppTest) -> dict[str, list[dict]]:
+    """Each Plotly chart's traces by key, with their x/y arrays decoded (Plotly sends numpy arrays as base64)."""
+    import base64
+
+    import numpy as np
+
+    def decoded(value):
+        if isinstance(value, dict) and "bdata" in value:
+            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        return value
+
+    return {
+        c.key: [{k: decoded(v) for k, v in trace.items()} for trace in json.loads(c.proto.spec)["data"]]
+        for c in at.get("plotly_chart")
+    }
+
+
+def test_logit_lens_charts_carry_the_computed_numbers_and_follow_the_inputs():
+    """The page's figures are built once per input and shared by every session (ui.analyses.lens_figures): the
+    lens lines must hold this prompt's numbers, and another answer must draw another figure, not the cached one."""
+    at = open_page("1_Logit_Lens.py")
+    charts = chart_traces(at)
+    assert set(charts) == {"lens:lines", "lens:dla", "lens:heads"}
+    diff, p_answer, p_wrong = charts["lens:lines"]
+    final = float(metrics(at)["logit diff"])
+    assert abs(diff["y"][-1] - final) < 5e-4 and abs(charts["lens:dla"][0]["y"].sum() - final) < 1e-2
+    assert (p_answer["name"], round(p_answer["y"][-1], 3), round(p_wrong["y"][-1], 3)) == ("P(␣an)", 0.607, 0.297)
+    at.text_input(key="lens:answer").set_value(" the").run()
+    assert_clean(at)
+    lines = chart_traces(at)["lens:lines"]
+    assert lines[1]["name"] == "P(␣the)" and abs(lines[0]["y"][-1] - diff["y"][-1]) > 0.1
+    assert abs(lines[0]["y"][-1] - float(metrics(at)["logit diff"])) < 5e-4
+
+
 def test_inputs_are_mirrored_in_the_url():
     at = open_page("1_Logit_Lens.py")
     at.text_input(key="lens:answer").set_value(" the").run()

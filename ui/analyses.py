@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from core import cache
@@ -30,6 +31,7 @@ from core.corpus import dashboards, rarity, scan
 from core.engine import tokens
 from core.engine.model import Model
 from core.serving import jobs, worker
+from ui import charts
 from ui.admission import admitted
 
 
@@ -108,6 +110,20 @@ def lens_view(_model: Model, fingerprint: str, text: str, answer: str, wrong: st
 
     params = {"text": text, "answer": answer, "wrong": wrong, "top_k": top_k}
     return on_disk("lens_view", fingerprint, params, compute)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def lens_figures(_view: LensView, fingerprint: str, text: str, answer: str, wrong: str) -> tuple[go.Figure, ...]:
+    """The Logit lens page's three charts (lens lines, DLA bars, per-head map) of lens_view(…same inputs), built
+    once and shared by every session: Plotly validates every property as a figure is built, ~40 ms here, which was
+    most of the server's time for a load of this light page. st.plotly_chart copies a figure (to_dict) and never
+    changes it, so sharing one is safe."""
+    result = _view.result
+    return (
+        charts.lens_lines(result.layers, answer, wrong),
+        charts.dla_bar(result.components),
+        charts.heads_heatmap(result.heads, "logit_diff", "Direct logit attribution per head", "logit diff"),
+    )
 
 
 # ---------------------------------------------------------------- patching

@@ -39,50 +39,54 @@ def _depth_ticks(labels: list[str], every: int = 5) -> dict:
     return dict(tickmode="array", tickvals=values, ticktext=texts)
 
 
-def lens_line(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
-    """Logit diff after every sublayer (logit lens), in order of depth."""
+def lens_lines(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
+    """The logit lens in one figure of two rows sharing the depth axis: the logit diff after every sublayer, and the
+    two tokens' probabilities. One figure rather than two: a Plotly chart's fixed cost in the browser is most of what
+    a light page costs there (bench/load.py)."""
     labels = list(layers["label"])
-    fig = go.Figure(
+    x = list(range(len(labels)))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4])
+    fig.add_trace(
         go.Scatter(
-            x=list(range(len(labels))),
+            x=x,
             y=layers["logit_diff"],
             mode="lines+markers",
+            name="logit diff",
+            showlegend=False,
             text=labels,
             customdata=np.stack([layers["answer_prob"], layers["wrong_prob"]], axis=1),
             hovertemplate="after %{text}<br>logit diff %{y:.3f}<br>P(answer) %{customdata[0]:.3f}"
             "<br>P(wrong) %{customdata[1]:.3f}<extra></extra>",
             line=dict(color=ANSWER_COLOUR),
-        )
+        ),
+        row=1,
+        col=1,
     )
-    fig.add_hline(y=0, line=dict(color="#999", width=1, dash="dot"))
-    fig.update_xaxes(**_depth_ticks(labels), title="residual stream after the embedding, each attention and MLP")
-    return _layout(
-        fig, f"Logit lens: logit({shown(answer)}) − logit({shown(wrong)}) after each sublayer", yaxis_title="logit diff"
-    )
-
-
-def lens_probs(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
-    labels = list(layers["label"])
-    fig = go.Figure()
+    fig.add_hline(y=0, line=dict(color="#999", width=1, dash="dot"), row=1, col=1)
     for column, name, colour in (("answer_prob", answer, ANSWER_COLOUR), ("wrong_prob", wrong, WRONG_COLOUR)):
         fig.add_trace(
             go.Scatter(
-                x=list(range(len(labels))),
+                x=x,
                 y=layers[column],
                 mode="lines",
                 name=f"P({shown(name)})",
                 text=labels,
                 hovertemplate="after %{text}: %{y:.3f}<extra></extra>",
                 line=dict(color=colour),
-            )
+            ),
+            row=2,
+            col=1,
         )
-    fig.update_xaxes(**_depth_ticks(labels))
+    ticks = _depth_ticks(labels)
+    fig.update_xaxes(**ticks, row=1, col=1)
+    fig.update_xaxes(**ticks, title="residual stream after the embedding, each attention and MLP", row=2, col=1)
+    fig.update_yaxes(title="logit diff", row=1, col=1)
+    fig.update_yaxes(title="probability", row=2, col=1)
     return _layout(
         fig,
-        "Logit lens: probabilities of the two tokens",
-        height=300,
-        yaxis_title="probability",
-        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+        f"Logit lens: logit({shown(answer)}) − logit({shown(wrong)}) after each sublayer",
+        height=520,
+        legend=dict(orientation="h", y=0.38, x=1, xanchor="right", yanchor="bottom"),
     )
 
 
