@@ -301,7 +301,7 @@ async def light_prober(browser, url: str, stop: asyncio.Event, think_s: float) -
     finished = ScriptFinished(page)
     seconds, errors = [], []
     by_page: dict[str, list[float]] = {}
-    server_by_page: dict[str, list[float]] = {}
+    finished_by_page: dict[str, list[float]] = {}
     socket_by_page: dict[str, list[float]] = {}
     while not stop.is_set():
         for path, ready in (("", "The post's story in"), ("Logit_Lens", "Direct logit attribution")):
@@ -314,7 +314,7 @@ async def light_prober(browser, url: str, stop: asyncio.Event, think_s: float) -
                 by_page.setdefault(path or "Home", []).append(seconds[-1])
                 await finished.wait(started)
                 if finished.at is not None and finished.opened is not None:
-                    server_by_page.setdefault(path or "Home", []).append(finished.at - started)
+                    finished_by_page.setdefault(path or "Home", []).append(finished.at - started)
                     socket_by_page.setdefault(path or "Home", []).append(finished.opened - started)
                 errors += [f"{path or 'Home'}: {t[:200]}" for t in await page.locator(ERRORS).all_inner_texts()]
             except Exception as err:  # noqa: BLE001
@@ -328,9 +328,9 @@ async def light_prober(browser, url: str, stop: asyncio.Event, think_s: float) -
     await context.close()
     for name, page_seconds in by_page.items():
         print(f"  light {name}: {light_summary(page_seconds)}", flush=True)
-        if name in server_by_page:
+        if name in finished_by_page:
             print(f"    until the browser opened its socket: {light_summary(socket_by_page[name])}", flush=True)
-            print(f"    until the run's last message arrived: {light_summary(server_by_page[name])}", flush=True)
+            print(f"    until the run's last message arrived: {light_summary(finished_by_page[name])}", flush=True)
     return seconds, errors
 
 

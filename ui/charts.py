@@ -41,8 +41,8 @@ def _depth_ticks(labels: list[str], every: int = 5) -> dict:
 
 def lens_lines(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
     """The logit lens in one figure of two rows sharing the depth axis: the logit diff after every sublayer, and the
-    two tokens' probabilities. One figure rather than two: a Plotly chart's fixed cost in the browser is most of what
-    a light page costs there (bench/load.py)."""
+    two tokens' probabilities. One figure rather than two: each Plotly chart has a fixed cost in every visitor's
+    browser (the page's charts took ~0.5 of its 1.6 core-seconds a load there, docs/hosting.md)."""
     labels = list(layers["label"])
     x = list(range(len(labels)))
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4])
@@ -77,9 +77,8 @@ def lens_lines(layers: pd.DataFrame, answer: str, wrong: str) -> go.Figure:
             row=2,
             col=1,
         )
-    ticks = _depth_ticks(labels)
-    fig.update_xaxes(**ticks, row=1, col=1)
-    fig.update_xaxes(**ticks, title="residual stream after the embedding, each attention and MLP", row=2, col=1)
+    fig.update_xaxes(**_depth_ticks(labels))
+    fig.update_xaxes(title="residual stream after the embedding, each attention and MLP", row=2, col=1)
     fig.update_yaxes(title="logit diff", row=1, col=1)
     fig.update_yaxes(title="probability", row=2, col=1)
     return _layout(
